@@ -1,0 +1,1 @@
+//! msgpack (being written)

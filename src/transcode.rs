@@ -1,0 +1,1 @@
+//! transcode (being written)
