@@ -1,0 +1,251 @@
+//! Sans-IO line splitting for one file: feeds bytes in, hands complete lines out with the file
+//! offset just past their newline, holds an unterminated tail until its newline arrives, and caps
+//! how much of one line it will ever hold (`--max-line-size`).
+
+/// What the splitter found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A complete, non-empty line without its `\n` (and without a trailing `\r`).
+    Line(&'a [u8]),
+    /// A line longer than the cap, dropped; `start` is its offset in the file.
+    TooLong { start: u64, len: u64 },
+}
+
+#[derive(Debug)]
+pub struct Splitter {
+    partial: Vec<u8>,
+    /// File offset where `partial` (or the over-long line being skipped) starts.
+    partial_start: u64,
+    /// Set while discarding an over-long line until its newline.
+    skipping: bool,
+    max: usize,
+}
+
+impl Splitter {
+    pub fn new(max_line: usize) -> Splitter {
+        Splitter {
+            partial: Vec::new(),
+            partial_start: 0,
+            skipping: false,
+            max: max_line,
+        }
+    }
+
+    /// Forgets any held tail and restarts at `offset` (new file, truncation).
+    pub fn reset(&mut self, offset: u64) {
+        self.partial = Vec::new();
+        self.partial_start = offset;
+        self.skipping = false;
+    }
+
+    /// Bytes held for an unterminated line.
+    pub fn held(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Offset up to which every byte has been handed out or deliberately skipped: the position
+    /// to commit once the lines handed out so far are acked.
+    pub fn safe_offset(&self) -> u64 {
+        self.partial_start
+    }
+
+    /// Splits `data`, which starts at file offset `offset` and directly follows what was fed
+    /// before. `emit` gets each piece and the file offset just past it.
+    pub fn feed(&mut self, data: &[u8], offset: u64, mut emit: impl FnMut(Piece<'_>, u64)) {
+        let mut rest = data;
+        let mut pos = offset;
+        while let Some(nl) = memchr_nl(rest) {
+            let end = pos + nl as u64 + 1;
+            if self.skipping {
+                self.skipping = false;
+                emit(
+                    Piece::TooLong {
+                        start: self.partial_start,
+                        len: end - self.partial_start,
+                    },
+                    end,
+                );
+            } else if self.partial.is_empty() {
+                emit_line(&rest[..nl], self.max, pos, end, &mut emit);
+            } else if self.partial.len() + nl > self.max {
+                self.partial = Vec::new();
+                emit(
+                    Piece::TooLong {
+                        start: self.partial_start,
+                        len: end - self.partial_start,
+                    },
+                    end,
+                );
+            } else {
+                self.partial.extend_from_slice(&rest[..nl]);
+                let line = std::mem::take(&mut self.partial);
+                emit_line(&line, self.max, self.partial_start, end, &mut emit);
+                // Keep the allocation for the next tail unless it was a big one.
+                if line.capacity() <= 64 * 1024 {
+                    self.partial = line;
+                    self.partial.clear();
+                }
+            }
+            rest = &rest[nl + 1..];
+            pos = end;
+            self.partial_start = end;
+        }
+        if rest.is_empty() || self.skipping {
+            return;
+        }
+        if self.partial.is_empty() {
+            self.partial_start = pos;
+        }
+        if self.partial.len() + rest.len() > self.max {
+            self.partial = Vec::new();
+            self.skipping = true;
+        } else {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+
+    /// At the end of a file that will never grow again (rotated away), a held tail is still a
+    /// line: hand it out rather than lose it.
+    pub fn finish(&mut self, mut emit: impl FnMut(Piece<'_>, u64)) {
+        let end = self.partial_start + self.partial.len() as u64;
+        if self.skipping {
+            emit(
+                Piece::TooLong {
+                    start: self.partial_start,
+                    len: 0,
+                },
+                self.partial_start,
+            );
+        } else if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            emit_line(&line, self.max, self.partial_start, end, &mut emit);
+        }
+        self.reset(end);
+    }
+}
+
+fn emit_line(line: &[u8], max: usize, start: u64, end: u64, emit: &mut impl FnMut(Piece<'_>, u64)) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > max {
+        emit(
+            Piece::TooLong {
+                start,
+                len: end - start,
+            },
+            end,
+        );
+    } else if !line.is_empty() {
+        emit(Piece::Line(line), end);
+    }
+}
+
+fn memchr_nl(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        L(String, u64),
+        Long(u64, u64, u64),
+    }
+
+    fn run(max: usize, feeds: &[&[u8]], finish: bool) -> (Vec<Got>, u64) {
+        let mut s = Splitter::new(max);
+        let mut out = Vec::new();
+        let mut off = 0u64;
+        let mut sink = |p: Piece<'_>, end: u64| match p {
+            Piece::Line(l) => out.push(Got::L(String::from_utf8_lossy(l).into(), end)),
+            Piece::TooLong { start, len } => out.push(Got::Long(start, len, end)),
+        };
+        for f in feeds {
+            s.feed(f, off, &mut sink);
+            off += f.len() as u64;
+        }
+        if finish {
+            s.finish(&mut sink);
+        }
+        (out, s.safe_offset())
+    }
+
+    use Got::*;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(usize, Vec<&[u8]>, bool, Vec<Got>, u64)> = vec![
+            (
+                100,
+                vec![b"a\nbb\n"],
+                false,
+                vec![L("a".into(), 2), L("bb".into(), 5)],
+                5,
+            ),
+            (100, vec![b"a\r\n\n\r\nc"], false, vec![L("a".into(), 3)], 6),
+            (
+                100,
+                vec![b"ab", b"c\nd"],
+                false,
+                vec![L("abc".into(), 4)],
+                4,
+            ),
+            (
+                100,
+                vec![b"ab", b"c", b"d\n"],
+                false,
+                vec![L("abcd".into(), 5)],
+                5,
+            ),
+            (100, vec![b"tail"], true, vec![L("tail".into(), 4)], 4),
+            (100, vec![b""], false, vec![], 0),
+            (
+                3,
+                vec![b"abcd\nxy\n"],
+                false,
+                vec![Long(0, 5, 5), L("xy".into(), 8)],
+                8,
+            ),
+            (
+                3,
+                vec![b"ab", b"cd", b"ef\nz\n"],
+                false,
+                vec![Long(0, 7, 7), L("z".into(), 9)],
+                9,
+            ),
+            (
+                3,
+                vec![b"abcdef", b"gh", b"\nok\n"],
+                false,
+                vec![Long(0, 9, 9), L("ok".into(), 12)],
+                12,
+            ),
+            // The cap counts the line without its "\r".
+            (3, vec![b"abc\r\n"], false, vec![L("abc".into(), 5)], 5),
+            (
+                3,
+                vec![b"x\nabcdefg"],
+                true,
+                vec![L("x".into(), 2), Long(2, 0, 2)],
+                2,
+            ),
+        ];
+        for (i, (max, feeds, finish, want, safe)) in cases.into_iter().enumerate() {
+            let (got, got_safe) = run(max, &feeds, finish);
+            assert_eq!(got, want, "case {i}");
+            assert_eq!(got_safe, safe, "case {i} safe offset");
+        }
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_lines() {
+        let data = b"{\"a\":1}\r\n\nsecond line\nthird\n";
+        let (whole, _) = run(100, &[data], false);
+        for cut in 0..data.len() {
+            let (got, safe) = run(100, &[&data[..cut], &data[cut..]], false);
+            assert_eq!(got, whole, "cut at {cut}");
+            assert_eq!(safe, data.len() as u64);
+        }
+    }
+}

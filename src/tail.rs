@@ -1,0 +1,875 @@
+//! Following `audit.log` the way lumberjack rotates it. Owns the inotify watch on the log's
+//! directory, the queue of files still to read (oldest first, each held open from the moment we
+//! learn of it so a later unlink cannot take its data), the line splitter of the file being read,
+//! and the start-up search for the file the position names among `audit.log`, `audit-*.log` and
+//! `audit-*.log.gz`.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use log::{debug, error, info, warn};
+
+use crate::lines::{Piece, Splitter};
+use crate::offsets::{FileId, Fingerprint, Position, FINGERPRINT_BYTES};
+use crate::sys::{Inotify, InotifyEvent};
+
+const READ_BUF: usize = 256 * 1024;
+/// Fingerprints of finished files, so a backup we already read (or its gzipped copy) is never
+/// mistaken for a new file. Far more than any `--audit-log-maxbackup` in practice.
+const KNOWN_FPS: usize = 1024;
+
+enum Source {
+    Plain(File),
+    Gz(Box<MultiGzDecoder<BufReader<File>>>),
+}
+
+/// A file we still have to read to its end.
+struct Held {
+    source: Source,
+    id: FileId,
+    name: String,
+    /// Bytes consumed so far (decompressed bytes for gzip).
+    offset: u64,
+}
+
+impl Held {
+    fn is_gz(&self) -> bool {
+        matches!(self.source, Source::Gz(_))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let r = match &mut self.source {
+                Source::Plain(f) => f.read(buf),
+                Source::Gz(d) => d.read(buf),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Takes the fingerprint again once the file holds more than it had when last taken.
+    fn refresh_fingerprint(&mut self) {
+        if let Source::Plain(f) = &self.source {
+            if (self.id.fp.len as usize) < FINGERPRINT_BYTES && self.offset > self.id.fp.len as u64
+            {
+                if let Ok(fp) = plain_fingerprint(f) {
+                    self.id.fp = fp;
+                }
+            }
+        }
+    }
+}
+
+fn plain_fingerprint(f: &File) -> io::Result<Fingerprint> {
+    let mut buf = [0u8; FINGERPRINT_BYTES];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Fingerprint::of(&buf[..n]))
+}
+
+/// One rotation-set member found in the directory.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    gz: bool,
+    /// Backup timestamp from the name, milliseconds since the epoch; `None` for `audit.log`.
+    ts_ms: Option<i64>,
+    dev: u64,
+    ino: u64,
+    /// Last status change: for a backup, when lumberjack renamed (or created) it.
+    ctime_ns: i128,
+}
+
+/// What a call to `Tail::read` achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Bytes were read and split; there may be more.
+    Read,
+    /// The file being read was finished and the next one is now being read from offset 0.
+    Switched,
+    /// Nothing more to read until inotify says so.
+    Idle,
+}
+
+pub struct Tail {
+    path: PathBuf,
+    dir: PathBuf,
+    base: String,
+    /// `audit-` and `.log` for `audit.log`: lumberjack names backups `<stem>-<time><ext>`.
+    prefix: String,
+    ext: String,
+    read_from_head: bool,
+    inotify: Inotify,
+    wd: Option<i32>,
+    queue: VecDeque<Held>,
+    splitter: Splitter,
+    known: VecDeque<Fingerprint>,
+    rescan: bool,
+    waiting_logged: bool,
+    started: bool,
+    pending_position: Option<Position>,
+    buf: Vec<u8>,
+    events: Vec<InotifyEvent>,
+}
+
+impl Tail {
+    pub fn new(
+        path: &Path,
+        read_from_head: bool,
+        max_line: usize,
+        position: Option<Position>,
+    ) -> io::Result<Tail> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "audit log path has no UTF-8 file name",
+                )
+            })?
+            .to_string();
+        let (stem, ext) = match base.rfind('.') {
+            Some(i) if i > 0 => (base[..i].to_string(), base[i..].to_string()),
+            _ => (base.clone(), String::new()),
+        };
+        let mut t = Tail {
+            path: path.to_path_buf(),
+            dir,
+            base,
+            prefix: format!("{stem}-"),
+            ext,
+            read_from_head,
+            inotify: Inotify::new()?,
+            wd: None,
+            queue: VecDeque::new(),
+            splitter: Splitter::new(max_line),
+            known: VecDeque::new(),
+            rescan: false,
+            waiting_logged: false,
+            started: false,
+            pending_position: position,
+            buf: vec![0; READ_BUF],
+            events: Vec::new(),
+        };
+        t.try_start();
+        Ok(t)
+    }
+
+    pub fn inotify(&self) -> &Inotify {
+        &self.inotify
+    }
+
+    /// Whether the directory is not there yet (the caller retries `tick` on a timer).
+    pub fn waiting_for_dir(&self) -> bool {
+        self.wd.is_none()
+    }
+
+    /// The position to commit once everything handed out so far is acked.
+    pub fn position(&self) -> Option<Position> {
+        self.queue.front().map(|h| Position {
+            id: h.id,
+            offset: self.splitter.safe_offset(),
+            name: h.name.clone(),
+        })
+    }
+
+    /// Bytes held for an unterminated line plus the read buffer.
+    pub fn buffered(&self) -> usize {
+        self.splitter.held() + self.buf.len()
+    }
+
+    /// Unread bytes of the plain files we hold (gzip backups are not counted).
+    pub fn lag_bytes(&self) -> u64 {
+        self.queue
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match &h.source {
+                Source::Plain(f) => {
+                    let done = if i == 0 {
+                        self.splitter.safe_offset()
+                    } else {
+                        h.offset
+                    };
+                    f.metadata()
+                        .map(|m| m.len().saturating_sub(done))
+                        .unwrap_or(0)
+                }
+                Source::Gz(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Called on a timer while the directory is missing.
+    pub fn tick(&mut self) {
+        if self.wd.is_none() {
+            self.try_start();
+        }
+    }
+
+    fn try_start(&mut self) {
+        let mask = libc::IN_CREATE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_DELETE
+            | libc::IN_MODIFY
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF
+            | libc::IN_ONLYDIR;
+        match self.inotify.add_watch(&self.dir, mask) {
+            Ok(wd) => {
+                self.wd = Some(wd);
+                self.waiting_logged = false;
+                if !self.started {
+                    self.startup();
+                } else {
+                    self.rescan = true;
+                }
+            }
+            Err(e) => {
+                if !self.waiting_logged {
+                    warn!(
+                        "waiting for directory {} to appear ({e})",
+                        self.dir.display()
+                    );
+                    self.waiting_logged = true;
+                }
+            }
+        }
+    }
+
+    /// Drains inotify. Returns true when something may be readable.
+    pub fn on_inotify(&mut self) -> io::Result<()> {
+        self.events.clear();
+        self.inotify.drain(&mut self.events)?;
+        for ev in &self.events {
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                self.rescan = true;
+            }
+            if Some(ev.wd) == self.wd
+                && ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0
+            {
+                warn!(
+                    "directory {} was removed or moved; waiting for it to appear again",
+                    self.dir.display()
+                );
+                if ev.mask & libc::IN_IGNORED == 0 {
+                    if let Some(wd) = self.wd {
+                        let _ = self.inotify.rm_watch(wd);
+                    }
+                }
+                self.wd = None;
+                self.waiting_logged = true;
+                continue;
+            }
+            let rotation = libc::IN_CREATE
+                | libc::IN_MOVED_TO
+                | libc::IN_MOVED_FROM
+                | libc::IN_DELETE
+                | libc::IN_CLOSE_WRITE;
+            if ev.mask & rotation != 0 && self.in_rotation_set(&ev.name) {
+                // CLOSE_WRITE matters only for a gzip backup being finished, and for a new
+                // audit.log that appeared while nothing was held.
+                if ev.mask & libc::IN_CLOSE_WRITE == 0
+                    || ev.name.ends_with(b".gz")
+                    || self.queue.is_empty()
+                {
+                    self.rescan = true;
+                }
+            }
+        }
+        if self.rescan && self.wd.is_some() {
+            self.rescan = false;
+            if !self.started {
+                self.startup();
+            } else {
+                self.rescan_dir();
+            }
+        }
+        Ok(())
+    }
+
+    fn in_rotation_set(&self, name: &[u8]) -> bool {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return false;
+        };
+        name == self.base || self.backup_ts(name).is_some()
+    }
+
+    /// `audit-2006-01-02T15-04-05.000.log[.gz]` -> (ms since epoch, gz).
+    fn backup_ts(&self, name: &str) -> Option<(i64, bool)> {
+        let rest = name.strip_prefix(&self.prefix)?;
+        let (rest, gz) = match rest.strip_suffix(".gz") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let ts = rest.strip_suffix(self.ext.as_str())?;
+        parse_backup_time(ts).map(|ms| (ms, gz))
+    }
+
+    /// The rotation set in chronological order: backups by the time in their name (a plain file
+    /// before its gzipped copy), then `audit.log`.
+    fn list(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for de in fs::read_dir(&self.dir)? {
+            let de = de?;
+            let Ok(name) = de.file_name().into_string() else {
+                continue;
+            };
+            let ts = if name == self.base {
+                None
+            } else if let Some(t) = self.backup_ts(&name) {
+                Some(t)
+            } else {
+                continue;
+            };
+            // The entry may vanish between readdir and stat (lumberjack deleting backups).
+            let Ok(md) = fs::metadata(self.dir.join(&name)) else {
+                continue;
+            };
+            if !md.is_file() {
+                continue;
+            }
+            out.push(Entry {
+                name,
+                gz: ts.is_some_and(|t| t.1),
+                ts_ms: ts.map(|t| t.0),
+                dev: md.dev(),
+                ino: md.ino(),
+                ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+            });
+        }
+        out.sort_by(|a, b| match (a.ts_ms, b.ts_ms) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (Some(x), Some(y)) => x.cmp(&y).then(a.gz.cmp(&b.gz)).then(a.name.cmp(&b.name)),
+        });
+        Ok(out)
+    }
+
+    fn open(&self, e: &Entry) -> io::Result<Held> {
+        let path = self.dir.join(&e.name);
+        let f = File::open(&path)?;
+        let md = f.metadata()?;
+        let (source, fp) = if e.gz {
+            let fp =
+                Fingerprint::read_from(MultiGzDecoder::new(BufReader::new(File::open(&path)?)))?;
+            (
+                Source::Gz(Box::new(MultiGzDecoder::new(BufReader::new(f)))),
+                fp,
+            )
+        } else {
+            let fp = plain_fingerprint(&f)?;
+            (Source::Plain(f), fp)
+        };
+        Ok(Held {
+            source,
+            id: FileId {
+                dev: md.dev(),
+                ino: md.ino(),
+                fp,
+            },
+            name: e.name.clone(),
+            offset: 0,
+        })
+    }
+
+    /// The fingerprint of an entry, or `None` when it cannot be read yet (a gzip being written).
+    fn entry_fingerprint(&self, e: &Entry, len: Option<u32>) -> Option<Fingerprint> {
+        let path = self.dir.join(&e.name);
+        let f = File::open(path).ok()?;
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let want = len.map(|l| l as usize).unwrap_or(FINGERPRINT_BYTES);
+        let mut n = 0;
+        if e.gz {
+            let mut d = MultiGzDecoder::new(BufReader::new(f));
+            while n < want {
+                match d.read(&mut buf[n..want]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(_) => return None,
+                }
+            }
+        } else {
+            while n < want {
+                match f.read_at(&mut buf[n..want], n as u64) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(_) => return None,
+                }
+            }
+        }
+        Some(Fingerprint::of(&buf[..n]))
+    }
+
+    fn startup(&mut self) {
+        self.started = true;
+        let entries = match self.list() {
+            Ok(e) => e,
+            Err(e) => {
+                error!("cannot list {}: {e}", self.dir.display());
+                self.started = false;
+                return;
+            }
+        };
+        let pos = self.pending_position.take();
+        let mut first = None;
+        let mut offset = 0;
+        if let Some(p) = &pos {
+            let fp_matches =
+                |e: &Entry| self.entry_fingerprint(e, Some(p.id.fp.len)) == Some(p.id.fp);
+            let by_inode = entries
+                .iter()
+                .position(|e| !e.gz && e.dev == p.id.dev && e.ino == p.id.ino && fp_matches(e));
+            let by_content = || {
+                if p.id.fp.is_empty() {
+                    None
+                } else {
+                    entries.iter().position(fp_matches)
+                }
+            };
+            match by_inode.or_else(by_content) {
+                Some(i) => {
+                    info!(
+                        "resuming {} at offset {} (position file named {})",
+                        entries[i].name, p.offset, p.name
+                    );
+                    first = Some(i);
+                    offset = p.offset;
+                }
+                None => {
+                    error!(
+                        "position file names {} (inode {}) at offset {}, but no file in {} has that identity any more: \
+                         whatever it held past that offset was lost; reading every remaining file from its start",
+                        p.name,
+                        p.id.ino,
+                        p.offset,
+                        self.dir.display()
+                    );
+                    first = if entries.is_empty() { None } else { Some(0) };
+                }
+            }
+        } else if let Some(i) = entries.iter().position(|e| e.ts_ms.is_none()) {
+            first = Some(i);
+        }
+        let Some(first) = first else {
+            if !self.waiting_logged {
+                info!("waiting for {} to appear", self.path.display());
+                self.waiting_logged = true;
+            }
+            return;
+        };
+        for (k, e) in entries[first..].iter().enumerate() {
+            // A plain backup and its gzipped copy can both exist while lumberjack compresses.
+            if e.gz
+                && entries[first..][..k]
+                    .iter()
+                    .any(|o| !o.gz && o.ts_ms == e.ts_ms)
+            {
+                continue;
+            }
+            match self.open(e) {
+                Ok(h) => {
+                    info!("following {}", self.dir.join(&h.name).display());
+                    self.queue.push_back(h);
+                }
+                Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
+            }
+        }
+        let no_position_tail = pos.is_none() && !self.read_from_head;
+        if let Some(h) = self.queue.front_mut() {
+            let target = if no_position_tail {
+                match &h.source {
+                    Source::Plain(f) => f.metadata().map(|m| m.len()).unwrap_or(0),
+                    Source::Gz(_) => 0,
+                }
+            } else {
+                offset
+            };
+            if let Err(e) = seek_to(h, target) {
+                warn!(
+                    "{}: cannot resume at offset {target}: {e}; reading from the start",
+                    h.name
+                );
+                let _ = seek_to(h, 0);
+            }
+            self.splitter.reset(h.offset);
+        }
+    }
+
+    /// Finds files created or renamed since we last looked and queues the new ones in order.
+    fn rescan_dir(&mut self) {
+        let entries = match self.list() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("cannot list {}: {e}", self.dir.display());
+                return;
+            }
+        };
+        for h in self.queue.iter_mut() {
+            if !h.is_gz() && (h.id.fp.len as usize) < FINGERPRINT_BYTES {
+                if let Source::Plain(f) = &h.source {
+                    if let Ok(fp) = plain_fingerprint(f) {
+                        h.id.fp = fp;
+                    }
+                }
+            }
+        }
+        if self.queue.is_empty() {
+            // Nothing held: audit.log appeared (again) after we waited for it. A file that
+            // appears after we started is new, so it is read from its head.
+            if let Some(e) = entries.iter().find(|e| e.ts_ms.is_none()) {
+                match self.open(e) {
+                    Ok(h) => {
+                        info!("following {}", self.dir.join(&h.name).display());
+                        self.waiting_logged = false;
+                        self.splitter.reset(0);
+                        self.queue.push_back(h);
+                    }
+                    Err(err) => warn!("cannot open {}: {err}", self.path.display()),
+                }
+            }
+            return;
+        }
+        let held = |e: &Entry, q: &VecDeque<Held>| {
+            q.iter().any(|h| h.id.dev == e.dev && h.id.ino == e.ino)
+        };
+        // Everything after the newest file we hold is newer than it. If that file is gone from
+        // the directory (rotated and deleted), compare times instead: a newer backup was renamed
+        // (its ctime) at or after the held file's last write (file times are coarse), since
+        // lumberjack creates the next file
+        // only after renaming the previous one. Backup names are not used for this: their clock
+        // is the writer's, not the file system's.
+        let newest = self.queue.back().map(|h| h.id).unwrap_or_default();
+        let anchor = entries.iter().position(|e| {
+            (!e.gz && e.dev == newest.dev && e.ino == newest.ino)
+                || (e.gz
+                    && !newest.fp.is_empty()
+                    && self.entry_fingerprint(e, Some(newest.fp.len)) == Some(newest.fp))
+        });
+        let newest_mtime_ns = match self.queue.back().map(|h| &h.source) {
+            Some(Source::Plain(f)) => f
+                .metadata()
+                .map(|m| m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        for (i, e) in entries.iter().enumerate() {
+            if held(e, &self.queue) {
+                continue;
+            }
+            let newer = match anchor {
+                Some(a) => i > a,
+                None => e.ts_ms.is_none() || e.ctime_ns >= newest_mtime_ns,
+            };
+            if !newer {
+                continue;
+            }
+            let Some(fp) = self.entry_fingerprint(e, None) else {
+                debug!(
+                    "{} is not readable yet; looking again when it is closed",
+                    e.name
+                );
+                continue;
+            };
+            if !fp.is_empty()
+                && (self.known.contains(&fp) || self.queue.iter().any(|h| h.id.fp == fp))
+            {
+                continue;
+            }
+            match self.open(e) {
+                Ok(h) => {
+                    info!("following {}", self.dir.join(&h.name).display());
+                    self.queue.push_back(h);
+                }
+                Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
+            }
+        }
+    }
+
+    /// Reads up to one buffer from the current file and hands every complete line to `emit`
+    /// together with the file offset just past it.
+    pub fn read(
+        &mut self,
+        mut emit: impl FnMut(Piece<'_>, &FileId, &str, u64),
+    ) -> io::Result<Progress> {
+        let Some(h) = self.queue.front_mut() else {
+            return Ok(Progress::Idle);
+        };
+        let n = match h.read(&mut self.buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // A corrupt gzip backup or an I/O error on a file: say which, and move on to
+                // the next file rather than stall forever.
+                error!(
+                    "reading {} at offset {}: {e}; skipping the rest of it",
+                    h.name, h.offset
+                );
+                0
+            }
+        };
+        if n > 0 {
+            let start = h.offset;
+            h.offset += n as u64;
+            h.refresh_fingerprint();
+            let (id, name) = (h.id, &h.name);
+            self.splitter
+                .feed(&self.buf[..n], start, |p, end| emit(p, &id, name, end));
+            return Ok(Progress::Read);
+        }
+        if self.queue.len() > 1 {
+            let h = self.queue.front().expect("queue has two entries");
+            let (id, name) = (h.id, h.name.clone());
+            self.splitter.finish(|p, end| emit(p, &id, &name, end));
+            if let Some(done) = self.queue.pop_front() {
+                if !done.id.fp.is_empty() {
+                    if self.known.len() == KNOWN_FPS {
+                        self.known.pop_front();
+                    }
+                    self.known.push_back(done.id.fp);
+                }
+                debug!("finished {} at offset {}", done.name, done.offset);
+            }
+            if let Some(next) = self.queue.front() {
+                info!(
+                    "rotated: now reading {} from offset {}",
+                    next.name, next.offset
+                );
+                self.splitter.reset(next.offset);
+            }
+            return Ok(Progress::Switched);
+        }
+        // The newest file at its end: a file that shrank below what we read was truncated in
+        // place (copytruncate).
+        let Some(h) = self.queue.front_mut() else {
+            return Ok(Progress::Idle);
+        };
+        if let Source::Plain(f) = &mut h.source {
+            if let Ok(md) = f.metadata() {
+                if md.len() < h.offset {
+                    warn!("{} was truncated to {} bytes below our offset {}; reading it from the start", h.name, md.len(), h.offset);
+                    f.seek(SeekFrom::Start(0))?;
+                    h.offset = 0;
+                    h.id.fp = plain_fingerprint(f).unwrap_or_default();
+                    self.splitter.reset(0);
+                    return Ok(Progress::Switched);
+                }
+            }
+        }
+        Ok(Progress::Idle)
+    }
+}
+
+fn seek_to(h: &mut Held, offset: u64) -> io::Result<()> {
+    match &mut h.source {
+        Source::Plain(f) => {
+            let len = f.metadata()?.len();
+            if len < offset {
+                return Err(io::Error::other(format!(
+                    "file is only {len} bytes (truncated?)"
+                )));
+            }
+            f.seek(SeekFrom::Start(offset))?;
+        }
+        Source::Gz(d) => {
+            let skipped = io::copy(&mut d.by_ref().take(offset), &mut io::sink())?;
+            if skipped < offset {
+                return Err(io::Error::other(format!(
+                    "decompressed file is only {skipped} bytes"
+                )));
+            }
+        }
+    }
+    h.offset = offset;
+    Ok(())
+}
+
+/// Parses lumberjack's backup time `2006-01-02T15-04-05.000` (UTC) to milliseconds.
+fn parse_backup_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 23
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b'-'
+        || b[16] != b'-'
+        || b[19] != b'.'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in &b[r] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as i64;
+        }
+        Some(v)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(((days * 86400 + h * 3600 + mi * 60 + se) * 1000) + ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn backup_names() {
+        let cases: &[(&str, Option<i64>)] = &[
+            ("1970-01-01T00-00-00.000", Some(0)),
+            ("2025-07-16T10-12-56.525", Some(1_752_660_776_525)),
+            ("2024-02-29T23-59-59.999", Some(1_709_251_199_999)),
+            ("2025-13-16T10-12-56.525", None),
+            ("2025-07-16T10:12:56.525", None),
+            ("2025-07-16T10-12-56", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_backup_time(s), *want, "{s}");
+        }
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn tmp(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("af-tail-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn drain(t: &mut Tail) -> Vec<String> {
+        let mut out = Vec::new();
+        t.on_inotify().unwrap();
+        loop {
+            let p = t
+                .read(|p, _, _, _| {
+                    if let Piece::Line(l) = p {
+                        out.push(String::from_utf8_lossy(l).into_owned())
+                    }
+                })
+                .unwrap();
+            if p == Progress::Idle {
+                return out;
+            }
+        }
+    }
+
+    fn append(path: &Path, s: &str) {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn follows_rename_rotation_and_deleted_backup() {
+        let d = tmp("rot");
+        let log = d.0.join("audit.log");
+        append(&log, "a1\na2\n");
+        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        assert_eq!(drain(&mut t), ["a1", "a2"]);
+        append(&log, "a3\n");
+        let b1 = d.0.join("audit-2025-01-01T00-00-00.000.log");
+        fs::rename(&log, &b1).unwrap();
+        append(&log, "b1\n");
+        let b2 = d.0.join("audit-2025-01-01T00-00-01.000.log");
+        fs::rename(&log, &b2).unwrap();
+        append(&log, "c1\n");
+        fs::remove_file(&b1).unwrap();
+        assert_eq!(drain(&mut t), ["a3", "b1", "c1"]);
+        let p = t.position().unwrap();
+        assert_eq!((p.name.as_str(), p.offset), ("audit.log", 3));
+    }
+
+    #[test]
+    fn resumes_in_gzipped_backup_after_restart() {
+        let d = tmp("gz");
+        let log = d.0.join("audit.log");
+        append(&log, "x1\nx2\nx3\n");
+        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        let mut pos = None;
+        let mut n = 0;
+        t.read(|p, id, name, end| {
+            if let Piece::Line(_) = p {
+                n += 1;
+                if n == 1 {
+                    pos = Some(Position {
+                        id: *id,
+                        offset: end,
+                        name: name.to_string(),
+                    });
+                }
+            }
+        })
+        .unwrap();
+        drop(t);
+        let b1 = d.0.join("audit-2025-01-01T00-00-00.000.log");
+        fs::rename(&log, &b1).unwrap();
+        let gz = d.0.join("audit-2025-01-01T00-00-00.000.log.gz");
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(&fs::read(&b1).unwrap()).unwrap();
+        enc.finish().unwrap();
+        fs::remove_file(&b1).unwrap();
+        append(&log, "y1\n");
+        let mut t = Tail::new(&log, true, 1024, pos).unwrap();
+        assert_eq!(drain(&mut t), ["x2", "x3", "y1"]);
+    }
+
+    #[test]
+    fn copytruncate_reads_from_zero() {
+        let d = tmp("trunc");
+        let log = d.0.join("audit.log");
+        append(&log, "one\ntwo\n");
+        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        assert_eq!(drain(&mut t), ["one", "two"]);
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        append(&log, "3\n");
+        assert_eq!(drain(&mut t), ["3"]);
+    }
+}
