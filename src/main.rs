@@ -1,15 +1,70 @@
 //! audit-forwarder: follows kube-apiserver audit logs and delivers every line, at least once and
 //! in order, as Fluent Forward records. `main` only wires the modules together and maps errors to
-//! exit codes.
-#![allow(dead_code)]
+//! exit codes: 2 for usage and configuration errors, 1 for a fatal runtime error.
 
 mod cli;
+mod conn;
+mod event_loop;
 mod forward;
 mod lines;
 mod msgpack;
 mod offsets;
+mod outbox;
 mod sys;
 mod tail;
+mod tailer;
 mod transcode;
 
-fn main() {}
+use std::process::ExitCode;
+
+fn init_logging(level: log::LevelFilter) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level);
+    // RUST_LOG may refine the level per module (e.g. `rustls=debug`).
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.format_timestamp_millis()
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let env = |k: &str| std::env::var_os(k);
+    let cmd = match cli::parse(std::env::args_os().skip(1), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("audit-forwarder: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd {
+        cli::Command::Help(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        cli::Command::Version => {
+            println!("audit-forwarder {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        cli::Command::Forward(args) => {
+            init_logging(args.log_level);
+            event_loop::run(&args)
+        }
+        cli::Command::Tailer(args) => {
+            init_logging(args.log_level);
+            tailer::run(&tailer::TailerArgs {
+                listen: args.listen.clone(),
+                discard: args.discard,
+            })
+            .map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

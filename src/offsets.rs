@@ -97,7 +97,7 @@ pub fn decode(text: &str) -> Result<Position, String> {
     }
     let line = lines.next().ok_or("second line missing")?;
     let (fields, name) = line.split_once(" name=").ok_or("name= missing")?;
-    let mut get = |key: &str| -> Result<&str, String> {
+    let get = |key: &str| -> Result<&str, String> {
         fields
             .split(' ')
             .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))

@@ -257,7 +257,7 @@ impl Tail {
         }
     }
 
-    /// Drains inotify. Returns true when something may be readable.
+    /// Drains inotify and looks for new files when the rotation set changed.
     pub fn on_inotify(&mut self) -> io::Result<()> {
         self.events.clear();
         self.inotify.drain(&mut self.events)?;
@@ -611,12 +611,14 @@ impl Tail {
     /// together with the file offset just past it.
     pub fn read(
         &mut self,
+        max: usize,
         mut emit: impl FnMut(Piece<'_>, &FileId, &str, u64),
     ) -> io::Result<Progress> {
         let Some(h) = self.queue.front_mut() else {
             return Ok(Progress::Idle);
         };
-        let n = match h.read(&mut self.buf) {
+        let max = max.clamp(1, self.buf.len());
+        let n = match h.read(&mut self.buf[..max]) {
             Ok(n) => n,
             Err(e) => {
                 // A corrupt gzip backup or an I/O error on a file: say which, and move on to
@@ -781,7 +783,7 @@ mod tests {
         t.on_inotify().unwrap();
         loop {
             let p = t
-                .read(|p, _, _, _| {
+                .read(usize::MAX, |p, _, _, _| {
                     if let Piece::Line(l) = p {
                         out.push(String::from_utf8_lossy(l).into_owned())
                     }
@@ -830,7 +832,7 @@ mod tests {
         let mut t = Tail::new(&log, true, 1024, None).unwrap();
         let mut pos = None;
         let mut n = 0;
-        t.read(|p, id, name, end| {
+        t.read(usize::MAX, |p, id, name, end| {
             if let Piece::Line(_) = p {
                 n += 1;
                 if n == 1 {

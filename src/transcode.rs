@@ -1,1 +1,1927 @@
-//! transcode (being written)
+//! Hot path from a kube-apiserver audit line to a Fluent Forward entry: one JSON object line
+//! becomes `[EventTime, record-map]` in msgpack, written straight into the caller's buffer with no
+//! intermediate tree and no allocation besides the growth of that buffer. Also owns RFC 3339 ->
+//! EventTime. A line that is not a strict JSON object (RFC 8259, valid UTF-8, nesting <= 256)
+//! becomes `{"log": <line>}` stamped with the caller's "now", so no line is ever dropped.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Fluentd's EventTime: seconds and nanoseconds since the Unix epoch (Forward protocol v1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)]
+pub struct EventTime {
+    pub secs: u32,
+    pub nanos: u32,
+}
+
+/// What `append_entry` made of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Kind {
+    /// The line was a JSON object and its record carries every value of it.
+    Json,
+    /// The line was not a strict JSON object; the record is `{"log": <line>}` at `now`.
+    Fallback,
+}
+
+/// kube-apiserver nests far less than this; the cap bounds the recursion below.
+const MAX_DEPTH: usize = 256;
+const STAGE_KEY: &[u8] = b"stageTimestamp";
+const RECEIVED_KEY: &[u8] = b"requestReceivedTimestamp";
+/// Msgpack str32/map32/array32 lengths are u32.
+const MAX_MSGPACK_LEN: usize = u32::MAX as usize;
+
+/// Why a line was not transcoded. Only the tests read it, to prove that each rejected input is
+/// rejected for the intended reason; the hot path just discards it. A one-byte value keeps every
+/// `Result` of the parser in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invalid {
+    /// Longer than a msgpack str32 can carry.
+    TooLong,
+    Utf8,
+    /// The line (after whitespace) does not start with `{`.
+    NotObject,
+    /// Something other than whitespace follows the top-level object.
+    Trailing,
+    ExpectedValue,
+    /// The line ends where a value should start.
+    EndOfLine,
+    /// Nesting deeper than `MAX_DEPTH`.
+    TooDeep,
+    ExpectedKey,
+    ExpectedColon,
+    /// Neither `,` nor `}` after a member.
+    ObjectSeparator,
+    /// Neither `,` nor `]` after an element.
+    ArraySeparator,
+    /// Not `true`, `false` or `null`.
+    Literal,
+    /// A byte below 0x20 inside a string.
+    ControlChar,
+    Unterminated,
+    /// A backslash followed by anything but `"\/bfnrtu`.
+    Escape,
+    /// `\u` not followed by four hex digits.
+    UnicodeEscape,
+    LeadingZero,
+    ExpectedDigit,
+    /// Cannot happen (the number slice is validated ASCII); kept as a value rather than a panic.
+    NumberText,
+    /// Overflows f64 (e.g. `1e400`).
+    NumberRange,
+}
+
+/// Appends one entry `[time, record]` for `line` (no trailing newline; caller already stripped
+/// `\n` and a trailing `\r`) to `out`.
+#[allow(dead_code)]
+pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
+    let base = out.len();
+    match transcode(line, now, out) {
+        Ok(()) => Kind::Json,
+        Err(_) => {
+            out.truncate(base);
+            append_fallback(line, now, out);
+            Kind::Fallback
+        }
+    }
+}
+
+/// RFC 3339 timestamp -> EventTime, exact to the nanosecond with integer arithmetic.
+///
+/// Accepts `YYYY-MM-DD(T|t| )HH:MM:SS[.digits](Z|z|+HH:MM|-HH:MM)`. Fraction digits beyond the
+/// ninth are truncated. A leap second (`:60`) counts as the first second of the next minute, which
+/// is what POSIX time does. Instants before 1970 or past `u32` seconds are `None`, since an
+/// EventTime cannot carry them.
+#[allow(dead_code)]
+pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
+    if s.len() < 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't' | b' ')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return None;
+    }
+    let year = digits(s, 0, 4)?;
+    let month = digits(s, 5, 2)?;
+    let day = digits(s, 8, 2)?;
+    let hour = digits(s, 11, 2)?;
+    let minute = digits(s, 14, 2)?;
+    let second = digits(s, 17, 2)?;
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+
+    let mut i = 19;
+    let mut nanos: u32 = 0;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let first = i;
+        while let Some(&d) = s.get(i) {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            if i - first < 9 {
+                nanos = nanos * 10 + u32::from(d - b'0');
+            }
+            i += 1;
+        }
+        let n = i - first;
+        if n == 0 {
+            return None;
+        }
+        for _ in n..9 {
+            nanos *= 10;
+        }
+    }
+
+    let offset: i64 = match s.get(i) {
+        Some(b'Z' | b'z') if s.len() == i + 1 => 0,
+        Some(&sign @ (b'+' | b'-')) if s.len() == i + 6 && s[i + 3] == b':' => {
+            let oh = digits(s, i + 1, 2)?;
+            let om = digits(s, i + 4, 2)?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = i64::from(oh * 3600 + om * 60);
+            if sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return None,
+    };
+
+    let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset;
+    let secs = u32::try_from(secs).ok()?;
+    Some(EventTime { secs, nanos })
+}
+
+/// Appends the EventTime as msgpack ext type 0 (fixext8: 0xd7 0x00, secs u32 BE, nanos u32 BE).
+#[allow(dead_code)]
+pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0xd7, 0x00]);
+    out.extend_from_slice(&event_time_payload(t));
+}
+
+/// The wall clock as an EventTime; a clock before 1970 reads as the epoch, one past 2106 as the
+/// last representable second.
+#[allow(dead_code)]
+pub fn now_event_time() -> EventTime {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => EventTime {
+            secs: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+            nanos: d.subsec_nanos(),
+        },
+        Err(_) => EventTime { secs: 0, nanos: 0 },
+    }
+}
+
+fn event_time_payload(t: EventTime) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&t.secs.to_be_bytes());
+    b[4..].copy_from_slice(&t.nanos.to_be_bytes());
+    b
+}
+
+/// `n` ASCII digits at `s[at..]` as a number, or `None` if any is not a digit.
+fn digits(s: &[u8], at: usize, n: usize) -> Option<u32> {
+    let mut v = 0u32;
+    for &d in s.get(at..at + n)? {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(d - b'0');
+    }
+    Some(v)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`):
+/// counting from March makes the leap day the last day of the year, so no table is needed.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Where the top-level timestamp strings were written in `out`, noted while transcoding so the
+/// line is read only once. They are parsed when the top-level map is complete and before its
+/// header may grow (which shifts them); values nested deeper only ever shift bytes after them.
+/// A repeated key overrides the earlier one, as in any JSON decoder that builds a map.
+#[derive(Default)]
+struct Times {
+    stage: Option<(usize, usize)>,
+    received: Option<(usize, usize)>,
+    picked: Option<EventTime>,
+}
+
+impl Times {
+    fn pick(&mut self, out: &[u8]) {
+        let parse =
+            |r: Option<(usize, usize)>| r.and_then(|(at, end)| parse_rfc3339(&out[at..end]));
+        self.picked = parse(self.stage).or_else(|| parse(self.received));
+    }
+}
+
+fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Invalid> {
+    if line.len() > MAX_MSGPACK_LEN {
+        return Err(Invalid::TooLong);
+    }
+    // One pass up front (std's validator runs word-at-a-time over ASCII) lets the string scanner
+    // copy non-ASCII bytes blindly, and the grammar rejects every non-ASCII byte outside strings.
+    if std::str::from_utf8(line).is_err() {
+        return Err(Invalid::Utf8);
+    }
+    // Msgpack is rarely longer than the JSON (only floats such as `1.0` grow), so one reservation
+    // usually covers the whole entry.
+    out.reserve(line.len() + 16);
+    out.push(0x92);
+    let time_at = out.len();
+    write_event_time(now, out);
+
+    let mut p = Parser { s: line, i: 0 };
+    p.ws();
+    if p.peek() != Some(b'{') {
+        return Err(Invalid::NotObject);
+    }
+    let mut times = Times::default();
+    p.object(out, 1, Some(&mut times))?;
+    p.ws();
+    if p.i != line.len() {
+        return Err(Invalid::Trailing);
+    }
+    // The time precedes the map in the entry, so it is patched in once the keys have been seen.
+    let t = times.picked.unwrap_or(now);
+    out[time_at + 2..time_at + 10].copy_from_slice(&event_time_payload(t));
+    Ok(())
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), Invalid> {
+        match self.peek() {
+            Some(b'"') => self.string(out).map(|_| ()),
+            Some(b'{') => self.object(out, depth + 1, None),
+            Some(b'[') => self.array(out, depth + 1),
+            Some(b't') => self.literal(b"true", 0xc3, out),
+            Some(b'f') => self.literal(b"false", 0xc2, out),
+            Some(b'n') => self.literal(b"null", 0xc0, out),
+            Some(b'-' | b'0'..=b'9') => self.number(out),
+            Some(_) => Err(Invalid::ExpectedValue),
+            None => Err(Invalid::EndOfLine),
+        }
+    }
+
+    /// At `{`. `times` is set only for the top-level object, whose timestamp keys pick the time.
+    fn object(
+        &mut self,
+        out: &mut Vec<u8>,
+        depth: usize,
+        mut times: Option<&mut Times>,
+    ) -> Result<(), Invalid> {
+        if depth > MAX_DEPTH {
+            return Err(Invalid::TooDeep);
+        }
+        self.i += 1;
+        let hdr = out.len();
+        out.push(0x80);
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut count = 0usize;
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(Invalid::ExpectedKey);
+            }
+            let key_at = self.string(out)?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(Invalid::ExpectedColon);
+            }
+            self.i += 1;
+            self.ws();
+            let slot = match times.as_deref_mut() {
+                Some(t) if out[key_at..] == *STAGE_KEY => Some(&mut t.stage),
+                Some(t) if out[key_at..] == *RECEIVED_KEY => Some(&mut t.received),
+                _ => None,
+            };
+            match slot {
+                Some(slot) if self.peek() == Some(b'"') => {
+                    let at = self.string(out)?;
+                    *slot = Some((at, out.len()));
+                }
+                Some(slot) => {
+                    self.value(out, depth)?;
+                    *slot = None;
+                }
+                None => self.value(out, depth)?,
+            }
+            count += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(Invalid::ObjectSeparator),
+            }
+        }
+        if let Some(t) = times {
+            t.pick(out);
+        }
+        finish_container(out, hdr, count, 0x80, 0xde);
+        Ok(())
+    }
+
+    /// At `[`.
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), Invalid> {
+        if depth > MAX_DEPTH {
+            return Err(Invalid::TooDeep);
+        }
+        self.i += 1;
+        let hdr = out.len();
+        out.push(0x90);
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut count = 0usize;
+        loop {
+            self.value(out, depth)?;
+            count += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(Invalid::ArraySeparator),
+            }
+        }
+        finish_container(out, hdr, count, 0x90, 0xdc);
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8], tag: u8, out: &mut Vec<u8>) -> Result<(), Invalid> {
+        if !self.s[self.i..].starts_with(word) {
+            return Err(Invalid::Literal);
+        }
+        self.i += word.len();
+        out.push(tag);
+        Ok(())
+    }
+
+    /// At `"`. Writes a msgpack str and returns where its bytes start in `out`.
+    #[inline]
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<usize, Invalid> {
+        let s = self.s;
+        let start = self.i + 1;
+        let stop = find_special(s, start);
+        match s.get(stop) {
+            Some(b'"') => {
+                // No escapes (the common case): the length is known before writing anything.
+                put_str_header(stop - start, out);
+                let at = out.len();
+                copy_run(s, start, stop, out);
+                self.i = stop + 1;
+                Ok(at)
+            }
+            Some(b'\\') => self.escaped_string(out, start, stop),
+            Some(_) => Err(Invalid::ControlChar),
+            None => Err(Invalid::Unterminated),
+        }
+    }
+
+    /// The body from `start` has its first escape at `stop`.
+    fn escaped_string(
+        &mut self,
+        out: &mut Vec<u8>,
+        start: usize,
+        mut stop: usize,
+    ) -> Result<usize, Invalid> {
+        let s = self.s;
+        // Every escape decodes to fewer bytes than it spells, so the rest of the line bounds the
+        // decoded length: a header sized for it can only have to shrink.
+        let hdr = out.len();
+        let reserved = str_header_len(s.len() - start);
+        out.resize(hdr + reserved, 0);
+        let mut run = start;
+        loop {
+            copy_run(s, run, stop, out);
+            match s.get(stop) {
+                Some(b'"') => break,
+                Some(b'\\') => run = self.escape(stop, out)?,
+                Some(_) => return Err(Invalid::ControlChar),
+                None => return Err(Invalid::Unterminated),
+            }
+            stop = find_special(s, run);
+        }
+        self.i = stop + 1;
+        Ok(finish_str(out, hdr, reserved))
+    }
+
+    /// Decodes the escape at `s[at] == b'\\'` into `out`; returns the index after it.
+    fn escape(&self, at: usize, out: &mut Vec<u8>) -> Result<usize, Invalid> {
+        let s = self.s;
+        let byte = match s.get(at + 1) {
+            Some(b'"') => b'"',
+            Some(b'\\') => b'\\',
+            Some(b'/') => b'/',
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(b'u') => {
+                let cp = hex4(s, at + 2)?;
+                let (c, next) = match cp {
+                    0xd800..=0xdbff => {
+                        // A high surrogate counts only when a low one follows as the next escape;
+                        // alone (like a lone low surrogate) it cannot be UTF-8 and becomes U+FFFD.
+                        let low = match s.get(at + 6..at + 8) {
+                            Some(b"\\u") => hex4(s, at + 8)?,
+                            _ => 0,
+                        };
+                        if (0xdc00..=0xdfff).contains(&low) {
+                            let c = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+                            (char::from_u32(c), at + 12)
+                        } else {
+                            (None, at + 6)
+                        }
+                    }
+                    _ => (char::from_u32(cp), at + 6),
+                };
+                let mut buf = [0u8; 4];
+                let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                return Ok(next);
+            }
+            _ => return Err(Invalid::Escape),
+        };
+        out.push(byte);
+        Ok(at + 2)
+    }
+
+    /// At `-` or a digit.
+    fn number(&mut self, out: &mut Vec<u8>) -> Result<(), Invalid> {
+        let s = self.s;
+        let start = self.i;
+        let mut i = start;
+        let negative = s[i] == b'-';
+        if negative {
+            i += 1;
+        }
+        let mut magnitude: u64 = 0;
+        let mut overflow = false;
+        match s.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if s.get(i).is_some_and(u8::is_ascii_digit) {
+                    return Err(Invalid::LeadingZero);
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(&d) = s.get(i) {
+                    if !d.is_ascii_digit() {
+                        break;
+                    }
+                    match magnitude
+                        .checked_mul(10)
+                        .and_then(|m| m.checked_add(u64::from(d - b'0')))
+                    {
+                        Some(m) => magnitude = m,
+                        None => overflow = true,
+                    }
+                    i += 1;
+                }
+            }
+            _ => return Err(Invalid::ExpectedDigit),
+        }
+        let mut integer = true;
+        if s.get(i) == Some(&b'.') {
+            i = fraction_digits(s, i + 1)?;
+            integer = false;
+        }
+        if let Some(b'e' | b'E') = s.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = s.get(i) {
+                i += 1;
+            }
+            i = fraction_digits(s, i)?;
+            integer = false;
+        }
+        self.i = i;
+
+        if integer && !overflow {
+            if !negative {
+                put_uint(magnitude, out);
+                return Ok(());
+            }
+            // -0 stays a float so its sign survives, as serde_json and JavaScript read it.
+            if magnitude != 0 && magnitude <= 1 << 63 {
+                put_negative(0i64.wrapping_sub(magnitude as i64), out);
+                return Ok(());
+            }
+        }
+        // The slice holds only ASCII digits, signs, '.', 'e' and 'E', so this cannot fail.
+        let text = std::str::from_utf8(&s[start..i]).map_err(|_| Invalid::NumberText)?;
+        let f: f64 = text.parse().map_err(|_| Invalid::NumberText)?;
+        // Infinity has no JSON spelling: a record carrying it would break JSON encoders downstream
+        // (fluentd's to_json raises), so such a line is kept whole as text instead.
+        if !f.is_finite() {
+            return Err(Invalid::NumberRange);
+        }
+        out.push(0xcb);
+        out.extend_from_slice(&f.to_bits().to_be_bytes());
+        Ok(())
+    }
+}
+
+/// At least one digit from `i`; returns the index after the last one.
+fn fraction_digits(s: &[u8], mut i: usize) -> Result<usize, Invalid> {
+    let first = i;
+    while s.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    if i == first {
+        return Err(Invalid::ExpectedDigit);
+    }
+    Ok(i)
+}
+
+fn hex4(s: &[u8], at: usize) -> Result<u32, Invalid> {
+    let bad = Invalid::UnicodeEscape;
+    let mut v = 0u32;
+    for &h in s.get(at..at + 4).ok_or(bad)? {
+        let d = match h {
+            b'0'..=b'9' => h - b'0',
+            b'a'..=b'f' => h - b'a' + 10,
+            b'A'..=b'F' => h - b'A' + 10,
+            _ => return Err(bad),
+        };
+        v = v << 4 | u32::from(d);
+    }
+    Ok(v)
+}
+
+/// Appends `s[start..stop]`. Most keys and values are short: copying them as one fixed 16- or
+/// 32-byte block and cutting back compiles to a few vector moves instead of a `memcpy` call.
+#[inline(always)]
+fn copy_run(s: &[u8], start: usize, stop: usize, out: &mut Vec<u8>) {
+    let n = stop - start;
+    let at = out.len();
+    let rest = &s[start..];
+    if n <= 16 {
+        if let Some(block) = rest.first_chunk::<16>() {
+            out.extend_from_slice(block);
+            out.truncate(at + n);
+            return;
+        }
+    } else if n <= 32 {
+        if let Some(block) = rest.first_chunk::<32>() {
+            out.extend_from_slice(block);
+            out.truncate(at + n);
+            return;
+        }
+    }
+    out.extend_from_slice(&rest[..n]);
+}
+
+const LO: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+const HI: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+
+/// Bit 7 of each byte of `x` that is `"`, `\` or below 0x20 is set, and possibly of some bytes
+/// above such a byte, never below one: a byte matches when its high bit survives
+/// `(v - 1) & !v` on the byte XORed with the target (zero test) or `(x - 0x20) & !x` (below-0x20
+/// test), and borrows only run upward from a true match. So the lowest flag is always a real one.
+#[inline]
+fn special_mask(x: u128) -> u128 {
+    let quote = x ^ (LO * u128::from(b'"'));
+    let backslash = x ^ (LO * u128::from(b'\\'));
+    ((quote.wrapping_sub(LO) & !quote)
+        | (backslash.wrapping_sub(LO) & !backslash)
+        | (x.wrapping_sub(LO * 0x20) & !x))
+        & HI
+}
+
+/// Index of the first `"`, `\` or control byte at or after `i`, or `s.len()`.
+///
+/// Sixteen bytes at a time: most keys and values are shorter, so the loop usually exits on its
+/// first test and the exit branch stays predictable.
+#[inline]
+fn find_special(s: &[u8], mut i: usize) -> usize {
+    while let Some(block) = s.get(i..).and_then(<[u8]>::first_chunk::<16>) {
+        let found = special_mask(u128::from_le_bytes(*block));
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    // The last bytes of the line: pad with a quote so the block test still applies.
+    let rest = s.get(i..).unwrap_or_default();
+    let mut block = [b'"'; 16];
+    block[..rest.len()].copy_from_slice(rest);
+    let found = special_mask(u128::from_le_bytes(block));
+    i + (found.trailing_zeros() / 8) as usize
+}
+
+fn str_header_len(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+/// Writes the minimal str header for `len` (at most `MAX_MSGPACK_LEN`) into `h`, which must be
+/// exactly `str_header_len(len)` bytes.
+fn write_str_header(len: usize, h: &mut [u8]) {
+    match h {
+        [b] => *b = 0xa0 | len as u8,
+        [t, b] => {
+            *t = 0xd9;
+            *b = len as u8;
+        }
+        [t, rest @ ..] if rest.len() == 2 => {
+            *t = 0xda;
+            rest.copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        [t, rest @ ..] => {
+            *t = 0xdb;
+            rest.copy_from_slice(&(len as u32).to_be_bytes());
+        }
+        [] => {}
+    }
+}
+
+#[inline]
+fn put_str_header(len: usize, out: &mut Vec<u8>) {
+    if len < 32 {
+        out.push(0xa0 | len as u8);
+    } else {
+        let mut h = [0u8; 5];
+        let n = str_header_len(len);
+        write_str_header(len, &mut h[..n]);
+        out.extend_from_slice(&h[..n]);
+    }
+}
+
+/// Closes a str whose body was written after `reserved` header bytes at `hdr`: shifts the body
+/// down if the minimal header is shorter, writes it, and returns where the body now starts.
+fn finish_str(out: &mut Vec<u8>, hdr: usize, reserved: usize) -> usize {
+    let body = hdr + reserved;
+    let len = out.len() - body;
+    let need = str_header_len(len);
+    if need < reserved {
+        out.copy_within(body.., hdr + need);
+        out.truncate(hdr + need + len);
+    }
+    write_str_header(len, &mut out[hdr..hdr + need]);
+    hdr + need
+}
+
+/// Turns the one-byte fixmap/fixarray placeholder at `hdr` into the minimal header for `count`,
+/// shifting the elements up when a 16/32 form is needed (the count is known only at the end).
+fn finish_container(out: &mut Vec<u8>, hdr: usize, count: usize, fix: u8, tag16: u8) {
+    if count < 16 {
+        out[hdr] = fix | count as u8;
+        return;
+    }
+    let old_len = out.len();
+    if count <= 0xffff {
+        out.resize(old_len + 2, 0);
+        out.copy_within(hdr + 1..old_len, hdr + 3);
+        out[hdr] = tag16;
+        out[hdr + 1..hdr + 3].copy_from_slice(&(count as u16).to_be_bytes());
+    } else {
+        // Each element takes at least two bytes of the line, which is at most MAX_MSGPACK_LEN.
+        out.resize(old_len + 4, 0);
+        out.copy_within(hdr + 1..old_len, hdr + 5);
+        out[hdr] = tag16 + 1;
+        out[hdr + 1..hdr + 5].copy_from_slice(&(count as u32).to_be_bytes());
+    }
+}
+
+fn put_uint(v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else if v <= 0xff {
+        out.extend_from_slice(&[0xcc, v as u8]);
+    } else if v <= 0xffff {
+        out.push(0xcd);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= 0xffff_ffff {
+        out.push(0xce);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// `v` is negative: the signed family is used only below zero, so each value has one encoding.
+fn put_negative(v: i64, out: &mut Vec<u8>) {
+    if v >= -32 {
+        out.push(v as u8);
+    } else if v >= i64::from(i8::MIN) {
+        out.extend_from_slice(&[0xd0, v as u8]);
+    } else if v >= i64::from(i16::MIN) {
+        out.push(0xd1);
+        out.extend_from_slice(&(v as i16).to_be_bytes());
+    } else if v >= i64::from(i32::MIN) {
+        out.push(0xd2);
+        out.extend_from_slice(&(v as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// `[now, {"log": <line, invalid UTF-8 replaced by U+FFFD>}]`.
+fn append_fallback(line: &[u8], now: EventTime, out: &mut Vec<u8>) {
+    out.push(0x92);
+    write_event_time(now, out);
+    out.extend_from_slice(b"\x81\xa3log");
+    append_lossy_str(line, MAX_MSGPACK_LEN, out);
+}
+
+/// `bytes` as a msgpack str the way `String::from_utf8_lossy` reads them, cut at a character
+/// boundary to at most `cap` bytes (only a line of gigabytes could exceed a str32).
+fn append_lossy_str(bytes: &[u8], cap: usize, out: &mut Vec<u8>) {
+    let len = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(_) => bytes
+            .utf8_chunks()
+            .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
+            .sum(),
+    };
+    let hdr = out.len();
+    let reserved = str_header_len(len.min(cap));
+    out.resize(hdr + reserved, 0);
+    let body = out.len();
+    const FFFD: &[u8] = "\u{fffd}".as_bytes();
+    for chunk in bytes.utf8_chunks() {
+        let room = cap - (out.len() - body);
+        let valid = chunk.valid();
+        if valid.len() > room {
+            let mut end = room;
+            while !valid.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.extend_from_slice(&valid.as_bytes()[..end]);
+            break;
+        }
+        out.extend_from_slice(valid.as_bytes());
+        if !chunk.invalid().is_empty() {
+            if cap - (out.len() - body) < FFFD.len() {
+                break;
+            }
+            out.extend_from_slice(FFFD);
+        }
+    }
+    finish_str(out, hdr, reserved);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const NOW: EventTime = EventTime {
+        secs: 1_700_000_000,
+        nanos: 123_456_789,
+    };
+
+    /// Test-only msgpack reader into serde_json::Value that also rejects any non-minimal header.
+    struct Dec<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Dec<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            let r = self
+                .b
+                .get(self.i..self.i + n)
+                .ok_or_else(|| format!("truncated at {}", self.i))?;
+            self.i += n;
+            Ok(r)
+        }
+        fn be(&mut self, n: usize) -> Result<u64, String> {
+            Ok(self
+                .take(n)?
+                .iter()
+                .fold(0u64, |a, &b| a << 8 | u64::from(b)))
+        }
+        fn minimal(&self, ok: bool, what: &str) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("non-minimal {what} before {}", self.i))
+            }
+        }
+        fn str(&mut self, len: usize) -> Result<String, String> {
+            let b = self.take(len)?;
+            String::from_utf8(b.to_vec()).map_err(|e| format!("str not UTF-8: {e}"))
+        }
+        fn value(&mut self) -> Result<Value, String> {
+            let t = self.take(1)?[0];
+            Ok(match t {
+                0x00..=0x7f => Value::from(t),
+                0xe0..=0xff => Value::from(t as i8),
+                0xc0 => Value::Null,
+                0xc2 => Value::Bool(false),
+                0xc3 => Value::Bool(true),
+                0xcc => {
+                    let v = self.be(1)?;
+                    self.minimal(v > 0x7f, "uint8")?;
+                    Value::from(v)
+                }
+                0xcd => {
+                    let v = self.be(2)?;
+                    self.minimal(v > 0xff, "uint16")?;
+                    Value::from(v)
+                }
+                0xce => {
+                    let v = self.be(4)?;
+                    self.minimal(v > 0xffff, "uint32")?;
+                    Value::from(v)
+                }
+                0xcf => {
+                    let v = self.be(8)?;
+                    self.minimal(v > 0xffff_ffff, "uint64")?;
+                    Value::from(v)
+                }
+                0xd0 => {
+                    let v = self.be(1)? as u8 as i8 as i64;
+                    self.minimal(v < -32, "int8")?;
+                    Value::from(v)
+                }
+                0xd1 => {
+                    let v = self.be(2)? as u16 as i16 as i64;
+                    self.minimal(v < -128, "int16")?;
+                    Value::from(v)
+                }
+                0xd2 => {
+                    let v = self.be(4)? as u32 as i32 as i64;
+                    self.minimal(v < -32768, "int32")?;
+                    Value::from(v)
+                }
+                0xd3 => {
+                    let v = self.be(8)? as i64;
+                    self.minimal(v < i64::from(i32::MIN), "int64")?;
+                    Value::from(v)
+                }
+                0xcb => {
+                    let f = f64::from_bits(self.be(8)?);
+                    if !f.is_finite() {
+                        return Err(format!("non-finite float {f}"));
+                    }
+                    Value::from(f)
+                }
+                0xa0..=0xbf => Value::String(self.str(usize::from(t & 0x1f))?),
+                0xd9 => {
+                    let n = self.be(1)? as usize;
+                    self.minimal(n > 31, "str8")?;
+                    Value::String(self.str(n)?)
+                }
+                0xda => {
+                    let n = self.be(2)? as usize;
+                    self.minimal(n > 0xff, "str16")?;
+                    Value::String(self.str(n)?)
+                }
+                0xdb => {
+                    let n = self.be(4)? as usize;
+                    self.minimal(n > 0xffff, "str32")?;
+                    Value::String(self.str(n)?)
+                }
+                0x90..=0x9f => self.array(usize::from(t & 0x0f))?,
+                0xdc => {
+                    let n = self.be(2)? as usize;
+                    self.minimal(n > 15, "array16")?;
+                    self.array(n)?
+                }
+                0xdd => {
+                    let n = self.be(4)? as usize;
+                    self.minimal(n > 0xffff, "array32")?;
+                    self.array(n)?
+                }
+                0x80..=0x8f => self.map(usize::from(t & 0x0f))?,
+                0xde => {
+                    let n = self.be(2)? as usize;
+                    self.minimal(n > 15, "map16")?;
+                    self.map(n)?
+                }
+                0xdf => {
+                    let n = self.be(4)? as usize;
+                    self.minimal(n > 0xffff, "map32")?;
+                    self.map(n)?
+                }
+                _ => return Err(format!("unexpected type byte {t:#04x} at {}", self.i - 1)),
+            })
+        }
+        fn array(&mut self, n: usize) -> Result<Value, String> {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                v.push(self.value()?);
+            }
+            Ok(Value::Array(v))
+        }
+        fn map(&mut self, n: usize) -> Result<Value, String> {
+            let mut m = serde_json::Map::new();
+            for _ in 0..n {
+                let k = match self.value()? {
+                    Value::String(k) => k,
+                    other => return Err(format!("map key is not a str: {other}")),
+                };
+                let v = self.value()?;
+                m.insert(k, v);
+            }
+            Ok(Value::Object(m))
+        }
+    }
+
+    /// Decodes one whole entry `[EventTime, map]`; the buffer must hold exactly that.
+    fn decode_entry(b: &[u8]) -> Result<(EventTime, Value), String> {
+        let mut d = Dec { b, i: 0 };
+        if d.take(3)? != [0x92, 0xd7, 0x00] {
+            return Err(format!(
+                "entry does not start with [fixext8 type 0: {b:02x?}"
+            ));
+        }
+        let t = EventTime {
+            secs: d.be(4)? as u32,
+            nanos: d.be(4)? as u32,
+        };
+        let record = d.value()?;
+        if !record.is_object() {
+            return Err("record is not a map".into());
+        }
+        if d.i != b.len() {
+            return Err(format!("{} trailing bytes", b.len() - d.i));
+        }
+        Ok((t, record))
+    }
+
+    fn entry(line: &[u8]) -> (Kind, Vec<u8>) {
+        let mut out = Vec::new();
+        let kind = append_entry(line, NOW, &mut out);
+        (kind, out)
+    }
+
+    /// Value equality where floats may differ by one ulp: serde_json without its
+    /// `float_roundtrip` feature is not correctly rounded (e.g. `3.5e-73`), while our floats come
+    /// from `str::parse` and are checked bit for bit in `transcode_numbers`. Integers, strings and
+    /// structure must match exactly.
+    fn same(got: &Value, want: &Value) -> bool {
+        match (got, want) {
+            (Value::Number(a), Value::Number(b)) if a.is_f64() && b.is_f64() => {
+                let (a, b) = (
+                    a.as_f64().unwrap_or(f64::NAN),
+                    b.as_f64().unwrap_or(f64::NAN),
+                );
+                a == b || (a.to_bits() as i64 - b.to_bits() as i64).abs() <= 1
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+            }
+            (Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
+            }
+            _ => got == want,
+        }
+    }
+
+    fn assert_same(got: &Value, want: &Value, context: &str) {
+        assert!(same(got, want), "{context}\n got: {got}\nwant: {want}");
+    }
+
+    /// Record bytes (after the array header and the time) of a line that must transcode.
+    fn record(line: &[u8]) -> Vec<u8> {
+        let (kind, out) = entry(line);
+        assert_eq!(kind, Kind::Json, "{}", String::from_utf8_lossy(line));
+        out[11..].to_vec()
+    }
+
+    fn time_bytes(t: EventTime) -> Vec<u8> {
+        let mut v = vec![0xd7, 0x00];
+        v.extend_from_slice(&t.secs.to_be_bytes());
+        v.extend_from_slice(&t.nanos.to_be_bytes());
+        v
+    }
+
+    /// msgpack str, built independently of the code under test.
+    fn mp_str(s: &str) -> Vec<u8> {
+        let n = s.len();
+        let mut v = if n < 32 {
+            vec![0xa0 | n as u8]
+        } else if n < 256 {
+            vec![0xd9, n as u8]
+        } else if n < 65536 {
+            vec![0xda, (n >> 8) as u8, n as u8]
+        } else {
+            let mut v = vec![0xdb];
+            v.extend_from_slice(&(n as u32).to_be_bytes());
+            v
+        };
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn fallback_bytes(line: &[u8], now: EventTime) -> Vec<u8> {
+        let mut v = vec![0x92];
+        v.extend(time_bytes(now));
+        v.extend_from_slice(b"\x81\xa3log");
+        v.extend(mp_str(&String::from_utf8_lossy(line)));
+        v
+    }
+
+    fn f64_bytes(f: f64) -> Vec<u8> {
+        let mut v = vec![0xcb];
+        v.extend_from_slice(&f.to_bits().to_be_bytes());
+        v
+    }
+
+    /// Output decodes to the same value as serde_json reads from the line, with time `now`.
+    fn assert_same_as_serde(line: &[u8]) {
+        let (kind, out) = entry(line);
+        assert_eq!(kind, Kind::Json, "{}", String::from_utf8_lossy(line));
+        let (t, got) = decode_entry(&out).unwrap_or_else(|e| panic!("{e}: {out:02x?}"));
+        let want: Value = serde_json::from_slice(line).expect("test line is valid for serde_json");
+        assert_same(&got, &want, &String::from_utf8_lossy(line));
+        assert_eq!(t, NOW);
+    }
+
+    #[test]
+    fn transcode_constructs_match_serde_json() {
+        let cases: &[&str] = &[
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"a":"b"}"#,
+            r#"{"t":true,"f":false,"n":null}"#,
+            r#"{"e":[],"o":{},"ee":[[]],"oo":{"x":{}}}"#,
+            r#"{"arr":[1,"two",3.5,null,true,false,{"k":[-1]}]}"#,
+            r#"{"a":{"b":{"c":{"d":[1,[2,[3,[4]]]]}}}}"#,
+            "  \t{ \"a\" : [ 1 , 2 ] , \"b\" : { } }\t \r ",
+            "\r\n{\n\"a\"\n:\n1\n}\n",
+            r#"{"":""}"#,
+            r#"{"é€😀":"ünïcödé ✓ 𝄞"}"#,
+            "{\"del\":\"\x7f\"}",
+            r#"{"esc":"a\"b\\c\/d\be\ff\ng\rh\ti"}"#,
+            r#"{"u":"\u0000\u001f\u0041\u00e9\u20ac\uffff\ud83d\ude00\uD834\uDD1E"}"#,
+            r#"{"go":"a\u003cb\u003e\u0026c"}"#,
+            r#"{"\u006bey":"v","k\"q":1}"#,
+            r#"{"big":18446744073709551615,"neg":-9223372036854775808}"#,
+            r#"{"f":[0.1,1.5e3,-1E+2,1e308,1e-320,2.5E-3,0.0,123456789.125]}"#,
+            r#"{"huge":[18446744073709551616,-9223372036854775809,123456789012345678901234567890]}"#,
+        ];
+        for line in cases {
+            assert_same_as_serde(line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn transcode_exact_bytes() {
+        let cases: &[(&str, &[u8])] = &[
+            ("{}", b"\x80"),
+            (r#"{"a":1}"#, b"\x81\xa1a\x01"),
+            (r#"{"a":[]}"#, b"\x81\xa1a\x90"),
+            (r#"{"a":[true,false,null]}"#, b"\x81\xa1a\x93\xc3\xc2\xc0"),
+            (r#"{"a":{"b":""}}"#, b"\x81\xa1a\x81\xa1b\xa0"),
+            (r#"{"a":1,"a":2}"#, b"\x82\xa1a\x01\xa1a\x02"),
+            (r#"{"a":"\n"}"#, b"\x81\xa1a\xa1\n"),
+            (r#"{"a":"\ud800"}"#, b"\x81\xa1a\xa3\xef\xbf\xbd"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(record(line.as_bytes()), *want, "{line}");
+        }
+        // The whole entry, including the array header and the fixext8 time.
+        let (_, out) = entry(b"{}");
+        let mut want = vec![0x92];
+        want.extend(time_bytes(NOW));
+        want.push(0x80);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn transcode_numbers() {
+        let cases: &[(&str, Vec<u8>)] = &[
+            ("0", vec![0x00]),
+            ("127", vec![0x7f]),
+            ("128", vec![0xcc, 0x80]),
+            ("255", vec![0xcc, 0xff]),
+            ("256", vec![0xcd, 0x01, 0x00]),
+            ("65535", vec![0xcd, 0xff, 0xff]),
+            ("65536", vec![0xce, 0, 1, 0, 0]),
+            ("4294967295", vec![0xce, 0xff, 0xff, 0xff, 0xff]),
+            ("4294967296", vec![0xcf, 0, 0, 0, 1, 0, 0, 0, 0]),
+            (
+                "9223372036854775807",
+                [&[0xcf, 0x7f][..], &[0xff; 7]].concat(),
+            ),
+            ("9223372036854775808", [&[0xcf, 0x80][..], &[0; 7]].concat()),
+            ("18446744073709551615", [&[0xcf][..], &[0xff; 8]].concat()),
+            ("18446744073709551616", f64_bytes(18446744073709551616.0)),
+            ("-1", vec![0xff]),
+            ("-32", vec![0xe0]),
+            ("-33", vec![0xd0, 0xdf]),
+            ("-128", vec![0xd0, 0x80]),
+            ("-129", vec![0xd1, 0xff, 0x7f]),
+            ("-32768", vec![0xd1, 0x80, 0x00]),
+            ("-32769", vec![0xd2, 0xff, 0xff, 0x7f, 0xff]),
+            ("-2147483648", vec![0xd2, 0x80, 0, 0, 0]),
+            (
+                "-2147483649",
+                vec![0xd3, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff],
+            ),
+            (
+                "-9223372036854775807",
+                [&[0xd3, 0x80][..], &[0, 0, 0, 0, 0, 0, 1]].concat(),
+            ),
+            (
+                "-9223372036854775808",
+                [&[0xd3, 0x80][..], &[0; 7]].concat(),
+            ),
+            ("-9223372036854775809", f64_bytes(-9223372036854775809.0)),
+            ("-0", f64_bytes(-0.0)),
+            ("-0.0", f64_bytes(-0.0)),
+            ("0.0", f64_bytes(0.0)),
+            ("1e308", f64_bytes(1e308)),
+            ("1e-320", f64_bytes(1e-320)),
+            ("1e-400", f64_bytes(0.0)),
+            ("0.1", f64_bytes(0.1)),
+            ("1.5e3", f64_bytes(1500.0)),
+            ("-1E+2", f64_bytes(-100.0)),
+            ("1E-2", f64_bytes(0.01)),
+            ("1e0", f64_bytes(1.0)),
+            (
+                "2.2250738585072011e-308",
+                f64_bytes(f64::from_bits(0x000f_ffff_ffff_ffff)),
+            ),
+            ("1.7976931348623157e308", f64_bytes(f64::MAX)),
+            ("0.30000000000000004", f64_bytes(0.30000000000000004)),
+        ];
+        for (num, want) in cases {
+            let line = format!(r#"{{"n":{num}}}"#);
+            let mut full = b"\x81\xa1n".to_vec();
+            full.extend_from_slice(want);
+            assert_eq!(record(line.as_bytes()), full, "{num}");
+            // Inside an array the number ends at ']' rather than '}'.
+            let line = format!(r#"{{"n":[{num},{num}]}}"#);
+            let mut full = b"\x81\xa1n\x92".to_vec();
+            full.extend_from_slice(want);
+            full.extend_from_slice(want);
+            assert_eq!(record(line.as_bytes()), full, "[{num}]");
+        }
+    }
+
+    #[test]
+    fn transcode_strings_and_escapes() {
+        let cases: &[(&str, &str)] = &[
+            (r#""""#, ""),
+            (r#""plain""#, "plain"),
+            (r#""\"""#, "\""),
+            (r#""\\""#, "\\"),
+            (r#""\/""#, "/"),
+            (r#""\b\f\n\r\t""#, "\u{8}\u{c}\n\r\t"),
+            (r#""\u0000""#, "\0"),
+            (r#""\u0041\u00e9\u20AC\uFFFF""#, "Aé€\u{ffff}"),
+            (r#""\ud83d\ude00""#, "😀"),
+            (r#""\uD834\uDD1E x""#, "𝄞 x"),
+            (r#""\udbff\udfff""#, "\u{10ffff}"),
+            (r#""\ud800""#, "\u{fffd}"),
+            (r#""\udc00""#, "\u{fffd}"),
+            (r#""\ud800x""#, "\u{fffd}x"),
+            (r#""\ud800\u0041""#, "\u{fffd}A"),
+            (r#""\ud800\n""#, "\u{fffd}\n"),
+            (r#""\ud800\ud800\udc00""#, "\u{fffd}\u{10000}"),
+            (r#""\udc00\ud800""#, "\u{fffd}\u{fffd}"),
+            (r#""a\ud83d""#, "a\u{fffd}"),
+            ("\"raw é € 😀\"", "raw é € 😀"),
+            (
+                "\"0123456789abcdef\\\"0123456789abcdef\"",
+                "0123456789abcdef\"0123456789abcdef",
+            ),
+            (r#""\\\\\\\\\\\\\\\\\\""#, "\\\\\\\\\\\\\\\\\\"),
+        ];
+        for (json, want) in cases {
+            let line = format!(r#"{{"s":{json}}}"#);
+            let mut full = b"\x81\xa1s".to_vec();
+            full.extend(mp_str(want));
+            assert_eq!(record(line.as_bytes()), full, "{json}");
+        }
+    }
+
+    #[test]
+    fn transcode_length_boundaries_use_minimal_headers() {
+        for n in [0, 1, 31, 32, 33, 255, 256, 257, 65535, 65536, 65537, 70000] {
+            let plain = "x".repeat(n);
+            let line = format!(r#"{{"s":"{plain}"}}"#);
+            let mut want = b"\x81\xa1s".to_vec();
+            want.extend(mp_str(&plain));
+            assert_eq!(record(line.as_bytes()), want, "plain {n}");
+
+            // Same decoded length through the escape path, whose header is sized from an upper bound.
+            if n > 0 {
+                let escaped = format!(r#"{{"s":"{}\n"}}"#, "x".repeat(n - 1));
+                let mut want = b"\x81\xa1s".to_vec();
+                want.extend(mp_str(&format!("{}\n", "x".repeat(n - 1))));
+                assert_eq!(record(escaped.as_bytes()), want, "escaped {n}");
+                assert_same_as_serde(escaped.as_bytes());
+            }
+        }
+        for n in [0usize, 1, 15, 16, 17, 65535, 65536, 65537] {
+            let items = vec!["0"; n].join(",");
+            let line = format!(r#"{{"a":[{items}]}}"#);
+            let rec = record(line.as_bytes());
+            let hdr: Vec<u8> = match n {
+                0..=15 => vec![0x90 | n as u8],
+                16..=65535 => vec![0xdc, (n >> 8) as u8, n as u8],
+                _ => [&[0xdd][..], &(n as u32).to_be_bytes()].concat(),
+            };
+            assert_eq!(&rec[3..3 + hdr.len()], &hdr[..], "array {n}");
+            assert_eq!(rec.len(), 3 + hdr.len() + n, "array {n}");
+            assert_same_as_serde(line.as_bytes());
+
+            let keys: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{}"#, i % 100)).collect();
+            let line = format!("{{{}}}", keys.join(","));
+            let rec = record(line.as_bytes());
+            let hdr: Vec<u8> = match n {
+                0..=15 => vec![0x80 | n as u8],
+                16..=65535 => vec![0xde, (n >> 8) as u8, n as u8],
+                _ => [&[0xdf][..], &(n as u32).to_be_bytes()].concat(),
+            };
+            assert_eq!(&rec[..hdr.len()], &hdr[..], "map {n}");
+            assert_same_as_serde(line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn transcode_nesting_limit() {
+        // The top-level object is depth 1: 255 more arrays reach exactly 256.
+        let ok = format!(r#"{{"a":{}{}}}"#, "[".repeat(255), "]".repeat(255));
+        let rec = record(ok.as_bytes());
+        assert_eq!(rec.len(), 3 + 255);
+        assert!(rec[3..].iter().take(254).all(|&b| b == 0x91));
+        assert_eq!(rec[3 + 254], 0x90);
+
+        let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(256), "]".repeat(256));
+        let mut out = Vec::new();
+        let err = transcode(deep.as_bytes(), NOW, &mut out).unwrap_err();
+        assert_eq!(err, Invalid::TooDeep);
+        let (kind, out) = entry(deep.as_bytes());
+        assert_eq!(kind, Kind::Fallback);
+        assert_eq!(out, fallback_bytes(deep.as_bytes(), NOW));
+
+        let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(257), "}".repeat(257));
+        let err = transcode(deep_objects.as_bytes(), NOW, &mut Vec::new()).unwrap_err();
+        assert_eq!(err, Invalid::TooDeep);
+        // Nothing stops a hostile line from nesting a million levels; the cap keeps the stack flat.
+        let hostile = "[".repeat(1_000_000);
+        assert_eq!(
+            entry(format!("{{\"a\":{hostile}").as_bytes()).0,
+            Kind::Fallback
+        );
+    }
+
+    #[test]
+    fn transcode_invalid_lines_fall_back() {
+        let cases: &[(&[u8], Invalid)] = &[
+            (b"", Invalid::NotObject),
+            (b"   ", Invalid::NotObject),
+            (b"[]", Invalid::NotObject),
+            (b"\"s\"", Invalid::NotObject),
+            (b"1", Invalid::NotObject),
+            (b"null", Invalid::NotObject),
+            (b"\x0c{}", Invalid::NotObject),
+            (b"\xef\xbb\xbf{}", Invalid::NotObject),
+            (b"{", Invalid::ExpectedKey),
+            (b"{\"a\"", Invalid::ExpectedColon),
+            (b"{\"a\"}", Invalid::ExpectedColon),
+            (b"{\"a\":}", Invalid::ExpectedValue),
+            (b"{\"a\":", Invalid::EndOfLine),
+            (b"{\"a\":1,}", Invalid::ExpectedKey),
+            (b"{,}", Invalid::ExpectedKey),
+            (b"{a:1}", Invalid::ExpectedKey),
+            (b"{'a':1}", Invalid::ExpectedKey),
+            (b"{1:1}", Invalid::ExpectedKey),
+            (b"{\"a\":1 \"b\":2}", Invalid::ObjectSeparator),
+            (b"{\"a\":1", Invalid::ObjectSeparator),
+            (b"{\"a\":[1,]}", Invalid::ExpectedValue),
+            (b"{\"a\":[1 2]}", Invalid::ArraySeparator),
+            (b"{\"a\":[1}", Invalid::ArraySeparator),
+            (b"{\"a\":[}", Invalid::ExpectedValue),
+            (b"{\"a\":1}x", Invalid::Trailing),
+            (b"{\"a\":1}{}", Invalid::Trailing),
+            (b"{\"a\":1} ,", Invalid::Trailing),
+            (b"{} \x00", Invalid::Trailing),
+            (b"{\"a\":\"x\x01\"}", Invalid::ControlChar),
+            (b"{\"a\":\"\x1f\"}", Invalid::ControlChar),
+            (b"{\"a\":\"tab\there\"}", Invalid::ControlChar),
+            (b"{\"a\":\"\\n\x0a\"}", Invalid::ControlChar),
+            (b"{\"a\":\"unterminated}", Invalid::Unterminated),
+            (b"{\"a\":\"esc\\n unterminated}", Invalid::Unterminated),
+            (b"{\"a\":\"\\", Invalid::Escape),
+            (b"{\"a\":\"\\x\"}", Invalid::Escape),
+            (b"{\"a\":\"\\'\"}", Invalid::Escape),
+            (b"{\"a\":\"\\U0041\"}", Invalid::Escape),
+            (b"{\"a\":\"\\u12\"}", Invalid::UnicodeEscape),
+            (b"{\"a\":\"\\u12G4\"}", Invalid::UnicodeEscape),
+            (b"{\"a\":\"\\ud800\\u12\"}", Invalid::UnicodeEscape),
+            (b"{\"a\":\"\\u", Invalid::UnicodeEscape),
+            (b"{\"a\":01}", Invalid::LeadingZero),
+            (b"{\"a\":-01}", Invalid::LeadingZero),
+            (b"{\"a\":00}", Invalid::LeadingZero),
+            (b"{\"a\":1.}", Invalid::ExpectedDigit),
+            (b"{\"a\":1.e5}", Invalid::ExpectedDigit),
+            (b"{\"a\":-}", Invalid::ExpectedDigit),
+            (b"{\"a\":-a}", Invalid::ExpectedDigit),
+            (b"{\"a\":1e}", Invalid::ExpectedDigit),
+            (b"{\"a\":1e+}", Invalid::ExpectedDigit),
+            (b"{\"a\":1E-}", Invalid::ExpectedDigit),
+            (b"{\"a\":.5}", Invalid::ExpectedValue),
+            (b"{\"a\":+1}", Invalid::ExpectedValue),
+            (b"{\"a\":0x10}", Invalid::ObjectSeparator),
+            (b"{\"a\":1.5.5}", Invalid::ObjectSeparator),
+            (b"{\"a\":NaN}", Invalid::ExpectedValue),
+            (b"{\"a\":Infinity}", Invalid::ExpectedValue),
+            (b"{\"a\":1e400}", Invalid::NumberRange),
+            (b"{\"a\":-1e400}", Invalid::NumberRange),
+            (b"{\"a\":tru}", Invalid::Literal),
+            (b"{\"a\":True}", Invalid::ExpectedValue),
+            (b"{\"a\":nul}", Invalid::Literal),
+            (b"{\"a\":falsey}", Invalid::ObjectSeparator),
+            (b"{\"a\":\"\xff\"}", Invalid::Utf8),
+            (b"{\"a\":\"\xc3\"}", Invalid::Utf8),
+            (b"{\"a\":\"\xed\xa0\x80\"}", Invalid::Utf8),
+            (b"{\"a\":\"\xc0\x80\"}", Invalid::Utf8),
+            (b"{\"a\":\"\xf4\x90\x80\x80\"}", Invalid::Utf8),
+            (b"\xff{}", Invalid::Utf8),
+            (b"{}\xe2\x82", Invalid::Utf8),
+            ("{\"a\":1}\u{a0}".as_bytes(), Invalid::Trailing),
+        ];
+        for (line, why) in cases {
+            let shown = String::from_utf8_lossy(line);
+            let err = transcode(line, NOW, &mut Vec::new()).expect_err(&shown);
+            assert_eq!(err, *why, "{shown}");
+
+            // Appended after earlier entries, which must survive the rollback untouched.
+            let mut out = b"earlier".to_vec();
+            assert_eq!(append_entry(line, NOW, &mut out), Kind::Fallback, "{shown}");
+            assert_eq!(&out[..7], b"earlier");
+            assert_eq!(out[7..], fallback_bytes(line, NOW), "{shown}");
+            let (t, rec) = decode_entry(&out[7..]).unwrap();
+            assert_eq!(t, NOW);
+            assert_eq!(
+                rec,
+                serde_json::json!({ "log": String::from_utf8_lossy(line) })
+            );
+        }
+    }
+
+    #[test]
+    fn transcode_invalid_utf8_is_replaced_like_from_utf8_lossy() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{\"a\":\"\xff\"}", "{\"a\":\"\u{fffd}\"}"),
+            (b"\xc3", "\u{fffd}"),
+            (b"ok \xe2\x82 euro", "ok \u{fffd} euro"),
+            (b"\xed\xa0\x80", "\u{fffd}\u{fffd}\u{fffd}"),
+            (b"\xc0\x80x", "\u{fffd}\u{fffd}x"),
+            (b"\xf0\x9f\x98\x80\xf0\x9f\x98", "😀\u{fffd}"),
+            (b"\x80\x80\x80", "\u{fffd}\u{fffd}\u{fffd}"),
+        ];
+        for (line, lossy) in cases {
+            assert_eq!(String::from_utf8_lossy(line), *lossy, "table is wrong");
+            let (kind, out) = entry(line);
+            assert_eq!(kind, Kind::Fallback);
+            let mut want = vec![0x92];
+            want.extend(time_bytes(NOW));
+            want.extend_from_slice(b"\x81\xa3log");
+            want.extend(mp_str(lossy));
+            assert_eq!(out, want);
+        }
+        // A long invalid line: the lossy string grows past the str8 range the raw bytes fit in.
+        let line = vec![0xffu8; 100];
+        let (_, out) = entry(&line);
+        assert_eq!(out, fallback_bytes(&line, NOW));
+        assert_eq!(out[16..19], [0xda, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn transcode_lossy_cap_cuts_at_char_boundaries() {
+        let cases: &[(&[u8], usize, &str)] = &[
+            (b"abcdef", 4, "abcd"),
+            (b"abcdef", 6, "abcdef"),
+            ("aé€".as_bytes(), 4, "aé"),
+            ("aé€".as_bytes(), 5, "aé"),
+            ("aé€".as_bytes(), 6, "aé€"),
+            (b"ab\xffcd", 4, "ab"),
+            (b"ab\xffcd", 5, "ab\u{fffd}"),
+            (b"ab\xffcd", 6, "ab\u{fffd}c"),
+            (b"\xff\xff", 3, "\u{fffd}"),
+            (b"", 0, ""),
+        ];
+        for (bytes, cap, want) in cases {
+            let mut out = Vec::new();
+            append_lossy_str(bytes, *cap, &mut out);
+            assert_eq!(out, mp_str(want), "{bytes:?} cap {cap}");
+        }
+    }
+
+    #[test]
+    fn transcode_rfc3339() {
+        let t = |secs, nanos| Some(EventTime { secs, nanos });
+        let cases: &[(&str, Option<EventTime>)] = &[
+            ("1970-01-01T00:00:00Z", t(0, 0)),
+            ("2025-07-16T10:12:56.525137Z", t(1752660776, 525_137_000)),
+            ("2018-10-26T13:13:03.544952Z", t(1540559583, 544_952_000)),
+            ("2018-10-26T13:13:03Z", t(1540559583, 0)),
+            ("2018-10-26T13:13:03.5Z", t(1540559583, 500_000_000)),
+            ("2018-10-26T13:13:03.12Z", t(1540559583, 120_000_000)),
+            ("2018-10-26T13:13:03.123Z", t(1540559583, 123_000_000)),
+            ("2018-10-26T13:13:03.1234Z", t(1540559583, 123_400_000)),
+            ("2018-10-26T13:13:03.12345Z", t(1540559583, 123_450_000)),
+            ("2018-10-26T13:13:03.123456Z", t(1540559583, 123_456_000)),
+            ("2018-10-26T13:13:03.1234567Z", t(1540559583, 123_456_700)),
+            ("2018-10-26T13:13:03.12345678Z", t(1540559583, 123_456_780)),
+            ("2018-10-26T13:13:03.123456789Z", t(1540559583, 123_456_789)),
+            (
+                "2018-10-26T13:13:03.1234567891Z",
+                t(1540559583, 123_456_789),
+            ),
+            (
+                "2018-10-26T13:13:03.12345678912Z",
+                t(1540559583, 123_456_789),
+            ),
+            (
+                "2018-10-26T13:13:03.123456789129Z",
+                t(1540559583, 123_456_789),
+            ),
+            (
+                "2018-10-26T13:13:03.999999999999Z",
+                t(1540559583, 999_999_999),
+            ),
+            ("2018-10-26T13:13:03.000000001Z", t(1540559583, 1)),
+            ("2018-10-26t13:13:03z", t(1540559583, 0)),
+            ("2018-10-26 13:13:03Z", t(1540559583, 0)),
+            ("2018-10-26T15:13:03+02:00", t(1540559583, 0)),
+            ("2018-10-26T07:43:03.25-05:30", t(1540559583, 250_000_000)),
+            ("2018-10-26T13:13:03-00:00", t(1540559583, 0)),
+            (
+                "2018-10-26T23:59:03+23:59",
+                t(1540559583 + 10 * 3600 + 46 * 60 - 23 * 3600 - 59 * 60, 0),
+            ),
+            ("2024-02-29T00:00:00Z", t(1709164800, 0)),
+            ("2000-02-29T12:00:00Z", t(951825600, 0)),
+            ("2100-02-28T00:00:00Z", t(4107456000, 0)),
+            ("2024-12-31T23:59:59Z", t(1735689599, 0)),
+            ("2025-01-01T00:00:00Z", t(1735689600, 0)),
+            ("2016-12-31T23:59:60Z", t(1483228800, 0)),
+            ("2016-12-31T23:59:60.5Z", t(1483228800, 500_000_000)),
+            ("1969-12-31T23:00:00-01:00", t(0, 0)),
+            ("2106-02-07T06:28:15Z", t(u32::MAX, 0)),
+            ("2106-02-07T06:28:15.999999999Z", t(u32::MAX, 999_999_999)),
+            ("2106-02-07T06:28:16Z", None),
+            ("9999-12-31T23:59:59Z", None),
+            ("1969-12-31T23:59:59Z", None),
+            ("1970-01-01T00:00:00+00:01", None),
+            ("0000-01-01T00:00:00Z", None),
+            ("2023-02-29T00:00:00Z", None),
+            ("2100-02-29T00:00:00Z", None),
+            ("2025-04-31T00:00:00Z", None),
+            ("2025-06-31T00:00:00Z", None),
+            ("2025-01-32T00:00:00Z", None),
+            ("2025-01-00T00:00:00Z", None),
+            ("2025-00-10T00:00:00Z", None),
+            ("2025-13-10T00:00:00Z", None),
+            ("2025-07-16T24:00:00Z", None),
+            ("2025-07-16T10:60:00Z", None),
+            ("2025-07-16T10:12:61Z", None),
+            ("2025-07-16T10:12:56", None),
+            ("2025-07-16T10:12:56.Z", None),
+            ("2025-07-16T10:12:56.525137", None),
+            ("2025-07-16T10:12:56.5a5Z", None),
+            ("2025-07-16T10:12:56.525137Zx", None),
+            ("2025-07-16T10:12:56Z ", None),
+            (" 2025-07-16T10:12:56Z", None),
+            ("2025-07-16x10:12:56Z", None),
+            ("2025-07-16T10:12:56+0200", None),
+            ("2025-07-16T10:12:56+02:0", None),
+            ("2025-07-16T10:12:56+02:000", None),
+            ("2025-07-16T10:12:56+24:00", None),
+            ("2025-07-16T10:12:56+02:60", None),
+            ("2025-07-16T10:12:56+0a:00", None),
+            ("2025-07-16T10:12:56 +02:00", None),
+            ("2025-7-16T10:12:56Z", None),
+            ("2025-07-16T1:12:56Z", None),
+            ("+025-07-16T10:12:56Z", None),
+            ("2025/07/16T10:12:56Z", None),
+            ("2025-07-16", None),
+            ("", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_rfc3339(s.as_bytes()), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn transcode_days_from_civil_matches_day_by_day_count() {
+        // Walks every day from 1970 to 2106 so month lengths and leap years are checked exhaustively.
+        let mut days = 0i64;
+        for year in 1970u32..2107 {
+            for month in 1..=12 {
+                for day in 1..=days_in_month(year, month) {
+                    let s = format!("{year:04}-{month:02}-{day:02}T00:00:00Z");
+                    let want = u32::try_from(days * 86_400).ok();
+                    assert_eq!(parse_rfc3339(s.as_bytes()).map(|t| t.secs), want, "{s}");
+                    days += 1;
+                }
+            }
+        }
+        assert_eq!(days, 50_038);
+    }
+
+    #[test]
+    fn transcode_time_selection() {
+        let stage = EventTime {
+            secs: 1752660776,
+            nanos: 525_137_000,
+        };
+        let received = EventTime {
+            secs: 1752660776,
+            nanos: 521_030_000,
+        };
+        let s = r#""stageTimestamp":"2025-07-16T10:12:56.525137Z""#;
+        let r = r#""requestReceivedTimestamp":"2025-07-16T10:12:56.521030Z""#;
+        let cases: Vec<(String, EventTime)> = vec![
+            (format!("{{{s}}}"), stage),
+            (format!("{{{r},{s}}}"), stage),
+            (format!("{{{s},{r}}}"), stage),
+            (format!(r#"{{"kind":"Event",{r},"verb":"get"}}"#), received),
+            (format!(r#"{{{r},"stageTimestamp":"garbage"}}"#), received),
+            (format!(r#"{{{r},"stageTimestamp":null}}"#), received),
+            (format!(r#"{{{r},"stageTimestamp":1752660776}}"#), received),
+            (
+                format!(r#"{{{r},"stageTimestamp":["2025-07-16T10:12:56.525137Z"]}}"#),
+                received,
+            ),
+            (
+                format!(r#"{{{r},"stageTimestamp":"1969-07-16T10:12:56Z"}}"#),
+                received,
+            ),
+            (
+                r#"{"stageTimestamp":"2025-07-16T10:12:56.525137\u005a"}"#.into(),
+                stage,
+            ),
+            (
+                r#"{"stage\u0054imestamp":"2025-07-16T10:12:56.525137Z"}"#.into(),
+                stage,
+            ),
+            (
+                format!(r#"{{"stageTimestamp":"2000-01-01T00:00:00Z",{s}}}"#),
+                stage,
+            ),
+            (format!(r#"{{{s},"stageTimestamp":"bad",{r}}}"#), received),
+            (r#"{"kind":"Event"}"#.into(), NOW),
+            (
+                r#"{"stageTimestamp":"bad","requestReceivedTimestamp":"bad"}"#.into(),
+                NOW,
+            ),
+            (format!(r#"{{"nested":{{{s},{r}}}}}"#), NOW),
+            (format!(r#"{{"list":[{{{s}}}]}}"#), NOW),
+            (
+                r#"{"StageTimestamp":"2025-07-16T10:12:56.525137Z"}"#.into(),
+                NOW,
+            ),
+            (
+                r#"{"stageTimestamp ":"2025-07-16T10:12:56.525137Z"}"#.into(),
+                NOW,
+            ),
+        ];
+        for (line, want) in &cases {
+            let (kind, out) = entry(line.as_bytes());
+            assert_eq!(kind, Kind::Json, "{line}");
+            let (t, got) = decode_entry(&out).unwrap();
+            assert_eq!(t, *want, "{line}");
+            // The keys stay in the record as they were.
+            let parsed: Value = serde_json::from_slice(line.as_bytes()).unwrap();
+            assert_same(&got, &parsed, line);
+        }
+    }
+
+    #[test]
+    fn transcode_write_event_time_and_now() {
+        let mut out = vec![0xaa];
+        write_event_time(
+            EventTime {
+                secs: 0x0102_0304,
+                nanos: 0x0506_0708,
+            },
+            &mut out,
+        );
+        assert_eq!(out, [0xaa, 0xd7, 0x00, 1, 2, 3, 4, 5, 6, 7, 8]);
+
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let now = now_event_time();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(u64::from(now.secs) >= before && u64::from(now.secs) <= after);
+        assert!(now.nanos < 1_000_000_000);
+    }
+
+    /// Where the shared reference data lives: `../shared` from the main checkout, or two levels up
+    /// from a worktree under `wt/`.
+    fn shared_dir() -> std::path::PathBuf {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        [manifest.join("../shared"), manifest.join("../../shared")]
+            .into_iter()
+            .find(|p| p.join("samples").is_dir())
+            .expect("shared reference data (../shared) not found")
+    }
+
+    fn sample_lines() -> Vec<(String, Vec<u8>)> {
+        let dir = shared_dir().join("samples/falco-k8s-audit");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        let mut lines = Vec::new();
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            for (n, line) in data.split(|&b| b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if !line.is_empty() {
+                    lines.push((format!("{}:{}", f.display(), n + 1), line.to_vec()));
+                }
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn transcode_falco_samples() {
+        let lines = sample_lines();
+        assert!(lines.len() >= 50, "only {} sample lines", lines.len());
+        let (mut objects, mut from_stage) = (0, 0);
+        for (name, line) in &lines {
+            let mut out = Vec::new();
+            let kind = append_entry(line, NOW, &mut out);
+            let (t, got) = decode_entry(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            match serde_json::from_slice::<Value>(line) {
+                Ok(want) if want.is_object() => {
+                    assert_eq!(kind, Kind::Json, "{name}");
+                    assert_same(&got, &want, name);
+                    let stage = want["stageTimestamp"]
+                        .as_str()
+                        .and_then(|s| parse_rfc3339(s.as_bytes()));
+                    let received = want["requestReceivedTimestamp"]
+                        .as_str()
+                        .and_then(|s| parse_rfc3339(s.as_bytes()));
+                    assert_eq!(t, stage.or(received).unwrap_or(NOW), "{name}");
+                    objects += 1;
+                    from_stage += usize::from(stage.is_some());
+                }
+                _ => {
+                    assert_eq!(kind, Kind::Fallback, "{name}");
+                    assert_eq!(out, fallback_bytes(line, NOW), "{name}");
+                }
+            }
+            // The same event cut short by its last byte, as a torn write would leave it, is kept
+            // whole as text.
+            let torn = &line[..line.len() - 1];
+            let mut out = Vec::new();
+            assert_eq!(append_entry(torn, NOW, &mut out), Kind::Fallback, "{name}");
+            assert_eq!(out, fallback_bytes(torn, NOW), "{name}");
+        }
+        // Every real kube-apiserver event carries stageTimestamp; only hand-made shapes lack it.
+        assert!(
+            objects >= 50,
+            "{objects} of {} lines are objects",
+            lines.len()
+        );
+        assert!(from_stage >= 50, "{from_stage} times from stageTimestamp");
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Whatever the input: no panic, one well-formed entry, and Json exactly when serde_json also
+    /// reads an object (serde_json rejects lone surrogates, which we map to U+FFFD, so inputs with
+    /// `\u` are compared only one way).
+    fn check_arbitrary(line: &[u8]) {
+        let mut out = b"prefix".to_vec();
+        let kind = append_entry(line, NOW, &mut out);
+        assert_eq!(&out[..6], b"prefix");
+        let (_, got) = decode_entry(&out[6..])
+            .unwrap_or_else(|e| panic!("{e} for {:?}", String::from_utf8_lossy(line)));
+        let serde = serde_json::from_slice::<Value>(line)
+            .ok()
+            .filter(Value::is_object);
+        match (kind, serde) {
+            (Kind::Json, Some(want)) => assert_same(&got, &want, &String::from_utf8_lossy(line)),
+            (Kind::Fallback, None) => assert_eq!(out[6..], fallback_bytes(line, NOW)),
+            (Kind::Json, None) if line.windows(2).any(|w| w == b"\\u") => {}
+            (kind, serde) => panic!(
+                "{kind:?} but serde_json says {serde:?} for {:?}",
+                String::from_utf8_lossy(line)
+            ),
+        }
+    }
+
+    #[test]
+    fn transcode_never_panics_on_truncations_and_mutations() {
+        let lines = sample_lines();
+        let (_, sample) = lines
+            .iter()
+            .find(|(n, _)| n.contains("create_configmap.json"))
+            .expect("create_configmap.json sample");
+        let extra = br#"{"a":[1,-2,3.5e-7,"\u00e9\ud83d\ude00\n",{"b":null,"c":true}],"d":"x"}"#;
+        for base in [&sample[..], &extra[..]] {
+            for end in 0..=base.len() {
+                check_arbitrary(&base[..end]);
+                check_arbitrary(&base[end..]);
+            }
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let interesting =
+            b"{}[]\",:\\u0123456789abcdefABCDEF-+.eEtrufalsn \t\r\n\x00\x1f\x7f\x80\xc3\xa9\xff";
+        for _ in 0..20_000 {
+            let mut line = extra.to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(line.len() + 1);
+                let b = interesting[rng.below(interesting.len())];
+                match rng.below(3) {
+                    0 if at < line.len() => line[at] = b,
+                    1 if at < line.len() => {
+                        line.remove(at);
+                    }
+                    _ => line.insert(at, b),
+                }
+            }
+            check_arbitrary(&line);
+        }
+        for _ in 0..5_000 {
+            let len = rng.below(64);
+            let line: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            check_arbitrary(&line);
+            let line: Vec<u8> = (0..len)
+                .map(|_| interesting[rng.below(interesting.len())])
+                .collect();
+            check_arbitrary(&line);
+        }
+    }
+
+    #[test]
+    fn transcode_find_special_agrees_with_bytewise_scan() {
+        let mut rng = Rng(42);
+        let alphabet = b"ab\"\\\x00\x1f\x20\x7f\x80\xff\x21\x5b\x5d\x22";
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let s: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        alphabet[rng.below(alphabet.len())]
+                    } else {
+                        rng.next() as u8
+                    }
+                })
+                .collect();
+            let start = rng.below(len + 1);
+            let want = (start..len)
+                .find(|&i| s[i] == b'"' || s[i] == b'\\' || s[i] < 0x20)
+                .unwrap_or(len);
+            assert_eq!(find_special(&s, start), want, "{s:02x?} from {start}");
+        }
+    }
+
+    /// A ~1 KB kube-apiserver v1 event as written today (compact, Go escaping, 6-digit fractions).
+    fn modern_event() -> Vec<u8> {
+        br#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"6f1c5a0e-2b7d-4c9e-9a51-3f0e8d7c2b14","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/kube-system/configmaps?labelSelector=app%3Dcoredns\u0026limit=500\u0026resourceVersion=0","verb":"list","user":{"username":"system:serviceaccount:kube-system:coredns","uid":"0b8b3a62-5d0e-4bb5-a1f4-7c3f0e1d9a22","groups":["system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated"],"extra":{"authentication.kubernetes.io/credential-id":["JTI=4c1d7e9a-0f35-4b6e-8a2d-91c7b3e5f604"],"authentication.kubernetes.io/node-name":["shoot--garden--prod-worker-z1-5f7d9-x8k2p"],"authentication.kubernetes.io/pod-name":["coredns-7d8c9b6f5-4lq2z"]}},"sourceIPs":["10.250.0.17"],"userAgent":"coredns/v1.11.3 (linux/amd64) kubernetes/$Format","objectRef":{"resource":"configmaps","namespace":"kube-system","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2025-07-16T10:12:56.521030Z","stageTimestamp":"2025-07-16T10:12:56.525137Z","annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"RBAC: allowed by ClusterRoleBinding \"system:coredns\" of ClusterRole \"system:coredns\" to ServiceAccount \"coredns/kube-system\""}}"#.to_vec()
+    }
+
+    #[test]
+    fn transcode_modern_event_round_trips() {
+        let line = modern_event();
+        let (kind, out) = entry(&line);
+        assert_eq!(kind, Kind::Json);
+        let (t, got) = decode_entry(&out).unwrap();
+        assert_same(
+            &got,
+            &serde_json::from_slice::<Value>(&line).unwrap(),
+            "modern",
+        );
+        assert_eq!(
+            t,
+            EventTime {
+                secs: 1752660776,
+                nanos: 525_137_000
+            }
+        );
+    }
+
+    #[test]
+    #[ignore = "throughput figure for information; run with --release --ignored --nocapture"]
+    fn transcode_throughput() {
+        let line = modern_event();
+        let per_round = 100_000;
+        let mut out = Vec::with_capacity(1 << 20);
+        // The machine is shared, so report the best and the median of several rounds.
+        let mut rates: Vec<f64> = (0..7)
+            .map(|_| {
+                let mut json = 0usize;
+                let start = std::time::Instant::now();
+                for _ in 0..per_round {
+                    if out.len() > (1 << 20) - 2048 {
+                        out.clear();
+                    }
+                    let line = std::hint::black_box(&line[..]);
+                    if append_entry(line, NOW, &mut out) == Kind::Json {
+                        json += 1;
+                    }
+                }
+                let secs = start.elapsed().as_secs_f64();
+                std::hint::black_box(&out);
+                assert_eq!(json, per_round);
+                (line.len() * per_round) as f64 / 1e6 / secs
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "transcode: {} B event, 7 x {per_round}: best {:.0} MB/s, median {:.0} MB/s ({:.0} ns/event)",
+            line.len(),
+            rates[6],
+            rates[3],
+            line.len() as f64 * 1e3 / rates[3]
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! The forwarder's one `mio::Poll`: signals, inotify and the receiver connection are its only
+//! event sources; everything else happens on deadlines computed each turn (backoff, ack timeout,
+//! position flush, stats). Data flows one way: tail -> transcode -> outbox -> conn, and acks flow
+//! back from conn -> outbox -> position file.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::cli::ForwardArgs;
+use crate::conn::{self, Conn};
+use crate::lines::Piece;
+use crate::offsets::{self, Store};
+use crate::outbox::{Builder, Outbox};
+use crate::sys::{self, Signals};
+use crate::tail::{Progress, Tail};
+use crate::transcode::{self, Kind};
+
+const SIGNALS: Token = Token(0);
+const INOTIFY: Token = Token(1);
+const CONN: Token = Token(2);
+
+/// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
+const CHUNK_TARGET: usize = 512 * 1024;
+/// Most bytes in flight on the connection; beyond this the files are the buffer.
+const WINDOW_MAX: usize = 8 * 1024 * 1024;
+/// Smallest read worth a syscall when memory is tight.
+const MIN_READ: usize = 4096;
+const READ_MAX: usize = 256 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const DIR_RETRY: Duration = Duration::from_secs(1);
+
+struct Stats {
+    malformed: u64,
+    skipped_long: u64,
+    peak: usize,
+    last_malformed_log: Option<Instant>,
+    malformed_since_log: u64,
+}
+
+pub fn run(args: &ForwardArgs) -> Result<(), String> {
+    let position = match offsets::load(&args.position_file) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}; starting without a position (files are read from their start, so lines may be sent twice)");
+            None
+        }
+    };
+    let mut store = Store::new(args.position_file.clone(), position.clone());
+    let max_line = usize::try_from(args.max_line_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(args.mem_buf_limit).unwrap_or(usize::MAX);
+    let mut tail = Tail::new(
+        &args.audit_log_path,
+        args.read_from_head,
+        max_line,
+        position.clone(),
+    )
+    .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
+    let signals = Signals::new().map_err(|e| format!("signalfd: {e}"))?;
+    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    let registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| format!("epoll: {e}"))?;
+    registry
+        .register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("register signalfd: {e}"))?;
+    registry
+        .register(
+            &mut SourceFd(&tail.inotify().as_raw_fd()),
+            INOTIFY,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("register inotify: {e}"))?;
+
+    let mut seed = [0u8; 16];
+    sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+    let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
+    let mut conn = Conn::new(
+        conn::Settings {
+            target: args.target.clone(),
+            backoff_max: args.backoff_max,
+            ack_timeout: args.ack_timeout,
+            connect_timeout: Duration::from_secs(10),
+        },
+        CONN,
+        rng.next(),
+    );
+    // Memory: the read buffer, a partial line and one chunk being built are fixed costs; the
+    // window of chunks in flight gets what is left, and reading stops when it is full.
+    let window = WINDOW_MAX.min(limit / 2);
+    let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
+    let mut builder = Builder::new(&args.tag, chunk_target);
+    let mut outbox = Outbox::new(position);
+    let mut stats = Stats {
+        malformed: 0,
+        skipped_long: 0,
+        peak: 0,
+        last_malformed_log: None,
+        malformed_since_log: 0,
+    };
+
+    info!(
+        "forwarding {} to {} (position file {}, window {} KiB)",
+        args.audit_log_path.display(),
+        args.target,
+        args.position_file.display(),
+        window / 1024
+    );
+    let started = Instant::now();
+    let mut next_stats = started + args.stats_interval;
+    let mut next_flush = started + FLUSH_EVERY;
+    let mut next_dir_retry = started + DIR_RETRY;
+    let mut draining: Option<Instant> = None;
+    let mut events = Events::with_capacity(64);
+
+    loop {
+        let now = Instant::now();
+        let mut wake = [
+            Some(next_stats),
+            Some(next_flush),
+            conn.deadline(&outbox),
+            draining,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1));
+        if tail.waiting_for_dir() {
+            wake = wake.min(next_dir_retry);
+        }
+        let timeout = wake.saturating_duration_since(now);
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(format!("epoll: {e}"));
+            }
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNALS => {
+                    let got = signals.drain().map_err(|e| format!("signalfd: {e}"))?;
+                    if !got.is_empty() && draining.is_none() {
+                        info!(
+                            "signal {}: stopping; waiting up to {:?} for {} unacked chunks",
+                            got[0],
+                            args.shutdown_timeout,
+                            outbox.unacked()
+                        );
+                        draining = Some(Instant::now() + args.shutdown_timeout);
+                    }
+                }
+                INOTIFY => {
+                    if let Err(e) = tail.on_inotify() {
+                        warn!("inotify: {e}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let now = Instant::now();
+        if tail.waiting_for_dir() && now >= next_dir_retry {
+            tail.tick();
+            next_dir_retry = now + DIR_RETRY;
+        }
+
+        if draining.is_none() {
+            let max_line_u64 = args.max_line_size;
+            let et = transcode::now_event_time();
+            loop {
+                let buffered = tail.buffered() + builder.allocated() + outbox.bytes();
+                stats.peak = stats.peak.max(buffered);
+                if outbox.bytes() + builder.allocated() >= window {
+                    break;
+                }
+                if builder.records > 0 && builder.room() < MIN_READ * 3 {
+                    seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+                    continue;
+                }
+                // A read can grow the partial line by as much as it reads and the chunk by about
+                // three times that (short JSON numbers become 9-byte floats).
+                let room =
+                    limit.saturating_sub(tail.buffered() + builder.allocated() + outbox.bytes());
+                let max = READ_MAX.min(room / 4).min(builder.room() / 3);
+                if max < MIN_READ {
+                    break;
+                }
+                let progress = tail
+                    .read(max, |piece, _id, name, _end| match piece {
+                        Piece::Line(line) => {
+                            builder.records += 1;
+                            builder.source_bytes += line.len() as u64 + 1;
+                            if transcode::append_entry(line, et, builder.entries()) == Kind::Fallback {
+                                stats.malformed += 1;
+                                note_malformed(&mut stats, name, line);
+                            }
+                        }
+                        Piece::TooLong { start, len } => {
+                            stats.skipped_long += 1;
+                            warn!(
+                                "{name}: skipped a line of {len} bytes at offset {start}: longer than --max-line-size {max_line_u64}"
+                            );
+                        }
+                    })
+                    .map_err(|e| format!("reading {}: {e}", args.audit_log_path.display()))?;
+                builder.end = tail.position();
+                match progress {
+                    Progress::Read => {
+                        if builder.entries_len() >= chunk_target {
+                            seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+                        }
+                    }
+                    Progress::Switched => seal(&mut outbox, &mut builder, &args.tag, &mut rng),
+                    Progress::Idle => break,
+                }
+            }
+            // Send as soon as data is there: no flush timer.
+            if !builder.is_empty() {
+                seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+            }
+        }
+
+        conn.drive(&registry, &mut outbox, Instant::now());
+        stats.peak = stats
+            .peak
+            .max(tail.buffered() + builder.allocated() + outbox.bytes());
+
+        let now = Instant::now();
+        if now >= next_flush {
+            save_position(&mut store, &outbox);
+            next_flush = now + FLUSH_EVERY;
+        }
+        if now >= next_stats {
+            log_stats(&outbox, &conn, &tail, &builder, &stats);
+            next_stats = now + args.stats_interval;
+        }
+        if let Some(deadline) = draining {
+            let left = outbox.unacked();
+            if left == 0 || now >= deadline {
+                if left > 0 {
+                    warn!(
+                        "shutdown timeout: {left} chunks not acked; they will be sent again after restart (position stays at {})",
+                        outbox.committed().map(|p| p.to_string()).unwrap_or_else(|| "the start".into())
+                    );
+                }
+                conn.close(&registry);
+                save_position(&mut store, &outbox);
+                log_stats(&outbox, &conn, &tail, &builder, &stats);
+                info!("stopped");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, rng: &mut SplitMix) {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&rng.next().to_le_bytes());
+    id[8..].copy_from_slice(&rng.next().to_le_bytes());
+    outbox.seal(builder, tag, id);
+}
+
+fn save_position(store: &mut Store, outbox: &Outbox) {
+    if let Some(p) = outbox.committed() {
+        if let Err(e) = store.save(p) {
+            error!("writing position file {}: {e}", store.path().display());
+        }
+    }
+}
+
+/// Malformed lines are logged at a bounded rate: the first at once, then a summary at most
+/// every 10 seconds.
+fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
+    stats.malformed_since_log += 1;
+    let now = Instant::now();
+    if stats
+        .last_malformed_log
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+    {
+        let prefix = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+        warn!(
+            "{name}: {} line(s) that are not JSON objects sent as {{\"log\": ...}} records; latest starts {prefix:?}",
+            stats.malformed_since_log
+        );
+        stats.last_malformed_log = Some(now);
+        stats.malformed_since_log = 0;
+    }
+}
+
+fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats: &Stats) {
+    let buffered = tail.buffered() + builder.allocated() + outbox.bytes();
+    info!(
+        "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} cpu_s={:.2}",
+        outbox.acked_total.records,
+        outbox.acked_total.source_bytes,
+        tail.lag_bytes(),
+        conn.reconnects,
+        buffered,
+        stats.peak,
+        stats.malformed,
+        stats.skipped_long,
+        sys::cpu_seconds()
+    );
+}
+
+/// Chunk ids only need to be unique; a seeded SplitMix64 avoids a syscall per chunk.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}

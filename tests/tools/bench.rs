@@ -1,0 +1,621 @@
+//! Benchmark of the release binary: throughput and CPU/memory cost of forwarding a pre-written
+//! audit.log of >= 500 MB to a discarding tailer, then the idle latency of single lines appended
+//! to a followed log. Prints one table. The corpus and the child-process helpers come from
+//! gen.rs; transport variants (TLS later) differ only in the arguments `Mode` adds.
+
+// gen.rs is also the `gen` example's crate root: its `main` and the helpers only the demo uses
+// are dead code here.
+#[allow(dead_code)]
+#[path = "gen.rs"]
+mod gen;
+
+use gen::procs::{self, Proc, Tail};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: bench [--bytes 500M] [--dir DIR] [--mode plaintext] [--bin PATH]
+             [--timeout SECS] [--latency-lines 200] [--latency-interval-ms 20]
+             [--fwd-arg ARG]... [--tailer-arg ARG]... [--seed S] [--keep]";
+
+/// How the forwarder and the tailer talk; each transport adds its own arguments to both.
+struct Mode {
+    name: String,
+    forwarder_args: Vec<String>,
+    tailer_args: Vec<String>,
+}
+
+impl Mode {
+    /// `dir` is where a mode can put files it needs (certificates for TLS modes).
+    fn new(name: &str, _dir: &Path) -> Result<Mode, String> {
+        match name {
+            "plaintext" => Ok(Mode {
+                name: name.to_string(),
+                forwarder_args: vec!["--plaintext".to_string()],
+                tailer_args: Vec::new(),
+            }),
+            other => Err(format!("unknown --mode {other:?} (known: plaintext)")),
+        }
+    }
+}
+
+struct Config {
+    bin: PathBuf,
+    bytes: u64,
+    dir: PathBuf,
+    mode: String,
+    timeout: Duration,
+    latency_lines: u64,
+    latency_interval: Duration,
+    fwd_extra: Vec<String>,
+    tailer_extra: Vec<String>,
+    seed: u64,
+    keep: bool,
+}
+
+fn parse_config() -> Result<Config, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
+    let mut args = gen::Args::parse(&argv, &["keep"])?;
+    let cfg = Config {
+        bin: args
+            .value("bin")
+            .map(PathBuf::from)
+            .unwrap_or_else(procs::default_binary),
+        bytes: gen::parse_size(&args.value("bytes").unwrap_or_else(|| "500M".to_string()))?,
+        dir: args
+            .value("dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir),
+        mode: args
+            .value("mode")
+            .unwrap_or_else(|| "plaintext".to_string()),
+        timeout: Duration::from_secs(args.parsed("timeout", 600u64)?),
+        latency_lines: args.parsed("latency-lines", 200u64)?,
+        latency_interval: Duration::from_millis(args.parsed("latency-interval-ms", 20u64)?),
+        fwd_extra: args.all("fwd-arg"),
+        tailer_extra: args.all("tailer-arg"),
+        seed: args.parsed("seed", 1u64)?,
+        keep: args.flag("keep"),
+    };
+    args.finish().map_err(|e| format!("{e}\n{USAGE}"))?;
+    if !cfg.bin.exists() {
+        return Err(format!(
+            "{} not found: run `cargo build --release` first (or pass --bin)",
+            cfg.bin.display()
+        ));
+    }
+    Ok(cfg)
+}
+
+/// A count parsed from a child's log lines, and when it first reached the target.
+struct Progress {
+    count: AtomicU64,
+    target: u64,
+    reached: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn new(target: u64) -> Arc<Progress> {
+        Arc::new(Progress {
+            count: AtomicU64::new(0),
+            target,
+            reached: Mutex::new(None),
+        })
+    }
+
+    fn update(&self, n: u64, at: Instant) {
+        self.count.fetch_max(n, Ordering::Relaxed);
+        if n >= self.target {
+            if let Ok(mut r) = self.reached.lock() {
+                r.get_or_insert(at);
+            }
+        }
+    }
+
+    fn reached(&self) -> Option<Instant> {
+        self.reached.lock().ok().and_then(|r| *r)
+    }
+}
+
+fn tailer_cmd(cfg: &Config, mode: &Mode, port: u16, discard: bool) -> Command {
+    let mut c = Command::new(&cfg.bin);
+    c.args(["tailer", "--listen", &format!("127.0.0.1:{port}")]);
+    if discard {
+        c.arg("--discard");
+    }
+    c.args(&mode.tailer_args)
+        .args(&cfg.tailer_extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(if discard {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stderr(Stdio::piped());
+    c
+}
+
+fn forwarder_cmd(cfg: &Config, mode: &Mode, log: &Path, port: u16, stats: &str) -> Command {
+    let mut c = Command::new(&cfg.bin);
+    c.arg("--audit-log-path")
+        .arg(log)
+        .args(["--target", &format!("127.0.0.1:{port}")])
+        .args(&mode.forwarder_args)
+        .args(["--stats-interval", stats, "--log-level", "info"])
+        .arg("--read-from-head=true")
+        .args(&cfg.fwd_extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn child_failure(what: &str, p: &mut Proc, tail: &Tail) -> String {
+    let status = match p.try_reap() {
+        Ok(Some(u)) => u.describe(),
+        _ => "still running".to_string(),
+    };
+    format!(
+        "{what}: {} {status}; its last stderr lines:\n{}",
+        p.name,
+        procs::tail_text(tail)
+    )
+}
+
+struct Throughput {
+    lines: u64,
+    bytes: u64,
+    gen_secs: f64,
+    secs: f64,
+    measured_by: &'static str,
+    fwd: procs::Usage,
+    tailer: procs::Usage,
+    tailer_records: u64,
+    last_stats: String,
+}
+
+fn throughput(cfg: &Config, mode: &Mode, work: &Path) -> Result<Throughput, String> {
+    let dir = work.join("throughput");
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let log = dir.join("audit.log");
+    eprintln!(
+        "bench: writing a {} byte corpus to {}",
+        cfg.bytes,
+        log.display()
+    );
+    let t = Instant::now();
+    let corpus = gen::write_corpus(&log, cfg.bytes, cfg.seed).map_err(|e| e.to_string())?;
+    let gen_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: {} records, {} bytes in {gen_secs:.1} s",
+        corpus.lines, corpus.bytes
+    );
+
+    let port = procs::free_port().map_err(|e| e.to_string())?;
+    let mut tailer =
+        Proc::spawn("tailer", &mut tailer_cmd(cfg, mode, port, true)).map_err(|e| e.to_string())?;
+    let tailer_seen = Progress::new(corpus.lines);
+    let ts = tailer_seen.clone();
+    let stderr = tailer
+        .child
+        .stderr
+        .take()
+        .ok_or("tailer stderr not piped")?;
+    let tailer_tail = procs::read_lines(stderr, move |line, at| {
+        if let Some(n) = procs::field_u64(line, "records") {
+            ts.update(n, at);
+        }
+    });
+    if let Err(e) = procs::wait_listening(port, Duration::from_secs(10), &mut tailer) {
+        return Err(child_failure(&e.to_string(), &mut tailer, &tailer_tail));
+    }
+
+    let acked = Progress::new(corpus.lines);
+    let last_stats = Arc::new(Mutex::new(String::new()));
+    let t0 = Instant::now();
+    let mut fwd = Proc::spawn(
+        "forwarder",
+        &mut forwarder_cmd(cfg, mode, &log, port, "100ms"),
+    )
+    .map_err(|e| e.to_string())?;
+    let (a, ls) = (acked.clone(), last_stats.clone());
+    let stderr = fwd
+        .child
+        .stderr
+        .take()
+        .ok_or("forwarder stderr not piped")?;
+    let fwd_tail = procs::read_lines(stderr, move |line, at| {
+        if line.contains("stats:") {
+            if let Some(n) = procs::field_u64(line, "records_acked") {
+                a.update(n, at);
+            }
+            if let Ok(mut l) = ls.lock() {
+                *l = line.to_string();
+            }
+        }
+    });
+
+    let mut next_report = t0 + Duration::from_secs(5);
+    let (done, measured_by) = loop {
+        let by_fwd = acked.reached();
+        let by_tailer = tailer_seen.reached();
+        // The forwarder's acks are authoritative (the tailer's count includes any resent
+        // duplicates); its count is the fallback for a forwarder whose stats never get there.
+        match (by_fwd, by_tailer) {
+            (Some(f), _) => break (f, "forwarder records_acked"),
+            (None, Some(t)) if t.elapsed() > Duration::from_secs(3) => {
+                break (t, "tailer records count; forwarder stats never reached it")
+            }
+            _ => {}
+        }
+        if let Ok(Some(u)) = fwd.try_reap() {
+            return Err(child_failure(
+                &format!("forwarder exited before the last ack ({})", u.describe()),
+                &mut fwd,
+                &fwd_tail,
+            ));
+        }
+        if let Ok(Some(u)) = tailer.try_reap() {
+            return Err(child_failure(
+                &format!("tailer exited during the run ({})", u.describe()),
+                &mut tailer,
+                &tailer_tail,
+            ));
+        }
+        let now = Instant::now();
+        if now >= t0 + cfg.timeout {
+            return Err(child_failure(
+                &format!(
+                    "timeout after {:?}: forwarder acked {} and the tailer counted {} of {} records",
+                    cfg.timeout,
+                    acked.count.load(Ordering::Relaxed),
+                    tailer_seen.count.load(Ordering::Relaxed),
+                    corpus.lines
+                ),
+                &mut fwd,
+                &fwd_tail,
+            ));
+        }
+        if now >= next_report {
+            eprintln!(
+                "bench: {:.0} s, records_acked={} of {}",
+                (now - t0).as_secs_f64(),
+                acked.count.load(Ordering::Relaxed),
+                corpus.lines
+            );
+            next_report += Duration::from_secs(5);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let secs = (done - t0).as_secs_f64();
+    let fwd_usage = fwd
+        .terminate(Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    // The tailer logs its count once a second: wait for the line that covers the whole run.
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while tailer_seen.reached().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tailer_records = tailer_seen.count.load(Ordering::Relaxed);
+    let tailer_usage = tailer
+        .terminate(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    if fwd_usage.code != Some(0) {
+        eprintln!(
+            "bench: forwarder {} after SIGTERM (expected exit code 0); last stderr lines:\n{}",
+            fwd_usage.describe(),
+            procs::tail_text(&fwd_tail)
+        );
+    }
+    // The shutdown stats line may arrive after the reap; give the reader a moment.
+    std::thread::sleep(Duration::from_millis(50));
+    let last_stats = last_stats.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(Throughput {
+        lines: corpus.lines,
+        bytes: corpus.bytes,
+        gen_secs,
+        secs,
+        measured_by,
+        fwd: fwd_usage,
+        tailer: tailer_usage,
+        tailer_records,
+        last_stats,
+    })
+}
+
+struct Latency {
+    sent: usize,
+    samples_ms: Vec<f64>,
+    duplicates: usize,
+}
+
+impl Latency {
+    /// Nearest-rank percentile of the sorted samples.
+    fn percentile(&self, p: f64) -> Option<f64> {
+        if self.samples_ms.is_empty() {
+            return None;
+        }
+        let rank = (p * self.samples_ms.len() as f64).ceil() as usize;
+        Some(self.samples_ms[rank.clamp(1, self.samples_ms.len()) - 1])
+    }
+}
+
+fn latency(cfg: &Config, mode: &Mode, work: &Path) -> Result<Latency, String> {
+    let dir = work.join("latency");
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let log = dir.join("audit.log");
+    let mut file = gen::open_log_append(&log).map_err(|e| e.to_string())?;
+
+    let port = procs::free_port().map_err(|e| e.to_string())?;
+    let mut tailer = Proc::spawn("tailer", &mut tailer_cmd(cfg, mode, port, false))
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<(u64, Instant)>();
+    let stdout = tailer
+        .child
+        .stdout
+        .take()
+        .ok_or("tailer stdout not piped")?;
+    procs::read_lines(stdout, move |line, at| {
+        if let Some(seq) = gen::seq_of(line.as_bytes()) {
+            let _ = tx.send((seq, at));
+        }
+    });
+    let stderr = tailer
+        .child
+        .stderr
+        .take()
+        .ok_or("tailer stderr not piped")?;
+    let tailer_tail = procs::read_lines(stderr, |_, _| {});
+    if let Err(e) = procs::wait_listening(port, Duration::from_secs(10), &mut tailer) {
+        return Err(child_failure(&e.to_string(), &mut tailer, &tailer_tail));
+    }
+    let mut fwd = Proc::spawn(
+        "forwarder",
+        &mut forwarder_cmd(cfg, mode, &log, port, "60s"),
+    )
+    .map_err(|e| e.to_string())?;
+    let stderr = fwd
+        .child
+        .stderr
+        .take()
+        .ok_or("forwarder stderr not piped")?;
+    let fwd_tail = procs::read_lines(stderr, |_, _| {});
+
+    let mut generator = gen::Generator::new(cfg.seed).with_wall_clock();
+    let mut line = String::new();
+    let mut write_line = |seq: u64| -> Result<Instant, String> {
+        line.clear();
+        generator.event(seq, &mut line);
+        let at = Instant::now();
+        file.write_all(line.as_bytes())
+            .map_err(|e| format!("append to {}: {e}", log.display()))?;
+        Ok(at)
+    };
+
+    // Warm-up lines (seq above the probes) until one arrives: the forwarder has connected
+    // and is following the file, so the probes measure steady-state latency only.
+    const WARMUP: u64 = 900_000_000_000;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut warm = 0;
+    'warm: loop {
+        write_line(WARMUP + warm)?;
+        warm += 1;
+        let until = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok((seq, _)) if seq >= WARMUP => break 'warm,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(child_failure(
+                "no warm-up line reached the tailer within 20 s",
+                &mut fwd,
+                &fwd_tail,
+            ));
+        }
+    }
+    // Drain late warm-up duplicates before probing.
+    std::thread::sleep(Duration::from_millis(200));
+    while rx.try_recv().is_ok() {}
+
+    let n = cfg.latency_lines as usize;
+    let mut sent: Vec<Option<Instant>> = vec![None; n + 1];
+    let mut got: Vec<Option<Instant>> = vec![None; n + 1];
+    let mut duplicates = 0;
+    let mut record = |seq: u64, at: Instant, got: &mut Vec<Option<Instant>>| {
+        if let Some(slot) = got.get_mut(seq as usize).filter(|_| seq >= 1) {
+            if slot.is_some() {
+                duplicates += 1;
+            } else {
+                *slot = Some(at);
+            }
+        }
+    };
+    let start = Instant::now();
+    for seq in 1..=n as u64 {
+        let due = start + cfg.latency_interval * (seq as u32 - 1);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sent[seq as usize] = Some(write_line(seq)?);
+        while let Ok((s, at)) = rx.try_recv() {
+            record(s, at, &mut got);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got[1..].iter().any(|g| g.is_none()) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        match rx.recv_timeout(left) {
+            Ok((s, at)) => record(s, at, &mut got),
+            Err(_) => break,
+        }
+    }
+    let fu = fwd
+        .terminate(Duration::from_secs(15))
+        .map_err(|e| e.to_string())?;
+    let _ = tailer.terminate(Duration::from_secs(5));
+    if fu.code != Some(0) {
+        eprintln!(
+            "bench: latency forwarder {} after SIGTERM; last stderr lines:\n{}",
+            fu.describe(),
+            procs::tail_text(&fwd_tail)
+        );
+    }
+    let mut samples_ms: Vec<f64> = sent
+        .iter()
+        .zip(&got)
+        .filter_map(|(s, g)| {
+            Some((g.as_ref()?.saturating_duration_since(*s.as_ref()?)).as_secs_f64() * 1e3)
+        })
+        .collect();
+    samples_ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(Latency {
+        sent: n,
+        samples_ms,
+        duplicates,
+    })
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    format!("{cpus} CPUs (nproc), {model}")
+}
+
+fn print_report(cfg: &Config, mode: &Mode, t: Option<&Throughput>, l: Option<&Latency>) {
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    if let Some(t) = t {
+        let gb = t.bytes as f64 / 1e9;
+        rows.push((
+            "bytes",
+            format!("{} ({:.1} MB)", t.bytes, t.bytes as f64 / 1e6),
+        ));
+        rows.push(("records", t.lines.to_string()));
+        rows.push(("seconds", format!("{:.3}", t.secs)));
+        rows.push(("MB/s", format!("{:.1}", t.bytes as f64 / 1e6 / t.secs)));
+        rows.push(("records/s", format!("{:.0}", t.lines as f64 / t.secs)));
+        rows.push((
+            "forwarder CPU s",
+            format!(
+                "{:.2} (user {:.2}, sys {:.2})",
+                t.fwd.cpu_s(),
+                t.fwd.user_s,
+                t.fwd.sys_s
+            ),
+        ));
+        rows.push(("CPU s per GB", format!("{:.2}", t.fwd.cpu_s() / gb)));
+        rows.push((
+            "peak RSS MiB",
+            format!("{:.1}", t.fwd.max_rss_kib as f64 / 1024.0),
+        ));
+        rows.push(("tailer CPU s", format!("{:.2}", t.tailer.cpu_s())));
+        rows.push((
+            "tailer records",
+            format!(
+                "{} ({} beyond the corpus)",
+                t.tailer_records,
+                t.tailer_records as i64 - t.lines as i64
+            ),
+        ));
+        rows.push(("forwarder exit", t.fwd.describe()));
+    }
+    if let Some(l) = l {
+        let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+        rows.push(("latency p50 ms", ms(l.percentile(0.50))));
+        rows.push(("latency p99 ms", ms(l.percentile(0.99))));
+        rows.push(("latency max ms", ms(l.samples_ms.last().copied())));
+        rows.push((
+            "latency lines",
+            format!(
+                "{} sent {} ms apart, {} arrived, {} duplicates",
+                l.sent,
+                cfg.latency_interval.as_millis(),
+                l.samples_ms.len(),
+                l.duplicates
+            ),
+        ));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let vwidth = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    println!();
+    println!("audit-forwarder bench, mode {}", mode.name);
+    println!("machine: {}", machine());
+    if let Some(t) = t {
+        println!(
+            "corpus generated in {:.1} s; seconds = forwarder start to last ack (seen via {}); MB = 10^6 bytes",
+            t.gen_secs, t.measured_by
+        );
+    }
+    println!();
+    println!("| {:<width$} | {:<vwidth$} |", "metric", "value");
+    println!("|-{}-|-{}-|", "-".repeat(width), "-".repeat(vwidth));
+    for (k, v) in &rows {
+        println!("| {k:<width$} | {v:<vwidth$} |");
+    }
+    if let Some(t) = t {
+        if !t.last_stats.is_empty() {
+            println!();
+            println!("last forwarder stats line: {}", t.last_stats);
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let cfg = parse_config()?;
+    let work = cfg
+        .dir
+        .join(format!("audit-forwarder-bench-{}", std::process::id()));
+    fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
+    let result = (|| {
+        let mode = Mode::new(&cfg.mode, &work)?;
+        let t = if cfg.bytes > 0 {
+            Some(throughput(&cfg, &mode, &work)?)
+        } else {
+            None
+        };
+        let l = if cfg.latency_lines > 0 {
+            Some(latency(&cfg, &mode, &work)?)
+        } else {
+            None
+        };
+        print_report(&cfg, &mode, t.as_ref(), l.as_ref());
+        Ok(())
+    })();
+    if cfg.keep {
+        eprintln!("bench: files kept in {}", work.display());
+    } else {
+        let _ = fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
