@@ -20,7 +20,7 @@ audit-forwarder: follows a kube-apiserver audit log (across rotations) and deliv
 at least once and in order, as a Fluent Forward record to a fluentd or fluent-bit in_forward.
 
 USAGE:
-    audit-forwarder --target HOST:PORT --plaintext [OPTIONS]
+    audit-forwarder --target HOST:PORT [OPTIONS]
     audit-forwarder tailer --listen ADDR [OPTIONS]   (see: audit-forwarder tailer --help)
 
 Every flag can also be set with the environment variable shown in brackets; a flag given on
@@ -30,8 +30,8 @@ OPTIONS:
     --target HOST:PORT            [AUDIT_TARGET] required
         The in_forward to deliver to. HOST is a DNS name, an IPv4 address or an IPv6 address
         in brackets ([::1]:24224); PORT is 1-65535.
-    --plaintext[=BOOL]            [AUDIT_PLAINTEXT] required
-        Deliver over plain TCP. Required for now: TLS delivery is not built yet.
+    --plaintext[=BOOL]            [AUDIT_PLAINTEXT] default: false
+        Deliver over plain TCP instead of TLS; the TLS settings below are then ignored.
     --audit-log-path PATH         [AUDIT_AUDIT_LOG_PATH] default: /auditlog/audit.log
         The audit log file kube-apiserver writes.
     --position-file PATH          [AUDIT_POSITION_FILE]
@@ -41,12 +41,18 @@ OPTIONS:
         Without a position file, start at the beginning of the log (false: at its end).
     --tag TAG                     [AUDIT_TAG] default: audit
         The Fluent tag of every record; must not be empty.
+    --compress none|gzip          [AUDIT_COMPRESS] default: none
+        gzip sends each chunk as one CompressedPackedForward message (the entries
+        gzipped, option compressed=gzip); the receiver must support that mode.
     --mem-buf-limit SIZE          [AUDIT_MEM_BUF_LIMIT] default: 200M
         Memory for lines read but not yet acknowledged. Must be at least
         2 x --max-line-size + 1 MiB (a partial line and a whole record are kept besides
         the in-flight window).
     --max-line-size SIZE          [AUDIT_MAX_LINE_SIZE] default: 10M
         The longest audit line (one event) handled; greater than 0.
+    --connect-timeout DURATION    [AUDIT_CONNECT_TIMEOUT] default: 10s
+        How long one connection attempt may take, proxy and TLS handshakes included;
+        greater than 0.
     --ack-timeout DURATION        [AUDIT_ACK_TIMEOUT] default: 60s
         How long to wait for the ack of a chunk; greater than 0.
     --backoff-timer DURATION      [AUDIT_BACKOFF_TIMER] default: 10s
@@ -59,6 +65,56 @@ OPTIONS:
         One of error, warn, info, debug, trace.
     -h, --help                    Print this help.
     -V, --version                 Print the version.
+
+TLS (the default; ignored with --plaintext):
+    --tls-basedir PATH            [AUDIT_TLS_BASEDIR] default: /fluent-bit/etc/ssl
+        The directory the three file names below are relative to; an absolute file name
+        is used as it is.
+    --tls-ca-file FILE            [AUDIT_TLS_CA_FILE] default: ca.crt
+        The CA certificates (PEM) the tailer's certificate must chain to.
+    --tls-crt-file FILE           [AUDIT_TLS_CRT_FILE] default: audittailer-client.crt
+        The client certificate chain (PEM) presented to the tailer.
+    --tls-key-file FILE           [AUDIT_TLS_KEY_FILE] default: audittailer-client.key
+        The private key (PEM) of the client certificate.
+    --tls-vhost NAME              [AUDIT_TLS_VHOST] default: kubernetes-audit-tailer
+        The server name sent with SNI, which the tailer's certificate must be valid for:
+        a DNS name or an IP address.
+    --tls-verify-hostname[=BOOL]  [AUDIT_TLS_VERIFY_HOSTNAME] default: true
+        false keeps the verification of the certificate chain against the CA file but
+        skips the check that the certificate is valid for the vhost name: for old tailer
+        certificates that carry their name only in the CN, without a subjectAltName.
+
+SHARED KEY (Forward protocol handshake; none by default):
+    --shared-key KEY              [AUDIT_SHARED_KEY] default: none
+        The key shared with the receiver, which then authenticates this client.
+    --shared-key-file PATH        [AUDIT_SHARED_KEY_FILE] default: none
+        A file holding the shared key, read at startup; not together with the shared
+        key itself.
+    --self-hostname NAME          [AUDIT_SELF_HOSTNAME] default: this machine's hostname
+        The hostname this client announces in the handshake.
+    --username NAME               [AUDIT_USERNAME] default: none
+    --password PASSWORD           [AUDIT_PASSWORD] default: none
+        User authentication for receivers that ask for it: both or neither, and only
+        with a shared key. Prefer the environment: arguments are visible to ps.
+
+PROXY (reach the tailer through a konnectivity tunnel; direct by default):
+    --konnectivity-uds-socket PATH [AUDIT_KONNECTIVITY_UDS_SOCKET]
+                                  default: none
+        The Unix socket of a konnectivity server in HTTP CONNECT mode to tunnel through;
+        not together with a proxy host.
+    --proxy-host HOST             [AUDIT_PROXY_HOST] default: none
+        A konnectivity proxy reached over mutual TLS and asked with HTTP CONNECT: a DNS
+        name, an IPv4 or an IPv6 address. The four settings below apply only with it.
+    --proxy-port PORT             [AUDIT_PROXY_PORT] default: 9443
+        The port of the proxy, 1-65535.
+    --proxy-ca-file PATH          [AUDIT_PROXY_CA_FILE] default: /proxy/ca/ca.crt
+        The CA certificates (PEM) the proxy's certificate must chain to.
+    --proxy-client-crt-file PATH  [AUDIT_PROXY_CLIENT_CRT_FILE]
+                                  default: /proxy/client/tls.crt
+        The client certificate chain (PEM) presented to the proxy.
+    --proxy-client-key-file PATH  [AUDIT_PROXY_CLIENT_KEY_FILE]
+                                  default: /proxy/client/tls.key
+        The private key (PEM) of the proxy client certificate.
 
 VALUES:
     BOOL      true, false, 1 or 0, in any case. A boolean flag alone means true; a value is
@@ -76,7 +132,7 @@ audit-forwarder tailer: accepts Fluent Forward connections and prints each recei
 one JSON line on stdout.
 
 USAGE:
-    audit-forwarder tailer --listen ADDR [--discard] [--log-level LEVEL]
+    audit-forwarder tailer --listen ADDR [OPTIONS]
 
 `tailer` must be the first argument. Every flag can also be set with the environment variable
 shown in brackets; a flag given on the command line wins over the environment.
@@ -91,6 +147,27 @@ OPTIONS:
         One of error, warn, info, debug, trace.
     -h, --help                    Print this help.
     -V, --version                 Print the version.
+
+TLS (plain TCP unless both the certificate and its key are given):
+    --tls-crt-file PATH           [AUDIT_TLS_CRT_FILE] default: none
+        The server certificate chain (PEM); with the key file, the tailer listens with TLS.
+    --tls-key-file PATH           [AUDIT_TLS_KEY_FILE] default: none
+        The private key (PEM) of the server certificate.
+    --client-ca PATH              [AUDIT_CLIENT_CA] default: none
+        CA certificates (PEM): every client must present a certificate that chains to
+        them. Only with TLS.
+    --tls-max-version 1.2|1.3     [AUDIT_TLS_MAX_VERSION] default: 1.3
+        The highest TLS version offered; 1.2 limits the server to TLS 1.2, as fluentd's
+        in_forward does by default. Only with TLS.
+
+SHARED KEY (Forward protocol handshake; none by default):
+    --shared-key KEY              [AUDIT_SHARED_KEY] default: none
+        Clients must prove they know this key before sending records.
+    --shared-key-file PATH        [AUDIT_SHARED_KEY_FILE] default: none
+        A file holding the shared key, read at startup; not together with the shared
+        key itself.
+    --self-hostname NAME          [AUDIT_SELF_HOSTNAME] default: none
+        The hostname this server announces in the handshake.
 
 VALUES:
     BOOL      true, false, 1 or 0, in any case. A boolean flag alone means true; a value is
@@ -107,10 +184,24 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
+// TLS and proxy defaults are those of metal-stack/audit-forwarder, so that its deployments
+// (secrets mounted at these paths, the tailer's service name) work unchanged.
+const DEFAULT_TLS_BASEDIR: &str = "/fluent-bit/etc/ssl";
+const DEFAULT_TLS_CA_FILE: &str = "ca.crt";
+const DEFAULT_TLS_CRT_FILE: &str = "audittailer-client.crt";
+const DEFAULT_TLS_KEY_FILE: &str = "audittailer-client.key";
+const DEFAULT_TLS_VHOST: &str = "kubernetes-audit-tailer";
+const DEFAULT_PROXY_PORT: u16 = 9443;
+const DEFAULT_PROXY_CA_FILE: &str = "/proxy/ca/ca.crt";
+const DEFAULT_PROXY_CLIENT_CRT_FILE: &str = "/proxy/client/tls.crt";
+const DEFAULT_PROXY_CLIENT_KEY_FILE: &str = "/proxy/client/tls.key";
 
 /// What the process was asked to do.
 #[allow(dead_code)]
+// Built once at startup and moved once into the mode that runs: boxing would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Forward(ForwardArgs),
@@ -130,7 +221,18 @@ pub struct ForwardArgs {
     pub log_level: LevelFilter,
     pub backoff_max: Duration,
     pub target: Target,
+    /// Plain TCP; `tls` is then to be ignored.
     pub plaintext: bool,
+    pub tls: TlsArgs,
+    pub shared_key: Option<SharedKey>,
+    /// None: the caller announces the machine's hostname.
+    pub self_hostname: Option<String>,
+    /// Only ever set together with `shared_key`.
+    pub user_auth: Option<UserAuth>,
+    pub compress: Compress,
+    /// None: connect to the target directly.
+    pub proxy: Option<Proxy>,
+    pub connect_timeout: Duration,
     pub position_file: PathBuf,
     pub tag: String,
     pub read_from_head: bool,
@@ -138,6 +240,82 @@ pub struct ForwardArgs {
     pub ack_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
+}
+
+/// The forwarder's TLS client settings, file names already joined to `--tls-basedir`. Nothing
+/// is read here: a missing file is reported when the TLS configuration is built.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsArgs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI and the name the server certificate must be valid for: a DNS name or an IP
+    /// address (IPv6 without brackets).
+    pub vhost: String,
+    /// false: verify the chain but not that the certificate is valid for `vhost`.
+    pub verify_hostname: bool,
+}
+
+/// The Forward protocol shared key, or where to read it from.
+#[allow(dead_code)]
+#[derive(Clone, PartialEq, Eq)]
+pub enum SharedKey {
+    Value(String),
+    File(PathBuf),
+}
+
+// The settings may well be logged at debug level: the secret must not be.
+impl fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedKey::Value(_) => f.write_str("Value(<redacted>)"),
+            SharedKey::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// Username and password of the Forward handshake's user authentication.
+#[allow(dead_code)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for UserAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How chunks are sent: PackedForward, or CompressedPackedForward with gzipped entries.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    None,
+    Gzip,
+}
+
+/// A tunnel to the target through konnectivity: HTTP CONNECT either over a local Unix socket
+/// or over a mutual-TLS connection to a proxy.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proxy {
+    Uds {
+        socket: PathBuf,
+    },
+    Mtls {
+        /// A DNS name or an IP address (IPv6 without brackets).
+        host: String,
+        port: u16,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 /// Settings of `audit-forwarder tailer`.
@@ -149,6 +327,22 @@ pub struct TailerArgs {
     pub listen: String,
     pub discard: bool,
     pub log_level: LevelFilter,
+    /// None: listen on plain TCP.
+    pub tls: Option<TailerTls>,
+    pub shared_key: Option<SharedKey>,
+    pub self_hostname: Option<String>,
+}
+
+/// The tailer's TLS server settings.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Some: require a client certificate that chains to these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// Offer TLS 1.2 only, like fluentd's in_forward by default.
+    pub max_version_12: bool,
 }
 
 /// Where to deliver. `host` is a DNS name, an IPv4 address, or an IPv6 address without its
@@ -235,6 +429,25 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let mut backoff_timer = None;
     let mut target = None;
     let mut plaintext = None;
+    let mut tls_basedir = None;
+    let mut tls_ca_file = None;
+    let mut tls_crt_file = None;
+    let mut tls_key_file = None;
+    let mut tls_vhost = None;
+    let mut tls_verify_hostname = None;
+    let mut shared_key = None;
+    let mut shared_key_file = None;
+    let mut self_hostname = None;
+    let mut username = None;
+    let mut password = None;
+    let mut compress = None;
+    let mut konnectivity_uds_socket = None;
+    let mut proxy_host = None;
+    let mut proxy_port = None;
+    let mut proxy_ca_file = None;
+    let mut proxy_client_crt_file = None;
+    let mut proxy_client_key_file = None;
+    let mut connect_timeout = None;
     let mut position_file = None;
     let mut tag = None;
     let mut read_from_head = None;
@@ -251,6 +464,25 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("backoff-timer") => backoff_timer = Some(parser.value()?),
             Long("target") => target = Some(parser.value()?),
             Long("plaintext") => plaintext = Some(bool_value(&mut parser)),
+            Long("tls-basedir") => tls_basedir = Some(parser.value()?),
+            Long("tls-ca-file") => tls_ca_file = Some(parser.value()?),
+            Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
+            Long("tls-key-file") => tls_key_file = Some(parser.value()?),
+            Long("tls-vhost") => tls_vhost = Some(parser.value()?),
+            Long("tls-verify-hostname") => tls_verify_hostname = Some(bool_value(&mut parser)),
+            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key-file") => shared_key_file = Some(parser.value()?),
+            Long("self-hostname") => self_hostname = Some(parser.value()?),
+            Long("username") => username = Some(parser.value()?),
+            Long("password") => password = Some(parser.value()?),
+            Long("compress") => compress = Some(parser.value()?),
+            Long("konnectivity-uds-socket") => konnectivity_uds_socket = Some(parser.value()?),
+            Long("proxy-host") => proxy_host = Some(parser.value()?),
+            Long("proxy-port") => proxy_port = Some(parser.value()?),
+            Long("proxy-ca-file") => proxy_ca_file = Some(parser.value()?),
+            Long("proxy-client-crt-file") => proxy_client_crt_file = Some(parser.value()?),
+            Long("proxy-client-key-file") => proxy_client_key_file = Some(parser.value()?),
+            Long("connect-timeout") => connect_timeout = Some(parser.value()?),
             Long("position-file") => position_file = Some(parser.value()?),
             Long("tag") => tag = Some(parser.value()?),
             Long("read-from-head") => read_from_head = Some(bool_value(&mut parser)),
@@ -286,23 +518,128 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             )
         })?
         .value;
-    let plaintext = resolve(plaintext, "plaintext", env, text(parse_bool))?;
-    match plaintext {
-        Some(Setting { value: true, .. }) => {}
-        Some(Setting { label, .. }) if !label.starts_with("--") => {
+    let plaintext =
+        resolve(plaintext, "plaintext", env, text(parse_bool))?.is_some_and(|s| s.value);
+
+    // The TLS settings are checked even with --plaintext, so that a typo does not wait for
+    // the day TLS is switched on.
+    let tls_basedir = resolve(tls_basedir, "tls-basedir", env, parse_path)?
+        .map_or_else(|| PathBuf::from(DEFAULT_TLS_BASEDIR), |s| s.value);
+    // Path::join keeps an absolute name as it is, which is the documented rule.
+    let tls_file = |raw, flag, default| -> Result<PathBuf, UsageError> {
+        let name = resolve(raw, flag, env, parse_path)?
+            .map_or_else(|| PathBuf::from(default), |s| s.value);
+        Ok(tls_basedir.join(name))
+    };
+    let tls = TlsArgs {
+        ca: tls_file(tls_ca_file, "tls-ca-file", DEFAULT_TLS_CA_FILE)?,
+        cert: tls_file(tls_crt_file, "tls-crt-file", DEFAULT_TLS_CRT_FILE)?,
+        key: tls_file(tls_key_file, "tls-key-file", DEFAULT_TLS_KEY_FILE)?,
+        vhost: resolve(tls_vhost, "tls-vhost", env, text(parse_host))?
+            .map_or_else(|| DEFAULT_TLS_VHOST.to_string(), |s| s.value),
+        verify_hostname: resolve(
+            tls_verify_hostname,
+            "tls-verify-hostname",
+            env,
+            text(parse_bool),
+        )?
+        .is_none_or(|s| s.value),
+    };
+
+    let shared_key = resolve_shared_key(shared_key, shared_key_file, env)?;
+    let self_hostname =
+        resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
+    let username = resolve(username, "username", env, text(parse_non_empty))?;
+    let password = resolve(password, "password", env, text(parse_non_empty))?;
+    let user_auth = match (username, password) {
+        (None, None) => None,
+        (Some(username), None) => {
             return Err(UsageError(format!(
-                "{label}: --plaintext is required: TLS delivery is not built yet"
+                "{}: needs --password too (or AUDIT_PASSWORD)",
+                username.label
             )))
         }
-        _ => {
-            return Err(UsageError(
-                "--plaintext is required: TLS delivery is not built yet".to_string(),
-            ))
+        (None, Some(password)) => {
+            return Err(UsageError(format!(
+                "{}: needs --username too (or AUDIT_USERNAME)",
+                password.label
+            )))
         }
-    }
+        // The user authentication is part of the shared-key handshake: without a key there
+        // is no handshake to carry it, and the credentials would be silently dropped.
+        (Some(username), Some(password)) if shared_key.is_none() => {
+            return Err(UsageError(format!(
+                "{} and {}: user authentication needs a shared key: set --shared-key or \
+                 --shared-key-file too (or AUDIT_SHARED_KEY or AUDIT_SHARED_KEY_FILE)",
+                username.describe(),
+                password.describe()
+            )))
+        }
+        (Some(username), Some(password)) => Some(UserAuth {
+            username: username.value,
+            password: password.value,
+        }),
+    };
+    let compress = resolve(compress, "compress", env, text(parse_compress))?
+        .map_or(Compress::None, |s| s.value);
+
+    let socket = resolve(
+        konnectivity_uds_socket,
+        "konnectivity-uds-socket",
+        env,
+        parse_path,
+    )?;
+    let proxy_host = resolve(proxy_host, "proxy-host", env, text(parse_host))?;
+    let proxy_port = resolve(proxy_port, "proxy-port", env, text(parse_port))?
+        .map_or(DEFAULT_PROXY_PORT, |s| s.value);
+    let proxy_file =
+        |raw, flag, default| -> Result<PathBuf, UsageError> {
+            Ok(resolve(raw, flag, env, parse_path)?
+                .map_or_else(|| PathBuf::from(default), |s| s.value))
+        };
+    let proxy_ca = proxy_file(proxy_ca_file, "proxy-ca-file", DEFAULT_PROXY_CA_FILE)?;
+    let proxy_cert = proxy_file(
+        proxy_client_crt_file,
+        "proxy-client-crt-file",
+        DEFAULT_PROXY_CLIENT_CRT_FILE,
+    )?;
+    let proxy_key = proxy_file(
+        proxy_client_key_file,
+        "proxy-client-key-file",
+        DEFAULT_PROXY_CLIENT_KEY_FILE,
+    )?;
+    let proxy = match (socket, proxy_host) {
+        (Some(socket), Some(host)) => {
+            return Err(UsageError(format!(
+                "{} and {} are mutually exclusive: reach the target either through the local \
+                 konnectivity socket or through the mTLS proxy",
+                socket.describe(),
+                host.describe()
+            )))
+        }
+        (Some(socket), None) => Some(Proxy::Uds {
+            socket: socket.value,
+        }),
+        (None, Some(host)) => Some(Proxy::Mtls {
+            host: host.value,
+            port: proxy_port,
+            ca: proxy_ca,
+            cert: proxy_cert,
+            key: proxy_key,
+        }),
+        (None, None) => None,
+    };
+    let connect_timeout = resolve(
+        connect_timeout,
+        "connect-timeout",
+        env,
+        text(positive_duration),
+    )?
+    .map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.value);
+
     let position_file = resolve(position_file, "position-file", env, parse_path)?
         .map_or_else(|| default_position_file(&audit_log_path), |s| s.value);
-    let tag = resolve(tag, "tag", env, text(parse_tag))?
+    let tag = resolve(tag, "tag", env, text(parse_non_empty))?
         .map_or_else(|| DEFAULT_TAG.to_string(), |s| s.value);
     let read_from_head =
         resolve(read_from_head, "read-from-head", env, text(parse_bool))?.is_none_or(|s| s.value);
@@ -346,7 +683,14 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         log_level,
         backoff_max,
         target,
-        plaintext: true,
+        plaintext,
+        tls,
+        shared_key,
+        self_hostname,
+        user_auth,
+        compress,
+        proxy,
+        connect_timeout,
         position_file,
         tag,
         read_from_head,
@@ -363,12 +707,26 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let mut listen = None;
     let mut discard = None;
     let mut log_level = None;
+    let mut tls_crt_file = None;
+    let mut tls_key_file = None;
+    let mut client_ca = None;
+    let mut tls_max_version = None;
+    let mut shared_key = None;
+    let mut shared_key_file = None;
+    let mut self_hostname = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
             Long("listen") => listen = Some(parser.value()?),
             Long("discard") => discard = Some(bool_value(&mut parser)),
             Long("log-level") => log_level = Some(parser.value()?),
+            Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
+            Long("tls-key-file") => tls_key_file = Some(parser.value()?),
+            Long("client-ca") => client_ca = Some(parser.value()?),
+            Long("tls-max-version") => tls_max_version = Some(parser.value()?),
+            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key-file") => shared_key_file = Some(parser.value()?),
+            Long("self-hostname") => self_hostname = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(TAILER_HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -387,11 +745,85 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let discard = resolve(discard, "discard", env, text(parse_bool))?.is_some_and(|s| s.value);
     let log_level = resolve(log_level, "log-level", env, text(parse_log_level))?
         .map_or(DEFAULT_LOG_LEVEL, |s| s.value);
+
+    let cert = resolve(tls_crt_file, "tls-crt-file", env, parse_path)?;
+    let key = resolve(tls_key_file, "tls-key-file", env, parse_path)?;
+    let client_ca = resolve(client_ca, "client-ca", env, parse_path)?;
+    let max_version = resolve(
+        tls_max_version,
+        "tls-max-version",
+        env,
+        text(parse_tls_version),
+    )?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TailerTls {
+            cert: cert.value,
+            key: key.value,
+            client_ca: client_ca.map(|s| s.value),
+            max_version_12: max_version.is_some_and(|s| s.value == TlsVersion::V12),
+        }),
+        (Some(cert), None) => {
+            return Err(UsageError(format!(
+                "{}: needs --tls-key-file too (or AUDIT_TLS_KEY_FILE): set both to listen \
+                 with TLS, or neither",
+                cert.label
+            )))
+        }
+        (None, Some(key)) => {
+            return Err(UsageError(format!(
+                "{}: needs --tls-crt-file too (or AUDIT_TLS_CRT_FILE): set both to listen \
+                 with TLS, or neither",
+                key.label
+            )))
+        }
+        (None, None) => {
+            // Refused rather than ignored: the operator asked for a check that plain TCP
+            // cannot make, and would otherwise believe it is made.
+            let tls_only = client_ca
+                .map(|s| s.label)
+                .or_else(|| max_version.map(|s| s.label));
+            if let Some(label) = tls_only {
+                return Err(UsageError(format!(
+                    "{label}: only valid with TLS: set --tls-crt-file and --tls-key-file too \
+                     (or AUDIT_TLS_CRT_FILE and AUDIT_TLS_KEY_FILE)"
+                )));
+            }
+            None
+        }
+    };
+    let shared_key = resolve_shared_key(shared_key, shared_key_file, env)?;
+    let self_hostname =
+        resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
     Ok(Command::Tailer(TailerArgs {
         listen,
         discard,
         log_level,
+        tls,
+        shared_key,
+        self_hostname,
     }))
+}
+
+/// The shared key from `--shared-key` or `--shared-key-file`. Both given (on the command line
+/// or in the environment, in any mix) is an error rather than a precedence rule: two sources
+/// for one secret are a mistake, and picking one silently could lock out every client.
+fn resolve_shared_key(
+    value: Option<OsString>,
+    file: Option<OsString>,
+    env: Env,
+) -> Result<Option<SharedKey>, UsageError> {
+    let value = resolve(value, "shared-key", env, text(parse_non_empty))?;
+    let file = resolve(file, "shared-key-file", env, parse_path)?;
+    match (value, file) {
+        (Some(value), Some(file)) => Err(UsageError(format!(
+            "{} and {} are mutually exclusive: give the shared key or the file holding it",
+            value.describe(),
+            file.describe()
+        ))),
+        (Some(value), None) => Ok(Some(SharedKey::Value(value.value))),
+        (None, Some(file)) => Ok(Some(SharedKey::File(file.value))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// A boolean flag's value: only `--flag=value` carries one, because `--flag false` would be
@@ -492,11 +924,33 @@ fn default_position_file(audit_log_path: &Path) -> PathBuf {
     }
 }
 
-fn parse_tag(s: &str) -> Result<String, String> {
+fn parse_non_empty(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("must not be empty".to_string());
     }
     Ok(s.to_string())
+}
+
+fn parse_compress(s: &str) -> Result<Compress, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" => Ok(Compress::None),
+        "gzip" => Ok(Compress::Gzip),
+        _ => Err(format!("invalid compression {s:?} (use none or gzip)")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsVersion {
+    V12,
+    V13,
+}
+
+fn parse_tls_version(s: &str) -> Result<TlsVersion, String> {
+    match s {
+        "1.2" => Ok(TlsVersion::V12),
+        "1.3" => Ok(TlsVersion::V13),
+        _ => Err(format!("invalid TLS version {s:?} (use 1.2 or 1.3)")),
+    }
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -705,18 +1159,52 @@ fn parse_host_port(s: &str, min_port: u16) -> Result<Target, String> {
     if port.is_empty() {
         return Err(invalid("missing port (use HOST:PORT)".to_string()));
     }
-    if !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(format!("invalid port {port:?}")));
+    let port = check_port(port, min_port).map_err(invalid)?;
+    Ok(Target {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A decimal port from `min_port` to 65535; no sign, no spaces.
+fn check_port(port: &str, min_port: u16) -> Result<u16, String> {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port {port:?}"));
     }
     match port.parse::<u16>() {
-        Ok(port) if port >= min_port => Ok(Target {
-            host: host.to_string(),
-            port,
-        }),
-        _ => Err(invalid(format!(
-            "port {port} is out of range {min_port}-65535"
-        ))),
+        Ok(port) if port >= min_port => Ok(port),
+        _ => Err(format!("port {port} is out of range {min_port}-65535")),
     }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    check_port(s, 1)
+}
+
+/// A host alone, without a port: a DNS name, an IPv4 address, or an IPv6 address with or
+/// without brackets (kept without them, as in [`Target`]).
+fn parse_host(s: &str) -> Result<String, String> {
+    let invalid = |problem: String| format!("invalid host {s:?}: {problem}");
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let ip = bracketed
+            .strip_suffix(']')
+            .ok_or_else(|| invalid("missing ']' after the IPv6 address".to_string()))?;
+        return match ip.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(ip.to_string()),
+            Err(_) => Err(invalid(format!("{ip:?} is not an IPv6 address"))),
+        };
+    }
+    if s.contains(':') {
+        // Most likely HOST:PORT given where only the host belongs.
+        return match s.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(s.to_string()),
+            Err(_) => Err(invalid(
+                "not an IPv6 address; give the host alone, without a port".to_string(),
+            )),
+        };
+    }
+    check_host(s).map_err(invalid)?;
+    Ok(s.to_string())
 }
 
 /// A DNS name (RFC 1123 labels; '_' tolerated as resolvers do) or a dotted IPv4 address.
@@ -969,7 +1457,20 @@ mod tests {
                 host: "fluentd".to_string(),
                 port: 24224,
             },
-            plaintext: true,
+            plaintext: false,
+            tls: TlsArgs {
+                ca: PathBuf::from("/fluent-bit/etc/ssl/ca.crt"),
+                cert: PathBuf::from("/fluent-bit/etc/ssl/audittailer-client.crt"),
+                key: PathBuf::from("/fluent-bit/etc/ssl/audittailer-client.key"),
+                vhost: "kubernetes-audit-tailer".to_string(),
+                verify_hostname: true,
+            },
+            shared_key: None,
+            self_hostname: None,
+            user_auth: None,
+            compress: Compress::None,
+            proxy: None,
+            connect_timeout: Duration::from_secs(10),
             position_file: PathBuf::from("/auditlog/.audit-forwarder.pos"),
             tag: "audit".to_string(),
             read_from_head: true,
@@ -980,17 +1481,35 @@ mod tests {
         }
     }
 
-    const REQUIRED: &[&str] = &["--target", "fluentd:24224", "--plaintext"];
+    const REQUIRED: &[&str] = &["--target", "fluentd:24224"];
 
     #[test]
     fn cli_defaults() {
-        assert_eq!(forward(REQUIRED, &[]), defaults());
-        // The required settings from the environment alone.
-        let env = [
-            ("AUDIT_TARGET", "fluentd:24224"),
-            ("AUDIT_PLAINTEXT", "true"),
-        ];
-        assert_eq!(forward(&[], &env), defaults());
+        let got = forward(REQUIRED, &[]);
+        assert_eq!(got, defaults());
+        // Spelled out, because defaults() is also the base of every other expectation: TLS
+        // is on, with metal-stack's file layout, and nothing else is switched on.
+        assert!(!got.plaintext);
+        assert_eq!(got.tls.ca, Path::new("/fluent-bit/etc/ssl/ca.crt"));
+        assert_eq!(
+            got.tls.cert,
+            Path::new("/fluent-bit/etc/ssl/audittailer-client.crt")
+        );
+        assert_eq!(
+            got.tls.key,
+            Path::new("/fluent-bit/etc/ssl/audittailer-client.key")
+        );
+        assert_eq!(got.tls.vhost, "kubernetes-audit-tailer");
+        assert!(got.tls.verify_hostname);
+        assert_eq!(got.compress, Compress::None);
+        assert_eq!(got.proxy, None);
+        assert_eq!(got.shared_key, None);
+        assert_eq!(got.connect_timeout, Duration::from_secs(10));
+        // The required setting from the environment alone.
+        assert_eq!(
+            forward(&[], &[("AUDIT_TARGET", "fluentd:24224")]),
+            defaults()
+        );
     }
 
     type Edit = fn(&mut ForwardArgs);
@@ -1013,7 +1532,54 @@ mod tests {
                 port: 9880,
             }
         }),
-        ("plaintext", "1", |_| {}),
+        ("plaintext", "1", |f| f.plaintext = true),
+        ("tls-basedir", "/etc/audit/tls", |f| {
+            f.tls.ca = "/etc/audit/tls/ca.crt".into();
+            f.tls.cert = "/etc/audit/tls/audittailer-client.crt".into();
+            f.tls.key = "/etc/audit/tls/audittailer-client.key".into();
+        }),
+        ("tls-ca-file", "root.pem", |f| {
+            f.tls.ca = "/fluent-bit/etc/ssl/root.pem".into()
+        }),
+        ("tls-crt-file", "/certs/client.pem", |f| {
+            f.tls.cert = "/certs/client.pem".into()
+        }),
+        ("tls-key-file", "keys/client.key", |f| {
+            f.tls.key = "/fluent-bit/etc/ssl/keys/client.key".into()
+        }),
+        ("tls-vhost", "tailer.example.org", |f| {
+            f.tls.vhost = "tailer.example.org".to_string()
+        }),
+        ("tls-verify-hostname", "false", |f| {
+            f.tls.verify_hostname = false
+        }),
+        ("shared-key", "s3cret", |f| {
+            f.shared_key = Some(SharedKey::Value("s3cret".to_string()))
+        }),
+        ("shared-key-file", "/secrets/key", |f| {
+            f.shared_key = Some(SharedKey::File("/secrets/key".into()))
+        }),
+        ("self-hostname", "apiserver-0", |f| {
+            f.self_hostname = Some("apiserver-0".to_string())
+        }),
+        ("compress", "GZIP", |f| f.compress = Compress::Gzip),
+        ("konnectivity-uds-socket", "/run/konnectivity.sock", |f| {
+            f.proxy = Some(Proxy::Uds {
+                socket: "/run/konnectivity.sock".into(),
+            })
+        }),
+        ("proxy-host", "proxy.example.org", |f| {
+            f.proxy = Some(Proxy::Mtls {
+                host: "proxy.example.org".to_string(),
+                port: 9443,
+                ca: "/proxy/ca/ca.crt".into(),
+                cert: "/proxy/client/tls.crt".into(),
+                key: "/proxy/client/tls.key".into(),
+            })
+        }),
+        ("connect-timeout", "1.5s", |f| {
+            f.connect_timeout = Duration::from_millis(1500)
+        }),
         ("position-file", "/data/pos", |f| {
             f.position_file = "/data/pos".into()
         }),
@@ -1038,7 +1604,7 @@ mod tests {
             edit(&mut want);
 
             // Boolean flags take a value only with '=' (see cli_boolean_flags).
-            if !matches!(flag, "plaintext" | "read-from-head") {
+            if !matches!(flag, "plaintext" | "read-from-head" | "tls-verify-hostname") {
                 let mut args = REQUIRED.to_vec();
                 let long = format!("--{flag}");
                 args.extend([long.as_str(), value]);
@@ -1051,7 +1617,7 @@ mod tests {
             assert_eq!(forward(&args, &[]), want, "{joined}");
 
             let var = env_name(flag);
-            let mut env = vec![("AUDIT_TARGET", "fluentd:24224"), ("AUDIT_PLAINTEXT", "1")];
+            let mut env = vec![("AUDIT_TARGET", "fluentd:24224")];
             env.retain(|(k, _)| *k != var);
             env.push((&var, value));
             assert_eq!(forward(&[], &env), want, "{var}={value}");
@@ -1074,9 +1640,10 @@ mod tests {
 
         // ... and an invalid one is not even looked at.
         let env = [("AUDIT_MEM_BUF_LIMIT", "12Q"), ("AUDIT_PLAINTEXT", "no")];
-        let args = [REQUIRED, &["--mem-buf-limit", "100M"]].concat();
+        let args = [REQUIRED, &["--mem-buf-limit", "100M", "--plaintext"]].concat();
         let mut want = defaults();
         want.mem_buf_limit = 100_000_000;
+        want.plaintext = true;
         assert_eq!(forward(&args, &env), want);
 
         // The last of repeated flags wins.
@@ -1279,6 +1846,177 @@ mod tests {
                 &[],
                 "--plaintext: invalid boolean",
             ),
+            (
+                &["--tls-verify-hostname=no"],
+                &[],
+                "--tls-verify-hostname: invalid boolean \"no\"",
+            ),
+            (&["--tls-basedir="], &[], "--tls-basedir: must not be empty"),
+            (
+                &[],
+                &[("AUDIT_TLS_CA_FILE", "")],
+                "AUDIT_TLS_CA_FILE: must not be empty",
+            ),
+            (&["--tls-crt-file="], &[], "--tls-crt-file: must not be empty"),
+            (&["--tls-key-file="], &[], "--tls-key-file: must not be empty"),
+            (
+                &["--tls-vhost=tailer:24224"],
+                &[],
+                "--tls-vhost: invalid host \"tailer:24224\": not an IPv6 address; give the \
+                 host alone, without a port",
+            ),
+            (
+                &[],
+                &[("AUDIT_TLS_VHOST", "")],
+                "AUDIT_TLS_VHOST: invalid host \"\": missing host",
+            ),
+            (
+                &["--compress=zstd"],
+                &[],
+                "--compress: invalid compression \"zstd\" (use none or gzip)",
+            ),
+            (
+                &[],
+                &[("AUDIT_COMPRESS", "true")],
+                "AUDIT_COMPRESS: invalid compression",
+            ),
+            (&["--shared-key="], &[], "--shared-key: must not be empty"),
+            (
+                &["--shared-key-file="],
+                &[],
+                "--shared-key-file: must not be empty",
+            ),
+            (
+                &["--shared-key=k", "--shared-key-file=/k"],
+                &[],
+                "--shared-key and --shared-key-file are mutually exclusive",
+            ),
+            // Both sources of one secret are refused even when one is only in the
+            // environment: the flag does not silently win over the other setting.
+            (
+                &["--shared-key-file=/k"],
+                &[("AUDIT_SHARED_KEY", "k")],
+                "AUDIT_SHARED_KEY (--shared-key) and --shared-key-file are mutually exclusive",
+            ),
+            (
+                &[],
+                &[("AUDIT_SHARED_KEY", "k"), ("AUDIT_SHARED_KEY_FILE", "/k")],
+                "AUDIT_SHARED_KEY (--shared-key) and AUDIT_SHARED_KEY_FILE \
+                 (--shared-key-file) are mutually exclusive",
+            ),
+            (&["--self-hostname="], &[], "--self-hostname: must not be empty"),
+            (
+                &["--shared-key=k", "--username=u"],
+                &[],
+                "--username: needs --password too (or AUDIT_PASSWORD)",
+            ),
+            (
+                &["--shared-key=k"],
+                &[("AUDIT_PASSWORD", "p")],
+                "AUDIT_PASSWORD: needs --username too (or AUDIT_USERNAME)",
+            ),
+            (
+                &["--username=u", "--password=p"],
+                &[],
+                "--username and --password: user authentication needs a shared key: set \
+                 --shared-key or --shared-key-file too",
+            ),
+            (
+                &["--password=p"],
+                &[("AUDIT_USERNAME", "u")],
+                "AUDIT_USERNAME (--username) and --password: user authentication needs a \
+                 shared key",
+            ),
+            (
+                &["--shared-key=k", "--username=", "--password=p"],
+                &[],
+                "--username: must not be empty",
+            ),
+            (
+                &["--konnectivity-uds-socket=/s", "--proxy-host=p"],
+                &[],
+                "--konnectivity-uds-socket and --proxy-host are mutually exclusive",
+            ),
+            (
+                &["--proxy-host=p"],
+                &[("AUDIT_KONNECTIVITY_UDS_SOCKET", "/s")],
+                "AUDIT_KONNECTIVITY_UDS_SOCKET (--konnectivity-uds-socket) and --proxy-host \
+                 are mutually exclusive",
+            ),
+            (
+                &["--konnectivity-uds-socket=/s"],
+                &[("AUDIT_PROXY_HOST", "p")],
+                "--konnectivity-uds-socket and AUDIT_PROXY_HOST (--proxy-host) are mutually \
+                 exclusive",
+            ),
+            (
+                &["--konnectivity-uds-socket="],
+                &[],
+                "--konnectivity-uds-socket: must not be empty",
+            ),
+            (
+                &["--proxy-host=proxy:9443"],
+                &[],
+                "--proxy-host: invalid host \"proxy:9443\": not an IPv6 address",
+            ),
+            (
+                &["--proxy-host=[::1"],
+                &[],
+                "--proxy-host: invalid host \"[::1\": missing ']'",
+            ),
+            (
+                &["--proxy-host=[proxy]"],
+                &[],
+                "--proxy-host: invalid host \"[proxy]\": \"proxy\" is not an IPv6 address",
+            ),
+            (
+                &[],
+                &[("AUDIT_PROXY_HOST", "bad host")],
+                "AUDIT_PROXY_HOST: invalid host \"bad host\": \"bad host\" is not a valid host name",
+            ),
+            (
+                &["--proxy-port=0"],
+                &[],
+                "--proxy-port: port 0 is out of range 1-65535",
+            ),
+            (
+                &[],
+                &[("AUDIT_PROXY_PORT", "https")],
+                "AUDIT_PROXY_PORT: invalid port \"https\"",
+            ),
+            (&["--proxy-port="], &[], "--proxy-port: invalid port \"\""),
+            (
+                &["--proxy-ca-file="],
+                &[],
+                "--proxy-ca-file: must not be empty",
+            ),
+            (
+                &["--proxy-client-crt-file="],
+                &[],
+                "--proxy-client-crt-file: must not be empty",
+            ),
+            (
+                &["--proxy-client-key-file="],
+                &[],
+                "--proxy-client-key-file: must not be empty",
+            ),
+            (
+                &["--connect-timeout=0s"],
+                &[],
+                "--connect-timeout: must be greater than 0",
+            ),
+            (
+                &[],
+                &[("AUDIT_CONNECT_TIMEOUT", "10")],
+                "AUDIT_CONNECT_TIMEOUT: missing unit",
+            ),
+            // Tailer-only flags are unknown to the forwarder.
+            (&["--client-ca=/ca"], &[], "--client-ca: unknown flag"),
+            (
+                &["--tls-max-version=1.2"],
+                &[],
+                "--tls-max-version: unknown flag",
+            ),
             (&["--bogus"], &[], "--bogus: unknown flag (see --help)"),
             (&["--bogus=1"], &[], "--bogus: unknown flag"),
             (&["-x"], &[], "-x: unknown flag"),
@@ -1291,7 +2029,7 @@ mod tests {
                 "unexpected argument \"false\"",
             ),
             (
-                &["tailer"],
+                &["--tag=x", "tailer"],
                 &[],
                 "tailer: the subcommand must be the first argument",
             ),
@@ -1299,9 +2037,8 @@ mod tests {
         for &(extra, env, want) in cases {
             // The target comes from the environment unless a case sets it, so that cases
             // about AUDIT_TARGET are not shadowed by a --target flag.
-            let args = [&["--plaintext"], extra].concat();
             let env = [env, &[("AUDIT_TARGET", "fluentd:24224")]].concat();
-            match run(&args, &env) {
+            match run(extra, &env) {
                 Err(e) => {
                     let e = e.to_string();
                     assert!(e.starts_with(want), "{extra:?} {env:?}: {e:?} vs {want:?}");
@@ -1315,28 +2052,13 @@ mod tests {
     #[test]
     fn cli_required_settings() {
         let cases: &[(Args, EnvTable, &str)] = &[
+            (&[], &[], "--target is required"),
             (&["--plaintext"], &[], "--target is required"),
             (&[], &[("AUDIT_PLAINTEXT", "1")], "--target is required"),
             (
-                &["--target=f:1"],
-                &[],
-                "--plaintext is required: TLS delivery is not built yet",
-            ),
-            (
-                &["--target=f:1", "--plaintext=false"],
-                &[],
-                "--plaintext is required: TLS delivery is not built yet",
-            ),
-            (
-                &["--target=f:1"],
-                &[("AUDIT_PLAINTEXT", "0")],
-                "AUDIT_PLAINTEXT: --plaintext is required: TLS delivery is not built yet",
-            ),
-            // A later --plaintext=false undoes an earlier --plaintext.
-            (
-                &["--target=f:1", "--plaintext", "--plaintext=0"],
-                &[],
-                "--plaintext is required",
+                &["--tag=x"],
+                &[("AUDIT_TARGET", "")],
+                "AUDIT_TARGET: invalid address",
             ),
         ];
         for &(args, env, want) in cases {
@@ -1344,6 +2066,292 @@ mod tests {
                 Err(e) => assert!(e.to_string().starts_with(want), "{args:?}: {e}"),
                 Ok(c) => panic!("{args:?} parsed as {c:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn cli_tls_file_names_join_the_basedir_unless_absolute() {
+        // (arguments, environment, ca, cert, key)
+        let cases: &[(Args, EnvTable, &str, &str, &str)] = &[
+            (
+                &["--tls-basedir=/certs"],
+                &[("AUDIT_TLS_CA_FILE", "/etc/ssl/ca.pem")],
+                "/etc/ssl/ca.pem",
+                "/certs/audittailer-client.crt",
+                "/certs/audittailer-client.key",
+            ),
+            (
+                &[],
+                &[
+                    ("AUDIT_TLS_BASEDIR", "/env/ssl/"),
+                    ("AUDIT_TLS_CRT_FILE", "sub/c.crt"),
+                    ("AUDIT_TLS_KEY_FILE", "/abs/c.key"),
+                ],
+                "/env/ssl/ca.crt",
+                "/env/ssl/sub/c.crt",
+                "/abs/c.key",
+            ),
+            // A relative base directory stays relative: it is the caller's working directory
+            // that decides, not this parser.
+            (
+                &["--tls-basedir", "ssl", "--tls-ca-file", "my-ca.crt"],
+                &[],
+                "ssl/my-ca.crt",
+                "ssl/audittailer-client.crt",
+                "ssl/audittailer-client.key",
+            ),
+            // The flag wins over the environment for the base directory and for each name.
+            (
+                &["--tls-basedir=/flag", "--tls-key-file=k.pem"],
+                &[
+                    ("AUDIT_TLS_BASEDIR", "/env"),
+                    ("AUDIT_TLS_KEY_FILE", "env.key"),
+                ],
+                "/flag/ca.crt",
+                "/flag/audittailer-client.crt",
+                "/flag/k.pem",
+            ),
+            // Resolved even with --plaintext, where they are not used.
+            (
+                &["--plaintext", "--tls-basedir=/p"],
+                &[],
+                "/p/ca.crt",
+                "/p/audittailer-client.crt",
+                "/p/audittailer-client.key",
+            ),
+        ];
+        for &(extra, env, ca, cert, key) in cases {
+            let args = [REQUIRED, extra].concat();
+            let tls = forward(&args, env).tls;
+            assert_eq!(
+                (tls.ca.as_path(), tls.cert.as_path(), tls.key.as_path()),
+                (Path::new(ca), Path::new(cert), Path::new(key)),
+                "{extra:?} {env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cli_tls_vhost_and_plaintext_combinations() {
+        let cases: &[(Args, EnvTable, Edit)] = &[
+            (&["--tls-vhost=10.0.0.7"], &[], |f| {
+                f.tls.vhost = "10.0.0.7".to_string()
+            }),
+            (&["--tls-vhost=[fd00::7]"], &[], |f| {
+                f.tls.vhost = "fd00::7".to_string()
+            }),
+            (&["--tls-vhost=fd00::7"], &[], |f| {
+                f.tls.vhost = "fd00::7".to_string()
+            }),
+            // TLS-only settings are accepted, and ignored by the caller, with --plaintext.
+            (&["--plaintext", "--tls-verify-hostname=false"], &[], |f| {
+                f.plaintext = true;
+                f.tls.verify_hostname = false;
+            }),
+            (&["--plaintext", "--compress", "gzip"], &[], |f| {
+                f.plaintext = true;
+                f.compress = Compress::Gzip;
+            }),
+            (&["--compress=none"], &[("AUDIT_COMPRESS", "gzip")], |_| {}),
+            // A later --plaintext=false undoes an earlier --plaintext.
+            (&["--plaintext", "--plaintext=0"], &[], |_| {}),
+            (
+                &["--plaintext=false"],
+                &[("AUDIT_PLAINTEXT", "true")],
+                |_| {},
+            ),
+            (
+                &["--tls-verify-hostname"],
+                &[("AUDIT_TLS_VERIFY_HOSTNAME", "0")],
+                |_| {},
+            ),
+            (&[], &[("AUDIT_TLS_VERIFY_HOSTNAME", "0")], |f| {
+                f.tls.verify_hostname = false
+            }),
+        ];
+        for &(extra, env, edit) in cases {
+            let mut want = defaults();
+            edit(&mut want);
+            let args = [REQUIRED, extra].concat();
+            assert_eq!(forward(&args, env), want, "{extra:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn cli_shared_key_and_user_auth() {
+        let user = |username: &str, password: &str| {
+            Some(UserAuth {
+                username: username.to_string(),
+                password: password.to_string(),
+            })
+        };
+        let value = |k: &str| Some(SharedKey::Value(k.to_string()));
+        let file = |p: &str| Some(SharedKey::File(PathBuf::from(p)));
+        // (arguments, environment, shared key, user authentication)
+        let cases: Vec<(Args, EnvTable, Option<SharedKey>, Option<UserAuth>)> = vec![
+            (&[], &[], None, None),
+            (&["--shared-key", "k1"], &[], value("k1"), None),
+            (&[], &[("AUDIT_SHARED_KEY", "k2")], value("k2"), None),
+            (
+                &[],
+                &[("AUDIT_SHARED_KEY_FILE", "/s/key")],
+                file("/s/key"),
+                None,
+            ),
+            (
+                &["--shared-key=k", "--username=alice", "--password=pw"],
+                &[],
+                value("k"),
+                user("alice", "pw"),
+            ),
+            // The secret parts from the environment, as the help recommends.
+            (
+                &["--shared-key-file=/s/key", "--username=bob"],
+                &[("AUDIT_PASSWORD", "from-env")],
+                file("/s/key"),
+                user("bob", "from-env"),
+            ),
+            (
+                &[],
+                &[
+                    ("AUDIT_SHARED_KEY", "k"),
+                    ("AUDIT_USERNAME", "u"),
+                    ("AUDIT_PASSWORD", "p"),
+                ],
+                value("k"),
+                user("u", "p"),
+            ),
+            // A flag still wins over the same setting's variable.
+            (
+                &["--shared-key=flag", "--password=flag-pw"],
+                &[
+                    ("AUDIT_SHARED_KEY", "env"),
+                    ("AUDIT_USERNAME", "u"),
+                    ("AUDIT_PASSWORD", "env-pw"),
+                ],
+                value("flag"),
+                user("u", "flag-pw"),
+            ),
+        ];
+        for (extra, env, shared_key, user_auth) in cases {
+            let args = [REQUIRED, extra].concat();
+            let got = forward(&args, env);
+            assert_eq!(
+                (got.shared_key, got.user_auth),
+                (shared_key, user_auth),
+                "{extra:?} {env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cli_secrets_are_not_in_debug_output() {
+        let args = [
+            REQUIRED,
+            &[
+                "--shared-key=TOPSECRETKEY",
+                "--username=alice",
+                "--password=HUNTER2PW",
+            ],
+        ]
+        .concat();
+        let debug = format!("{:?}", forward(&args, &[]));
+        assert!(!debug.contains("TOPSECRETKEY"), "{debug}");
+        assert!(!debug.contains("HUNTER2PW"), "{debug}");
+        // Redacted, not dropped: the settings are still visible as set.
+        assert!(debug.contains("Value(<redacted>)"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        // A key file's path is no secret.
+        let args = [REQUIRED, &["--shared-key-file=/s/key"]].concat();
+        let debug = format!("{:?}", forward(&args, &[]));
+        assert!(debug.contains("File(\"/s/key\")"), "{debug}");
+    }
+
+    #[test]
+    fn cli_proxy() {
+        let mtls = |host: &str, port, ca: &str, cert: &str, key: &str| {
+            Some(Proxy::Mtls {
+                host: host.to_string(),
+                port,
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            })
+        };
+        let uds = |socket: &str| {
+            Some(Proxy::Uds {
+                socket: socket.into(),
+            })
+        };
+        let (ca, crt, key) = (
+            "/proxy/ca/ca.crt",
+            "/proxy/client/tls.crt",
+            "/proxy/client/tls.key",
+        );
+        let cases: Vec<(Args, EnvTable, Option<Proxy>)> = vec![
+            (&[], &[], None),
+            // The proxy's own settings mean nothing without a proxy host.
+            (&["--proxy-port=1", "--proxy-ca-file=/x"], &[], None),
+            (
+                &[
+                    "--konnectivity-uds-socket",
+                    "/etc/srv/konnectivity/uds.sock",
+                ],
+                &[],
+                uds("/etc/srv/konnectivity/uds.sock"),
+            ),
+            (
+                &[],
+                &[("AUDIT_KONNECTIVITY_UDS_SOCKET", "/run/k.sock")],
+                uds("/run/k.sock"),
+            ),
+            // The proxy host's file settings do not apply to the socket.
+            (
+                &["--konnectivity-uds-socket=/s", "--proxy-port=1"],
+                &[],
+                uds("/s"),
+            ),
+            (
+                &["--proxy-host=konnectivity.example.org"],
+                &[],
+                mtls("konnectivity.example.org", 9443, ca, crt, key),
+            ),
+            (
+                &["--proxy-host=[fd00::1]", "--proxy-port=8132"],
+                &[],
+                mtls("fd00::1", 8132, ca, crt, key),
+            ),
+            (
+                &[
+                    "--proxy-host=10.1.2.3",
+                    "--proxy-ca-file=/p/ca.pem",
+                    "--proxy-client-crt-file=c.pem",
+                    "--proxy-client-key-file=/p/k.pem",
+                ],
+                &[],
+                // Not joined to --tls-basedir: that one is for the target's certificates.
+                mtls("10.1.2.3", 9443, "/p/ca.pem", "c.pem", "/p/k.pem"),
+            ),
+            (
+                &[],
+                &[
+                    ("AUDIT_PROXY_HOST", "proxy"),
+                    ("AUDIT_PROXY_PORT", "65535"),
+                    ("AUDIT_PROXY_CA_FILE", "/e/ca"),
+                    ("AUDIT_PROXY_CLIENT_CRT_FILE", "/e/crt"),
+                    ("AUDIT_PROXY_CLIENT_KEY_FILE", "/e/key"),
+                ],
+                mtls("proxy", 65535, "/e/ca", "/e/crt", "/e/key"),
+            ),
+            (
+                &["--proxy-host=flag", "--proxy-port=1"],
+                &[("AUDIT_PROXY_HOST", "env"), ("AUDIT_PROXY_PORT", "2")],
+                mtls("flag", 1, ca, crt, key),
+            ),
+        ];
+        for (extra, env, want) in cases {
+            let args = [REQUIRED, extra].concat();
+            assert_eq!(forward(&args, env).proxy, want, "{extra:?} {env:?}");
         }
     }
 
@@ -1416,7 +2424,26 @@ mod tests {
     fn cli_help_lists_every_flag_default_and_variable() {
         let forward: &[(&str, &str)] = &[
             ("target", "required"),
-            ("plaintext", "required"),
+            ("plaintext", "default: false"),
+            ("tls-basedir", "default: /fluent-bit/etc/ssl"),
+            ("tls-ca-file", "default: ca.crt"),
+            ("tls-crt-file", "default: audittailer-client.crt"),
+            ("tls-key-file", "default: audittailer-client.key"),
+            ("tls-vhost", "default: kubernetes-audit-tailer"),
+            ("tls-verify-hostname", "default: true"),
+            ("shared-key", "default: none"),
+            ("shared-key-file", "default: none"),
+            ("self-hostname", "default: this machine's hostname"),
+            ("username", "default: none"),
+            ("password", "default: none"),
+            ("compress", "default: none"),
+            ("konnectivity-uds-socket", "default: none"),
+            ("proxy-host", "default: none"),
+            ("proxy-port", "default: 9443"),
+            ("proxy-ca-file", "default: /proxy/ca/ca.crt"),
+            ("proxy-client-crt-file", "default: /proxy/client/tls.crt"),
+            ("proxy-client-key-file", "default: /proxy/client/tls.key"),
+            ("connect-timeout", "default: 10s"),
             ("audit-log-path", "default: /auditlog/audit.log"),
             ("position-file", "default: .audit-forwarder.pos"),
             ("read-from-head", "default: true"),
@@ -1433,12 +2460,24 @@ mod tests {
             ("listen", "required"),
             ("discard", "default: false"),
             ("log-level", "default: info"),
+            ("tls-crt-file", "default: none"),
+            ("tls-key-file", "default: none"),
+            ("client-ca", "default: none"),
+            ("tls-max-version", "default: 1.3"),
+            ("shared-key", "default: none"),
+            ("shared-key-file", "default: none"),
+            ("self-hostname", "default: none"),
         ];
         for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
             for &(flag, default) in flags {
+                // The flag must be followed by its value or a space, so that --shared-key
+                // does not find the line of --shared-key-file.
                 let line = help
                     .lines()
-                    .find(|l| l.trim_start().starts_with(&format!("--{flag}")))
+                    .find(|l| {
+                        let rest = l.trim_start().strip_prefix(&format!("--{flag}"));
+                        rest.is_some_and(|r| r.starts_with([' ', '[']))
+                    })
                     .unwrap_or_else(|| panic!("no line for --{flag}"));
                 let bracketed = format!("[{}]", env_name(flag));
                 assert!(line.contains(&bracketed), "{line:?} lacks {bracketed}");
@@ -1450,6 +2489,45 @@ mod tests {
         }
         // The size rule names fluent-bit's decimal units.
         assert!(HELP.contains("K = KB = 1000"));
+        // What the operator must know to pick these settings.
+        let one_line = |help: &str| help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let forward_help = one_line(HELP);
+        for phrase in [
+            "keeps the verification of the certificate chain",
+            "skips the check that the certificate is valid for the vhost name",
+            "only in the CN",
+            "gzip sends each chunk as one CompressedPackedForward message",
+            "relative to; an absolute file name is used as it is",
+        ] {
+            assert!(forward_help.contains(phrase), "HELP lacks {phrase:?}");
+        }
+        let tailer_help = one_line(TAILER_HELP);
+        assert!(tailer_help.contains("1.2 limits the server to TLS 1.2"));
+        // Every flag the parsers accept is documented, and nothing more: the lists above
+        // are complete.
+        for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
+            let documented = help
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("--"))
+                .filter_map(|l| l.split([' ', '[', '=']).next())
+                .filter(|f| *f != "help" && *f != "version")
+                .count();
+            assert_eq!(documented, flags.len(), "{flags:?}");
+        }
+        // ... and each one listed is one the parser knows.
+        let known = |args: &[&str]| match run(args, &[]) {
+            Err(e) => !e.to_string().contains("unknown flag"),
+            Ok(_) => true,
+        };
+        for &(flag, _) in forward {
+            let arg = format!("--{flag}=x");
+            assert!(known(&[REQUIRED, &[arg.as_str()]].concat()), "{arg}");
+        }
+        for &(flag, _) in tailer {
+            let arg = format!("--{flag}=x");
+            assert!(known(&["tailer", "--listen=a:1", &arg]), "tailer {arg}");
+        }
+        assert!(!known(&["tailer", "--listen=a:1", "--proxy-host=x"]));
     }
 
     #[test]
@@ -1459,6 +2537,9 @@ mod tests {
                 listen: listen.to_string(),
                 discard,
                 log_level,
+                tls: None,
+                shared_key: None,
+                self_hostname: None,
             }))
         };
         let cases: &[(Args, EnvTable, Result<Command, UsageError>)] = &[
@@ -1494,6 +2575,101 @@ mod tests {
         ];
         for (args, env, want) in cases {
             assert_eq!(&run(args, env), want, "{args:?} {env:?}");
+        }
+
+        let tls = |cert: &str, key: &str, client_ca: Option<&str>, max_version_12| {
+            Some(TailerTls {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: client_ca.map(PathBuf::from),
+                max_version_12,
+            })
+        };
+        // (arguments, environment, tls, shared key, self hostname)
+        type TailerCase = (
+            Args,
+            EnvTable,
+            Option<TailerTls>,
+            Option<SharedKey>,
+            Option<&'static str>,
+        );
+        let cases: Vec<TailerCase> = vec![
+            (&[], &[], None, None, None),
+            (
+                &["--tls-crt-file=/t/tls.crt", "--tls-key-file", "/t/tls.key"],
+                &[],
+                tls("/t/tls.crt", "/t/tls.key", None, false),
+                None,
+                None,
+            ),
+            (
+                &[],
+                &[
+                    ("AUDIT_TLS_CRT_FILE", "tls.crt"),
+                    ("AUDIT_TLS_KEY_FILE", "tls.key"),
+                    ("AUDIT_CLIENT_CA", "ca.crt"),
+                    ("AUDIT_TLS_MAX_VERSION", "1.2"),
+                ],
+                // The tailer has no base directory: names are used as given.
+                tls("tls.crt", "tls.key", Some("ca.crt"), true),
+                None,
+                None,
+            ),
+            (
+                &[
+                    "--tls-crt-file=/c",
+                    "--tls-key-file=/k",
+                    "--client-ca=/ca",
+                    "--tls-max-version=1.3",
+                ],
+                &[("AUDIT_TLS_MAX_VERSION", "1.2")],
+                tls("/c", "/k", Some("/ca"), false),
+                None,
+                None,
+            ),
+            (
+                &[
+                    "--tls-crt-file=/c",
+                    "--tls-key-file=/k",
+                    "--tls-max-version=1.2",
+                ],
+                &[],
+                tls("/c", "/k", None, true),
+                None,
+                None,
+            ),
+            (
+                &["--shared-key=k", "--self-hostname=tailer-0"],
+                &[],
+                None,
+                Some(SharedKey::Value("k".to_string())),
+                Some("tailer-0"),
+            ),
+            (
+                &[],
+                &[
+                    ("AUDIT_SHARED_KEY_FILE", "/s/key"),
+                    ("AUDIT_SELF_HOSTNAME", "env-host"),
+                ],
+                None,
+                Some(SharedKey::File("/s/key".into())),
+                Some("env-host"),
+            ),
+        ];
+        for (extra, env, tls, shared_key, self_hostname) in cases {
+            let args = [&["tailer", "--listen=a:1"], extra].concat();
+            match run(&args, env) {
+                Ok(Command::Tailer(got)) => {
+                    assert_eq!(got.tls, tls, "{extra:?} {env:?}");
+                    assert_eq!(got.shared_key, shared_key, "{extra:?} {env:?}");
+                    assert_eq!(
+                        got.self_hostname.as_deref(),
+                        self_hostname,
+                        "{extra:?} {env:?}"
+                    );
+                }
+                other => panic!("{extra:?} {env:?}: {other:?}"),
+            }
         }
 
         let err: &[(Args, EnvTable, &str)] = &[
@@ -1543,6 +2719,94 @@ mod tests {
                 &["tailer", "--listen=a:1", "tailer"],
                 &[],
                 "unexpected argument \"tailer\"",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--tls-crt-file=/c"],
+                &[],
+                "--tls-crt-file: needs --tls-key-file too (or AUDIT_TLS_KEY_FILE): set both \
+                 to listen with TLS, or neither",
+            ),
+            (
+                &["tailer", "--listen=a:1"],
+                &[("AUDIT_TLS_KEY_FILE", "/k")],
+                "AUDIT_TLS_KEY_FILE: needs --tls-crt-file too (or AUDIT_TLS_CRT_FILE)",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--tls-crt-file="],
+                &[],
+                "--tls-crt-file: must not be empty",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--client-ca=/ca"],
+                &[],
+                "--client-ca: only valid with TLS: set --tls-crt-file and --tls-key-file too",
+            ),
+            (
+                &["tailer", "--listen=a:1"],
+                &[("AUDIT_CLIENT_CA", "/ca")],
+                "AUDIT_CLIENT_CA: only valid with TLS",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--tls-max-version=1.2"],
+                &[],
+                "--tls-max-version: only valid with TLS",
+            ),
+            (
+                &[
+                    "tailer",
+                    "--listen=a:1",
+                    "--tls-crt-file=/c",
+                    "--tls-key-file=/k",
+                    "--tls-max-version=1.1",
+                ],
+                &[],
+                "--tls-max-version: invalid TLS version \"1.1\" (use 1.2 or 1.3)",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--tls-max-version=TLSv1.3"],
+                &[],
+                "--tls-max-version: invalid TLS version",
+            ),
+            (
+                &["tailer", "--listen=a:1"],
+                &[("AUDIT_TLS_MAX_VERSION", "1")],
+                "AUDIT_TLS_MAX_VERSION: invalid TLS version \"1\"",
+            ),
+            (
+                &[
+                    "tailer",
+                    "--listen=a:1",
+                    "--shared-key=k",
+                    "--shared-key-file=/f",
+                ],
+                &[],
+                "--shared-key and --shared-key-file are mutually exclusive",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--shared-key-file=/f"],
+                &[("AUDIT_SHARED_KEY", "k")],
+                "AUDIT_SHARED_KEY (--shared-key) and --shared-key-file are mutually exclusive",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--shared-key="],
+                &[],
+                "--shared-key: must not be empty",
+            ),
+            (
+                &["tailer", "--listen=a:1"],
+                &[("AUDIT_SELF_HOSTNAME", "")],
+                "AUDIT_SELF_HOSTNAME: must not be empty",
+            ),
+            // Forwarder-only settings are unknown to the tailer.
+            (
+                &["tailer", "--listen=a:1", "--username=u"],
+                &[],
+                "--username: unknown flag",
+            ),
+            (
+                &["tailer", "--listen=a:1", "--tls-basedir=/b"],
+                &[],
+                "--tls-basedir: unknown flag",
             ),
         ];
         for &(args, env, want) in err {

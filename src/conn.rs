@@ -1,40 +1,69 @@
 //! The connection to the receiver as an explicit state machine, advanced only by readiness
-//! events and timers: `Down` (waiting out a backoff) -> `Connecting` -> `Ready`. Any fault (connect
-//! error, EOF, socket error, ack timeout, an ack for a chunk we did not send) drops the socket and
-//! goes back to `Down` with exponential backoff and jitter; the outbox then resends every unacked
-//! chunk in order on the next connection.
+//! events and timers:
+//! `Down` (backoff) -> `Connecting` -> `Tls` -> `Handshake` (shared key) -> `Ready`.
+//! Any fault (connect error, TLS failure, rejected handshake, EOF, socket error, ack timeout, an
+//! ack for a chunk we did not send) drops the socket and goes back to `Down` with exponential
+//! backoff and jitter; the outbox then resends every unacked chunk in order on the next
+//! connection.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::ClientConnection;
 
 use crate::cli::Target;
 use crate::forward;
+use crate::handshake;
 use crate::outbox::{AckError, Outbox};
+use crate::sys;
+use crate::tls;
+use crate::transport::{tls_failure, Socket, Transport};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Acks are tiny; anything bigger than this without a complete message is not an ack stream.
 const MAX_ACK_BUF: usize = 64 * 1024;
+
+struct Link {
+    t: Transport,
+    /// The address we connected to, for log lines.
+    peer: String,
+}
 
 enum State {
     Down {
         retry_at: Instant,
     },
     Connecting {
-        sock: TcpStream,
-        peer: SocketAddr,
+        link: Link,
+        deadline: Instant,
+    },
+    Tls {
+        link: Link,
+        deadline: Instant,
+    },
+    Handshake {
+        link: Link,
+        hs: Box<handshake::Client>,
+        rbuf: Vec<u8>,
+        out: Vec<u8>,
         deadline: Instant,
     },
     Ready {
-        sock: TcpStream,
-        peer: SocketAddr,
+        link: Link,
         rbuf: Vec<u8>,
         interest: Interest,
     },
+}
+
+/// TLS to the receiver; replaced (by the event loop) when the certificate files change.
+pub struct TlsSetup {
+    pub client: tls::ClientTls,
+    pub vhost: String,
 }
 
 pub struct Settings {
@@ -42,6 +71,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub ack_timeout: Duration,
     pub connect_timeout: Duration,
+    pub tls: Option<TlsSetup>,
+    pub handshake: Option<handshake::ClientConfig>,
 }
 
 pub struct Conn {
@@ -52,8 +83,13 @@ pub struct Conn {
     /// Connections established after the first one.
     pub reconnects: u64,
     connected_once: bool,
+    /// The last failure, so a fault that repeats on every attempt is logged once at warn and
+    /// then at debug until something changes.
+    last_failure: Option<String>,
     rng: u64,
 }
+
+type Step = Result<(), String>;
 
 impl Conn {
     pub fn new(cfg: Settings, token: Token, seed: u64) -> Conn {
@@ -66,19 +102,30 @@ impl Conn {
             attempts: 0,
             reconnects: 0,
             connected_once: false,
+            last_failure: None,
             rng: seed | 1,
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Ready { .. })
+    /// New TLS material for the next connection (the current one, if any, keeps its session).
+    pub fn set_tls(&mut self, client: tls::ClientTls) {
+        if let Some(t) = self.cfg.tls.as_mut() {
+            t.client = client;
+        }
+        // A fixed configuration deserves a prompt retry rather than the rest of a long backoff.
+        if let State::Down { retry_at } = &mut self.state {
+            *retry_at = (*retry_at).min(Instant::now() + BACKOFF_START);
+            self.attempts = 0;
+        }
     }
 
     /// The next moment a timer must wake the loop for this connection.
     pub fn deadline(&self, outbox: &Outbox) -> Option<Instant> {
         match &self.state {
             State::Down { retry_at } => Some(*retry_at),
-            State::Connecting { deadline, .. } => Some(*deadline),
+            State::Connecting { deadline, .. }
+            | State::Tls { deadline, .. }
+            | State::Handshake { deadline, .. } => Some(*deadline),
             State::Ready { .. } => outbox
                 .oldest_unacked_sent()
                 .map(|(t, _)| t + self.cfg.ack_timeout),
@@ -86,138 +133,317 @@ impl Conn {
     }
 
     /// Does whatever the current state allows: start a connection once the backoff has passed,
-    /// finish a pending connect, read acks, write queued chunks. Spurious calls are harmless.
+    /// finish a pending connect, advance TLS and the handshake, read acks, write queued chunks.
+    /// Spurious calls are harmless.
     pub fn drive(&mut self, registry: &Registry, outbox: &mut Outbox, now: Instant) {
         if let Err(reason) = self.step(registry, outbox, now) {
             self.fail(registry, reason, now);
         }
     }
 
-    fn step(
+    fn step(&mut self, registry: &Registry, outbox: &mut Outbox, now: Instant) -> Step {
+        loop {
+            let state = std::mem::replace(&mut self.state, State::Down { retry_at: now });
+            let (next, again) = self.advance(state, registry, outbox, now)?;
+            self.state = next;
+            if !again {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One transition. Returns the new state and whether to try the next one at once.
+    fn advance(
         &mut self,
+        state: State,
         registry: &Registry,
         outbox: &mut Outbox,
         now: Instant,
-    ) -> Result<(), String> {
-        loop {
-            match &mut self.state {
-                State::Down { retry_at } => {
-                    if now < *retry_at {
-                        return Ok(());
-                    }
-                    let peer = resolve(&self.cfg.target)?;
-                    let mut sock =
-                        TcpStream::connect(peer).map_err(|e| format!("connect to {peer}: {e}"))?;
-                    registry
-                        .register(
-                            &mut sock,
-                            self.token,
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .map_err(|e| format!("register socket: {e}"))?;
-                    debug!("connecting to {} ({peer})", self.cfg.target);
-                    self.state = State::Connecting {
-                        sock,
-                        peer,
+    ) -> Result<(State, bool), String> {
+        let target = &self.cfg.target;
+        match state {
+            State::Down { retry_at } => {
+                if now < retry_at {
+                    return Ok((State::Down { retry_at }, false));
+                }
+                let addr = resolve(target)?;
+                let sock =
+                    TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+                let mut link = Link {
+                    t: Transport::new(Socket::Tcp(sock)),
+                    peer: addr.to_string(),
+                };
+                registry
+                    .register(
+                        &mut link.t.sock,
+                        self.token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|e| format!("register socket: {e}"))?;
+                debug!("connecting to {target} ({addr})");
+                Ok((
+                    State::Connecting {
+                        link,
                         deadline: now + self.cfg.connect_timeout,
-                    };
+                    },
+                    true,
+                ))
+            }
+            State::Connecting { mut link, deadline } => {
+                match link.t.sock.connected() {
+                    Ok(true) => {}
+                    Ok(false) if now >= deadline => {
+                        return Err(format!(
+                            "connect to {}: timed out after {:?}",
+                            link.peer, self.cfg.connect_timeout
+                        ))
+                    }
+                    Ok(false) => return Ok((State::Connecting { link, deadline }, false)),
+                    Err(e) => return Err(format!("connect to {}: {e}", link.peer)),
                 }
-                State::Connecting {
-                    sock,
-                    peer,
-                    deadline,
-                } => {
-                    if let Ok(Some(e)) | Err(e) = sock.take_error() {
-                        return Err(format!("connect to {peer}: {e}"));
-                    }
-                    match sock.peer_addr() {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                            if now >= *deadline {
-                                return Err(format!(
-                                    "connect to {peer}: timed out after {:?}",
-                                    self.cfg.connect_timeout
-                                ));
-                            }
-                            return Ok(());
-                        }
-                        Err(e) => return Err(format!("connect to {peer}: {e}")),
-                    }
-                    let _ = sock.set_nodelay(true);
-                    let peer = *peer;
-                    let State::Connecting { sock, .. } =
-                        std::mem::replace(&mut self.state, State::Down { retry_at: now })
-                    else {
-                        unreachable!("matched Connecting above")
-                    };
-                    if self.connected_once {
-                        self.reconnects += 1;
-                    }
-                    self.connected_once = true;
-                    info!(
-                        "connected to {} ({peer}); {} chunks to (re)send",
-                        self.cfg.target,
-                        outbox.unacked()
-                    );
-                    outbox.rewind();
-                    self.state = State::Ready {
-                        sock,
-                        peer,
-                        rbuf: Vec::new(),
-                        interest: Interest::READABLE | Interest::WRITABLE,
-                    };
+                if let Socket::Tcp(s) = &link.t.sock {
+                    let _ = s.set_nodelay(true);
                 }
-                State::Ready {
-                    sock,
-                    peer,
-                    rbuf,
-                    interest,
-                } => {
-                    read_acks(sock, rbuf, outbox, &mut self.attempts)
-                        .map_err(|e| format!("{peer}: {e}"))?;
-                    if let Some((sent, id)) = outbox.oldest_unacked_sent() {
-                        if now >= sent + self.cfg.ack_timeout {
-                            return Err(format!(
-                                "{peer}: no ack for chunk {id} within {:?}",
-                                self.cfg.ack_timeout
-                            ));
-                        }
+                match &self.cfg.tls {
+                    Some(tls) => {
+                        tls.client.presented.clear();
+                        let name = tls::server_name(&tls.vhost).map_err(|e| e.to_string())?;
+                        let conn = ClientConnection::new(Arc::clone(&tls.client.config), name)
+                            .map_err(|e| format!("TLS setup: {e}"))?;
+                        link.t.inner = Some(conn);
+                        Ok((
+                            State::Tls {
+                                link,
+                                deadline: now + self.cfg.connect_timeout,
+                            },
+                            true,
+                        ))
                     }
-                    let done = outbox
-                        .write_to(sock, now)
-                        .map_err(|e| format!("{peer}: write: {e}"))?;
-                    // Interest comes from state: wait for WRITABLE only while a write is stuck.
-                    let want = if done {
-                        Interest::READABLE
-                    } else {
-                        Interest::READABLE | Interest::WRITABLE
-                    };
-                    if want != *interest {
-                        registry
-                            .reregister(sock, self.token, want)
-                            .map_err(|e| format!("reregister: {e}"))?;
-                        *interest = want;
-                    }
-                    return Ok(());
+                    None => Ok((self.after_tls(link, outbox, now), true)),
                 }
             }
+            State::Tls { mut link, deadline } => match link.t.handshake() {
+                Ok(true) => {
+                    if let Some(c) = &link.t.inner {
+                        debug!(
+                            "TLS with {} established ({:?})",
+                            link.peer,
+                            c.protocol_version()
+                                .map(|v| format!("{v:?}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    Ok((self.after_tls(link, outbox, now), true))
+                }
+                Ok(false) if now >= deadline => Err(format!(
+                    "{}: TLS handshake timed out after {:?}",
+                    link.peer, self.cfg.connect_timeout
+                )),
+                Ok(false) => Ok((State::Tls { link, deadline }, false)),
+                Err(e) => Err(format!("{}: {}", link.peer, self.describe(&e, &link.t))),
+            },
+            State::Handshake {
+                mut link,
+                mut hs,
+                mut rbuf,
+                mut out,
+                deadline,
+            } => {
+                flush_out(&mut link.t, &mut out)
+                    .map_err(|e| format!("{}: {}", link.peer, self.describe(&e, &link.t)))?;
+                if let Err(e) = read_some(&mut link.t, &mut rbuf, handshake::MAX_MESSAGE) {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        return Err(format!("{}: {}", link.peer, hs.closed()));
+                    }
+                    return Err(format!("{}: {}", link.peer, self.describe(&e, &link.t)));
+                }
+                loop {
+                    let (used, step) = hs
+                        .feed(&rbuf)
+                        .map_err(|e| format!("{}: shared-key handshake: {e}", link.peer))?;
+                    rbuf.drain(..used);
+                    match step {
+                        handshake::ClientStep::NeedMore => break,
+                        handshake::ClientStep::Send(bytes) => {
+                            out.extend_from_slice(&bytes);
+                            flush_out(&mut link.t, &mut out).map_err(|e| {
+                                format!("{}: {}", link.peer, self.describe(&e, &link.t))
+                            })?;
+                        }
+                        handshake::ClientStep::Done => {
+                            debug!("{}: shared-key handshake done", link.peer);
+                            if !rbuf.is_empty() {
+                                return Err(format!("{}: unexpected bytes after PONG", link.peer));
+                            }
+                            return Ok((self.ready(link, outbox), true));
+                        }
+                    }
+                }
+                if now >= deadline {
+                    return Err(format!(
+                        "{}: shared-key handshake timed out after {:?}",
+                        link.peer, self.cfg.connect_timeout
+                    ));
+                }
+                Ok((
+                    State::Handshake {
+                        link,
+                        hs,
+                        rbuf,
+                        out,
+                        deadline,
+                    },
+                    false,
+                ))
+            }
+            State::Ready {
+                mut link,
+                mut rbuf,
+                interest,
+            } => {
+                let peer = link.peer.clone();
+                if let Err(e) = read_acks(&mut link.t, &mut rbuf, outbox, &mut self.attempts) {
+                    return Err(format!("{peer}: {}", self.describe_str(e, &link.t)));
+                }
+                if let Some((sent, id)) = outbox.oldest_unacked_sent() {
+                    if now >= sent + self.cfg.ack_timeout {
+                        return Err(format!(
+                            "{peer}: no ack for chunk {id} within {:?}",
+                            self.cfg.ack_timeout
+                        ));
+                    }
+                }
+                let done = outbox
+                    .write_to(&mut link.t, now)
+                    .map_err(|e| format!("{peer}: write: {}", self.describe(&e, &link.t)))?;
+                // Interest comes from state: wait for WRITABLE only while a write is stuck.
+                let want = if done && !link.t.wants_write() {
+                    Interest::READABLE
+                } else {
+                    Interest::READABLE | Interest::WRITABLE
+                };
+                if want != interest {
+                    registry
+                        .reregister(&mut link.t.sock, self.token, want)
+                        .map_err(|e| format!("reregister: {e}"))?;
+                }
+                Ok((
+                    State::Ready {
+                        link,
+                        rbuf,
+                        interest: want,
+                    },
+                    false,
+                ))
+            }
+        }
+    }
+
+    fn after_tls(&mut self, link: Link, outbox: &mut Outbox, now: Instant) -> State {
+        match &self.cfg.handshake {
+            Some(cfg) => {
+                let mut salt = [0u8; 16];
+                let _ = sys::random_bytes(&mut salt);
+                State::Handshake {
+                    link,
+                    hs: Box::new(handshake::Client::new(cfg.clone(), salt)),
+                    rbuf: Vec::new(),
+                    out: Vec::new(),
+                    deadline: now + self.cfg.connect_timeout,
+                }
+            }
+            None => self.ready(link, outbox),
+        }
+    }
+
+    fn ready(&mut self, link: Link, outbox: &mut Outbox) -> State {
+        if self.connected_once {
+            self.reconnects += 1;
+        }
+        self.connected_once = true;
+        if self.last_failure.take().is_some() || self.reconnects == 0 {
+            info!(
+                "connected to {} ({}); {} chunks to send",
+                self.cfg.target,
+                link.peer,
+                outbox.unacked()
+            );
+        } else {
+            info!(
+                "reconnected to {} ({}); {} chunks to resend",
+                self.cfg.target,
+                link.peer,
+                outbox.unacked()
+            );
+        }
+        outbox.rewind();
+        State::Ready {
+            link,
+            rbuf: Vec::new(),
+            interest: Interest::READABLE | Interest::WRITABLE,
+        }
+    }
+
+    fn describe(&self, e: &io::Error, t: &Transport) -> String {
+        if let Some(err) = tls_failure(e) {
+            let vhost = self
+                .cfg
+                .tls
+                .as_ref()
+                .map(|t| t.vhost.as_str())
+                .unwrap_or("");
+            let presented = self.cfg.tls.as_ref().and_then(|t| t.client.presented.get());
+            let mut msg = tls::explain(err, vhost, presented.as_deref());
+            if !t.first.is_empty() && matches!(err, rustls::Error::InvalidMessage(_)) {
+                msg.push_str(&format!("; the tunnel delivered {:?}", printable(&t.first)));
+            }
+            return msg;
+        }
+        if e.kind() == io::ErrorKind::UnexpectedEof
+            && t.inner.as_ref().is_some_and(|c| c.is_handshaking())
+        {
+            return format!(
+                "the receiver closed the connection during the TLS handshake (does it listen with TLS? \
+                 it may also have refused our client certificate){}",
+                if t.first.is_empty() { String::new() } else { format!("; the tunnel delivered {:?}", printable(&t.first)) }
+            );
+        }
+        e.to_string()
+    }
+
+    fn describe_str(&self, e: ReadError, t: &Transport) -> String {
+        match e {
+            ReadError::Io(e) => self.describe(&e, t),
+            ReadError::Protocol(s) => s,
         }
     }
 
     fn fail(&mut self, registry: &Registry, reason: String, now: Instant) {
         let old = std::mem::replace(&mut self.state, State::Down { retry_at: now });
         match old {
-            State::Connecting { mut sock, .. } | State::Ready { mut sock, .. } => {
-                let _ = registry.deregister(&mut sock);
+            State::Connecting { mut link, .. }
+            | State::Tls { mut link, .. }
+            | State::Handshake { mut link, .. }
+            | State::Ready { mut link, .. } => {
+                let _ = registry.deregister(&mut link.t.sock);
             }
             State::Down { .. } => {}
         }
         let delay = self.next_backoff();
-        warn!(
-            "{}: {reason}; retrying in {:.1}s",
-            self.cfg.target,
-            delay.as_secs_f64()
-        );
+        if self.last_failure.as_deref() == Some(reason.as_str()) {
+            debug!(
+                "{}: {reason}; retrying in {:.1}s",
+                self.cfg.target,
+                delay.as_secs_f64()
+            );
+        } else {
+            warn!(
+                "{}: {reason}; retrying in {:.1}s",
+                self.cfg.target,
+                delay.as_secs_f64()
+            );
+        }
+        self.last_failure = Some(reason);
         self.state = State::Down {
             retry_at: now + delay,
         };
@@ -239,8 +465,16 @@ impl Conn {
 
     /// Drops the connection without a backoff (shutdown).
     pub fn close(&mut self, registry: &Registry) {
-        if let State::Connecting { sock, .. } | State::Ready { sock, .. } = &mut self.state {
-            let _ = registry.deregister(sock);
+        if let State::Connecting { link, .. }
+        | State::Tls { link, .. }
+        | State::Handshake { link, .. }
+        | State::Ready { link, .. } = &mut self.state
+        {
+            if let Some(c) = link.t.inner.as_mut() {
+                c.send_close_notify();
+                let _ = link.t.handshake();
+            }
+            let _ = registry.deregister(&mut link.t.sock);
         }
         self.state = State::Down {
             retry_at: Instant::now() + Duration::from_secs(3600),
@@ -256,31 +490,76 @@ fn resolve(t: &Target) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("resolve {t}: no addresses"))
 }
 
+fn printable(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { '.' } else { c })
+        .collect()
+}
+
+/// Writes what `out` holds until it is empty or the transport would block.
+fn flush_out(t: &mut Transport, out: &mut Vec<u8>) -> io::Result<()> {
+    while !out.is_empty() {
+        match t.write(out) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection accepted no bytes",
+                ))
+            }
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = t.handshake();
+    Ok(())
+}
+
+/// Reads until the transport would block; EOF is `UnexpectedEof`.
+fn read_some(t: &mut Transport, rbuf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
+    let mut tmp = [0u8; 4096];
+    loop {
+        match t.read(&mut tmp) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "receiver closed the connection",
+                ))
+            }
+            Ok(n) => {
+                rbuf.extend_from_slice(&tmp[..n]);
+                if rbuf.len() > cap {
+                    return Err(io::Error::other(format!(
+                        "receiver sent {} bytes without a complete message",
+                        rbuf.len()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Protocol(String),
+}
+
 /// Reads until the socket would block and applies every complete ack.
 fn read_acks(
-    sock: &mut TcpStream,
+    t: &mut Transport,
     rbuf: &mut Vec<u8>,
     outbox: &mut Outbox,
     attempts: &mut u32,
-) -> Result<(), String> {
-    let mut tmp = [0u8; 4096];
-    loop {
-        match sock.read(&mut tmp) {
-            Ok(0) => return Err("receiver closed the connection".into()),
-            Ok(n) => {
-                rbuf.extend_from_slice(&tmp[..n]);
-                if rbuf.len() > MAX_ACK_BUF {
-                    return Err(format!(
-                        "receiver sent {} bytes that are not an ack",
-                        rbuf.len()
-                    ));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+) -> Result<(), ReadError> {
+    let res = read_some(t, rbuf, MAX_ACK_BUF);
+    // Acks that arrived before an EOF still count.
     let mut used = 0;
     loop {
         match forward::parse_ack(&rbuf[used..]) {
@@ -288,15 +567,17 @@ fn read_acks(
                 match outbox.ack(id) {
                     Ok(_) => *attempts = 0,
                     Err(AckError::Unknown(id)) => {
-                        return Err(format!("ack for unknown chunk {id:?}"))
+                        return Err(ReadError::Protocol(format!(
+                            "ack for a chunk we did not send: {id:?}"
+                        )))
                     }
                 }
                 used += n;
             }
             Ok(None) => break,
-            Err(e) => return Err(format!("bad ack: {e}")),
+            Err(e) => return Err(ReadError::Protocol(format!("bad ack: {e}"))),
         }
     }
     rbuf.drain(..used);
-    Ok(())
+    res.map_err(ReadError::Io)
 }

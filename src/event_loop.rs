@@ -11,7 +11,8 @@ use log::{error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::cli::ForwardArgs;
+use crate::cli::{Compress, ForwardArgs};
+use crate::config::{self, Config};
 use crate::conn::{self, Conn};
 use crate::lines::Piece;
 use crate::offsets::{self, Store};
@@ -23,6 +24,7 @@ use crate::transcode::{self, Kind};
 const SIGNALS: Token = Token(0);
 const INOTIFY: Token = Token(1);
 const CONN: Token = Token(2);
+const CERTS: Token = Token(3);
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
 const CHUNK_TARGET: usize = 512 * 1024;
@@ -42,7 +44,7 @@ struct Stats {
     malformed_since_log: u64,
 }
 
-pub fn run(args: &ForwardArgs) -> Result<(), String> {
+pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     let position = match offsets::load(&args.position_file) {
         Ok(p) => p,
         Err(e) => {
@@ -81,6 +83,22 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
         )
         .map_err(|e| format!("register inotify: {e}"))?;
 
+    // Certificate rotation without restart: the next connection uses the new material.
+    let cert_watch = if args.plaintext {
+        None
+    } else {
+        let w = config::Watch::new(&[&args.tls.ca, &args.tls.cert, &args.tls.key])
+            .map_err(|e| format!("inotify for certificates: {e}"))?;
+        registry
+            .register(
+                &mut SourceFd(&w.inotify().as_raw_fd()),
+                CERTS,
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("register inotify: {e}"))?;
+        Some(w)
+    };
+    let mut cert_watch = cert_watch;
     let mut seed = [0u8; 16];
     sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
@@ -89,7 +107,12 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
             target: args.target.clone(),
             backoff_max: args.backoff_max,
             ack_timeout: args.ack_timeout,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: args.connect_timeout,
+            tls: cfg.tls.map(|client| conn::TlsSetup {
+                client,
+                vhost: args.tls.vhost.clone(),
+            }),
+            handshake: cfg.handshake,
         },
         CONN,
         rng.next(),
@@ -99,6 +122,7 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
     let window = WINDOW_MAX.min(limit / 2);
     let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
     let mut builder = Builder::new(&args.tag, chunk_target);
+    let gzip = matches!(args.compress, Compress::Gzip);
     let mut outbox = Outbox::new(position);
     let mut stats = Stats {
         malformed: 0,
@@ -157,6 +181,15 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
                         draining = Some(Instant::now() + args.shutdown_timeout);
                     }
                 }
+                CERTS => {
+                    if let Some(w) = cert_watch.as_mut() {
+                        if w.changed() {
+                            if let Some(t) = config::reload_tls(&args.tls) {
+                                conn.set_tls(t);
+                            }
+                        }
+                    }
+                }
                 INOTIFY => {
                     if let Err(e) = tail.on_inotify() {
                         warn!("inotify: {e}");
@@ -181,7 +214,7 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
                     break;
                 }
                 if builder.records > 0 && builder.room() < MIN_READ * 3 {
-                    seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+                    seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
                     continue;
                 }
                 // A read can grow the partial line by as much as it reads and the chunk by about
@@ -214,16 +247,18 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
                 match progress {
                     Progress::Read => {
                         if builder.entries_len() >= chunk_target {
-                            seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+                            seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
                         }
                     }
-                    Progress::Switched => seal(&mut outbox, &mut builder, &args.tag, &mut rng),
+                    Progress::Switched => {
+                        seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng)
+                    }
                     Progress::Idle => break,
                 }
             }
             // Send as soon as data is there: no flush timer.
             if !builder.is_empty() {
-                seal(&mut outbox, &mut builder, &args.tag, &mut rng);
+                seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
             }
         }
 
@@ -260,11 +295,11 @@ pub fn run(args: &ForwardArgs) -> Result<(), String> {
     }
 }
 
-fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, rng: &mut SplitMix) {
+fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: &mut SplitMix) {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&rng.next().to_le_bytes());
     id[8..].copy_from_slice(&rng.next().to_le_bytes());
-    outbox.seal(builder, tag, id);
+    outbox.seal(builder, tag, gzip, id);
 }
 
 fn save_position(store: &mut Store, outbox: &Outbox) {

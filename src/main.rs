@@ -3,6 +3,7 @@
 //! exit codes: 2 for usage and configuration errors, 1 for a fatal runtime error.
 
 mod cli;
+mod config;
 mod conn;
 mod event_loop;
 mod forward;
@@ -15,7 +16,9 @@ mod sha512;
 mod sys;
 mod tail;
 mod tailer;
+mod tls;
 mod transcode;
+mod transport;
 
 use std::process::ExitCode;
 
@@ -51,7 +54,14 @@ fn main() -> ExitCode {
         }
         cli::Command::Forward(args) => {
             init_logging(args.log_level);
-            event_loop::run(&args)
+            let cfg = match config::load(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            event_loop::run(&args, cfg)
         }
         cli::Command::Tailer(args) => {
             init_logging(args.log_level);

@@ -167,6 +167,17 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The machine's hostname (the default `--self-hostname`).
+pub fn hostname() -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    syscall!(gethostname(
+        buf.as_mut_ptr() as *mut libc::c_char,
+        buf.len()
+    ))?;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 /// Process CPU time (user, system) in seconds, for the stats line.
 pub fn cpu_seconds() -> f64 {
     // SAFETY: rusage is plain data filled by the kernel.

@@ -1,0 +1,164 @@
+//! Turns parsed arguments into what the forwarder runs with: reads the shared-key file, builds
+//! the rustls client configuration from the certificate files (naming the file on any error), and
+//! re-reads that material when the files change on disk (Kubernetes swaps a mounted Secret's
+//! `..data` symlink, so the directories are watched, not the files).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use log::{error, info, warn};
+
+use crate::cli::{ForwardArgs, SharedKey, TlsArgs};
+use crate::handshake;
+use crate::sys::{self, Inotify};
+use crate::tls;
+
+pub struct Config {
+    pub tls: Option<tls::ClientTls>,
+    pub handshake: Option<handshake::ClientConfig>,
+}
+
+/// Start-up: any error here is a configuration error (exit 2).
+pub fn load(args: &ForwardArgs) -> Result<Config, String> {
+    let tls = if args.plaintext {
+        None
+    } else {
+        if !args.tls.verify_hostname {
+            warn!(
+                "--tls-verify-hostname=false: the receiver's certificate chain is verified but its name is not checked against {:?}",
+                args.tls.vhost
+            );
+        }
+        Some(tls::client_tls(&client_settings(&args.tls)).map_err(|e| e.to_string())?)
+    };
+    let handshake = match &args.shared_key {
+        None => None,
+        Some(key) => Some(handshake::ClientConfig {
+            shared_key: read_shared_key(key)?,
+            self_hostname: match &args.self_hostname {
+                Some(h) => h.clone(),
+                None => sys::hostname().map_err(|e| {
+                    format!("--self-hostname not set and the hostname is unknown: {e}")
+                })?,
+            },
+            username: args.user_auth.as_ref().map(|u| u.username.clone()),
+            password: args.user_auth.as_ref().map(|u| u.password.clone()),
+        }),
+    };
+    Ok(Config { tls, handshake })
+}
+
+pub fn read_shared_key(key: &SharedKey) -> Result<Vec<u8>, String> {
+    match key {
+        SharedKey::Value(v) => Ok(v.as_bytes().to_vec()),
+        SharedKey::File(p) => {
+            let text =
+                fs::read(p).map_err(|e| format!("--shared-key-file {}: {e}", p.display()))?;
+            // Secrets mounted from files usually end in a newline that is not part of the key.
+            let key = text.strip_suffix(b"\n").unwrap_or(&text);
+            let key = key.strip_suffix(b"\r").unwrap_or(key);
+            if key.is_empty() {
+                return Err(format!(
+                    "--shared-key-file {}: the file is empty",
+                    p.display()
+                ));
+            }
+            Ok(key.to_vec())
+        }
+    }
+}
+
+pub fn client_settings(t: &TlsArgs) -> tls::ClientSettings {
+    tls::ClientSettings {
+        files: tls::ClientFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        },
+        vhost: t.vhost.clone(),
+        verify_hostname: t.verify_hostname,
+    }
+}
+
+/// Watches the directories of a set of files and tells when their contents changed.
+pub struct Watch {
+    inotify: Inotify,
+    files: Vec<PathBuf>,
+    last: Vec<Option<Vec<u8>>>,
+}
+
+impl Watch {
+    pub fn new(files: &[&Path]) -> std::io::Result<Watch> {
+        let inotify = Inotify::new()?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for f in files {
+            let dir = match f.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dirs.contains(&dir) {
+                let mask = libc::IN_CLOSE_WRITE
+                    | libc::IN_MOVED_TO
+                    | libc::IN_CREATE
+                    | libc::IN_DELETE
+                    | libc::IN_ATTRIB
+                    | libc::IN_MOVED_FROM;
+                if let Err(e) = inotify.add_watch(&dir, mask) {
+                    warn!(
+                        "cannot watch {} for certificate changes: {e}",
+                        dir.display()
+                    );
+                }
+                dirs.push(dir);
+            }
+        }
+        let files: Vec<PathBuf> = files.iter().map(|f| f.to_path_buf()).collect();
+        let last = files.iter().map(|f| fs::read(f).ok()).collect();
+        Ok(Watch {
+            inotify,
+            files,
+            last,
+        })
+    }
+
+    pub fn inotify(&self) -> &Inotify {
+        &self.inotify
+    }
+
+    /// Drains the events; true when any watched file now reads differently.
+    pub fn changed(&mut self) -> bool {
+        let mut ev = Vec::new();
+        if let Err(e) = self.inotify.drain(&mut ev) {
+            error!("inotify on certificate directories: {e}");
+        }
+        if ev.is_empty() {
+            return false;
+        }
+        let now: Vec<Option<Vec<u8>>> = self.files.iter().map(|f| fs::read(f).ok()).collect();
+        if now == self.last {
+            return false;
+        }
+        self.last = now;
+        true
+    }
+}
+
+/// Builds the client TLS configuration again after a change; a bad new file is logged and the
+/// old material kept.
+pub fn reload_tls(args: &TlsArgs) -> Option<tls::ClientTls> {
+    match tls::client_tls(&client_settings(args)) {
+        Ok(t) => {
+            info!(
+                "TLS material reloaded from {}, {}, {}",
+                args.ca.display(),
+                args.cert.display(),
+                args.key.display()
+            );
+            Some(t)
+        }
+        Err(e) => {
+            error!("TLS material changed but cannot be used ({e}); keeping the previous one");
+            None
+        }
+    }
+}
