@@ -236,11 +236,11 @@ impl Conn {
                     Ok((self.after_tls(link, outbox, now), true))
                 }
                 Ok(false) if now >= deadline => Err(format!(
-                    "{}: TLS handshake timed out after {:?}",
-                    link.peer, self.cfg.connect_timeout
+                    "TLS handshake timed out after {:?}",
+                    self.cfg.connect_timeout
                 )),
                 Ok(false) => Ok((State::Tls { link, deadline }, false)),
-                Err(e) => Err(format!("{}: {}", link.peer, self.describe(&e, &link.t))),
+                Err(e) => Err(self.describe(&e, &link.t)),
             },
             State::Handshake {
                 mut link,
@@ -249,31 +249,29 @@ impl Conn {
                 mut out,
                 deadline,
             } => {
-                flush_out(&mut link.t, &mut out)
-                    .map_err(|e| format!("{}: {}", link.peer, self.describe(&e, &link.t)))?;
+                flush_out(&mut link.t, &mut out).map_err(|e| self.describe(&e, &link.t))?;
                 if let Err(e) = read_some(&mut link.t, &mut rbuf, handshake::MAX_MESSAGE) {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
-                        return Err(format!("{}: {}", link.peer, hs.closed()));
+                        return Err(hs.closed().to_string());
                     }
-                    return Err(format!("{}: {}", link.peer, self.describe(&e, &link.t)));
+                    return Err(self.describe(&e, &link.t));
                 }
                 loop {
                     let (used, step) = hs
                         .feed(&rbuf)
-                        .map_err(|e| format!("{}: shared-key handshake: {e}", link.peer))?;
+                        .map_err(|e| format!("shared-key handshake: {e}"))?;
                     rbuf.drain(..used);
                     match step {
                         handshake::ClientStep::NeedMore => break,
                         handshake::ClientStep::Send(bytes) => {
                             out.extend_from_slice(&bytes);
-                            flush_out(&mut link.t, &mut out).map_err(|e| {
-                                format!("{}: {}", link.peer, self.describe(&e, &link.t))
-                            })?;
+                            flush_out(&mut link.t, &mut out)
+                                .map_err(|e| self.describe(&e, &link.t))?;
                         }
                         handshake::ClientStep::Done => {
                             debug!("{}: shared-key handshake done", link.peer);
                             if !rbuf.is_empty() {
-                                return Err(format!("{}: unexpected bytes after PONG", link.peer));
+                                return Err("unexpected bytes after PONG".to_string());
                             }
                             return Ok((self.ready(link, outbox), true));
                         }
@@ -281,8 +279,8 @@ impl Conn {
                 }
                 if now >= deadline {
                     return Err(format!(
-                        "{}: shared-key handshake timed out after {:?}",
-                        link.peer, self.cfg.connect_timeout
+                        "shared-key handshake timed out after {:?}",
+                        self.cfg.connect_timeout
                     ));
                 }
                 Ok((
@@ -301,21 +299,20 @@ impl Conn {
                 mut rbuf,
                 interest,
             } => {
-                let peer = link.peer.clone();
                 if let Err(e) = read_acks(&mut link.t, &mut rbuf, outbox, &mut self.attempts) {
-                    return Err(format!("{peer}: {}", self.describe_str(e, &link.t)));
+                    return Err(self.describe_str(e, &link.t));
                 }
                 if let Some((sent, id)) = outbox.oldest_unacked_sent() {
                     if now >= sent + self.cfg.ack_timeout {
                         return Err(format!(
-                            "{peer}: no ack for chunk {id} within {:?}",
+                            "ack timeout: no ack for chunk {id} within {:?}",
                             self.cfg.ack_timeout
                         ));
                     }
                 }
                 let done = outbox
                     .write_to(&mut link.t, now)
-                    .map_err(|e| format!("{peer}: write: {}", self.describe(&e, &link.t)))?;
+                    .map_err(|e| format!("write: {}", self.describe(&e, &link.t)))?;
                 // Interest comes from state: wait for WRITABLE only while a write is stuck.
                 let want = if done && !link.t.wants_write() {
                     Interest::READABLE
@@ -420,25 +417,28 @@ impl Conn {
 
     fn fail(&mut self, registry: &Registry, reason: String, now: Instant) {
         let old = std::mem::replace(&mut self.state, State::Down { retry_at: now });
+        let mut old_peer = None;
         match old {
             State::Connecting { mut link, .. }
             | State::Tls { mut link, .. }
             | State::Handshake { mut link, .. }
             | State::Ready { mut link, .. } => {
                 let _ = registry.deregister(&mut link.t.sock);
+                old_peer = Some(link.peer);
             }
             State::Down { .. } => {}
         }
         let delay = self.next_backoff();
+        let at = outbox_hint(&old_peer);
         if self.last_failure.as_deref() == Some(reason.as_str()) {
             debug!(
-                "{}: {reason}; retrying in {:.1}s",
+                "{}{at}: {reason}; retrying in {:.1}s",
                 self.cfg.target,
                 delay.as_secs_f64()
             );
         } else {
             warn!(
-                "{}: {reason}; retrying in {:.1}s",
+                "{}{at}: {reason}; retrying in {:.1}s",
                 self.cfg.target,
                 delay.as_secs_f64()
             );
@@ -479,6 +479,14 @@ impl Conn {
         self.state = State::Down {
             retry_at: Instant::now() + Duration::from_secs(3600),
         };
+    }
+}
+
+/// The resolved address when it says more than the target does.
+fn outbox_hint(peer: &Option<String>) -> String {
+    match peer {
+        Some(p) => format!(" ({p})"),
+        None => String::new(),
     }
 }
 

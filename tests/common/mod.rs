@@ -1,0 +1,2052 @@
+//! End-to-end test harness: owns everything the integration tests need around the real binary.
+//! Temp dirs and ports, the forwarder and the `tailer` receiver as child processes (output
+//! captured, printed when a test fails), fake Forward receivers built on a small msgpack reader,
+//! a kube-apiserver-like audit log writer (lumberjack rotation, copytruncate), a deterministic
+//! audit event generator, and delivery assertions that explain what went wrong.
+//!
+//! Environment knobs: `AF_TEST_VERBOSE=1` tees child stderr to the test's stderr,
+//! `AF_TEST_BIN=path` runs another binary instead of the crate's own, `AF_TEST_KEEP=1` keeps
+//! the temp dir of a failed test, `AF_TEST_SEED=N` replays the random moments of the kill tests.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The binary under test: `AF_TEST_BIN` if set (a release build, another implementation),
+/// else the crate's own binary.
+pub fn bin() -> String {
+    std::env::var("AF_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_audit-forwarder").to_string())
+}
+
+/// The prefix of every generated auditID; the last 12 digits are the sequence number.
+pub const AUDIT_ID_PREFIX: &str = "00000000-0000-0000-0000-";
+
+/// `{"ack": "wrong"}` in msgpack, byte for byte.
+pub const WRONG_ACK: [u8; 11] = [
+    0x81, 0xa3, b'a', b'c', b'k', 0xa5, b'w', b'r', b'o', b'n', b'g',
+];
+
+pub fn verbose() -> bool {
+    std::env::var_os("AF_TEST_VERBOSE").is_some()
+}
+
+/// A poisoned lock only means another harness thread panicked; the data is still what we want
+/// to report, so keep going instead of hiding the original failure behind a second panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; true if it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(ms(20));
+    }
+}
+
+fn tail_of(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs, ports, randomness
+// ---------------------------------------------------------------------------------------------
+
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "af-test-{label}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        if let Err(e) = fs::create_dir_all(&path) {
+            panic!("cannot create temp dir {}: {e}", path.display());
+        }
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            if std::env::var_os("AF_TEST_KEEP").is_some() {
+                eprintln!("[harness] keeping {}", self.path.display());
+                return;
+            }
+            eprintln!(
+                "[harness] removing {} (set AF_TEST_KEEP=1 to keep it)",
+                self.path.display()
+            );
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A port nobody listens on right now (the kernel picks it; we release it at once).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr()
+        .expect("local_addr of a bound listener")
+        .port()
+}
+
+/// True if some socket is in LISTEN state on 127.0.0.1:port or 0.0.0.0:port. Reading
+/// /proc/net/tcp instead of probing with a connect keeps the receiver free of fake connections.
+pub fn port_listening(port: u16) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let loopback = format!("0100007F:{port:04X}");
+    let any = format!("00000000:{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && (f[1] == loopback || f[1] == any) && f[3] == "0A"
+    })
+}
+
+/// splitmix64: deterministic, good enough to vary test data and pick moments.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Seeded from AF_TEST_SEED or the clock; prints the seed so a failure can be replayed.
+    pub fn for_test(name: &str) -> Rng {
+        let seed = std::env::var("AF_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("[harness] {name}: AF_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in [lo, hi).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next_u64() % items.len() as u64) as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time formatting (no chrono in the allowed dependencies)
+// ---------------------------------------------------------------------------------------------
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = (z - era * 146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe as i64 + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = (y - era * 400) as u64;
+    let mp = if m > 2 { m - 3 } else { m + 9 } as u64;
+    let doy = (153 * mp + 2) / 5 + d as u64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe as i64 - 719_468
+}
+
+fn split_epoch(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    (
+        y,
+        mo,
+        d,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// `2025-07-16T10:12:56.525137Z`, the way kube-apiserver writes audit timestamps.
+pub fn rfc3339_micros(epoch_us: i64) -> String {
+    let (y, mo, d, h, mi, s) = split_epoch(epoch_us.div_euclid(1_000_000));
+    let us = epoch_us.rem_euclid(1_000_000);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
+}
+
+/// `2025-07-16T10:12:56Z` (object metadata timestamps have whole seconds).
+pub fn rfc3339_secs(epoch_s: i64) -> String {
+    let (y, mo, d, h, mi, s) = split_epoch(epoch_s);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// lumberjack's backup timestamp layout `2006-01-02T15-04-05.000`, UTC.
+pub fn lumberjack_stamp(epoch_ms: i64) -> String {
+    let (y, mo, d, h, mi, s) = split_epoch(epoch_ms.div_euclid(1000));
+    let msec = epoch_ms.rem_euclid(1000);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}-{mi:02}-{s:02}.{msec:03}")
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` into (seconds, nanoseconds) since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut nanos = 0u32;
+    let frac = &s[19..s.len() - 1];
+    if !frac.is_empty() {
+        let digits = frac.strip_prefix('.')?;
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
+    }
+    let days = days_from_civil(y, mo, d);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec, nanos))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit event generator
+// ---------------------------------------------------------------------------------------------
+
+/// A JSON string literal the way Go's encoding/json writes it: `<`, `>`, `&`, U+2028 and U+2029
+/// as \u escapes, \n \r \t short escapes, other control characters as \u00XX.
+pub fn go_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One audit.k8s.io/v1 Event as kube-apiserver writes it (compact, Go escaping, 6-digit
+/// fractional timestamps), deterministic per `seq`, 300..2000 bytes. The sequence number is in
+/// the auditID (`00000000-0000-0000-0000-<seq:012>`) and in annotation
+/// `test.audit-forwarder/seq`.
+pub fn audit_event(seq: u64) -> String {
+    let mut r = Rng::new(seq.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x00A0_D17E);
+    let verb = *r.pick(&[
+        "get", "list", "watch", "create", "update", "patch", "delete", "get",
+    ]);
+    let ns = *r.pick(&[
+        "default",
+        "kube-system",
+        "garden-shoot--dev--a1b2c3",
+        "monitoring",
+        "kube-public",
+    ]);
+    let (resource, api_path, api_group, api_version, kind) = *r.pick(&[
+        ("configmaps", "/api/v1", "", "v1", "ConfigMap"),
+        ("secrets", "/api/v1", "", "v1", "Secret"),
+        ("pods", "/api/v1", "", "v1", "Pod"),
+        ("deployments", "/apis/apps/v1", "apps", "v1", "Deployment"),
+        (
+            "leases",
+            "/apis/coordination.k8s.io/v1",
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+        ),
+    ]);
+    let name = format!(
+        "{}-{:05x}",
+        kind.to_ascii_lowercase(),
+        r.next_u64() % 0xfffff
+    );
+    let (user, groups, agent) = *r.pick(&[
+        (
+            "system:serviceaccount:kube-system:generic-garbage-collector",
+            &["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"][..],
+            "kube-controller-manager/v1.30.2 (linux/amd64) kubernetes/3968350/system:serviceaccount:kube-system:generic-garbage-collector",
+        ),
+        (
+            "system:kube-scheduler",
+            &["system:authenticated"][..],
+            "kube-scheduler/v1.30.2 (linux/amd64) kubernetes/3968350/leader-election",
+        ),
+        (
+            "alice@example.com",
+            &["oidc:developers", "system:authenticated"][..],
+            "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350",
+        ),
+        (
+            "system:node:shoot--dev--a1b2c3-worker-z1-7f9c8-xk2lp",
+            &["system:nodes", "system:authenticated"][..],
+            "kubelet/v1.30.2 (linux/amd64) kubernetes/3968350",
+        ),
+    ]);
+    let collection = format!("{api_path}/namespaces/{ns}/{resource}");
+    let uri = match verb {
+        "list" => format!("{collection}?labelSelector=app%3Dweb,tier%21%3Dcache&limit=500"),
+        "watch" => format!(
+            "{collection}?allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}&watch=true",
+            r.range(100_000, 999_999),
+            r.range(300, 600)
+        ),
+        "create" => collection.clone(),
+        _ => format!("{collection}/{name}"),
+    };
+    let not_found = verb == "get" && r.next_u64().is_multiple_of(8);
+    let code = match verb {
+        "create" => 201,
+        _ if not_found => 404,
+        _ => 200,
+    };
+    let writes = matches!(verb, "create" | "update" | "patch");
+    let level = if writes {
+        if r.next_u64().is_multiple_of(2) {
+            "RequestResponse"
+        } else {
+            "Request"
+        }
+    } else {
+        "Metadata"
+    };
+    let received_us: i64 =
+        1_752_660_776_000_000 + seq as i64 * 2_345_678 + r.range(0, 1_000_000) as i64;
+    let stage_us = received_us + r.range(900, 95_000) as i64;
+    let uid = format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        r.next_u64() as u32,
+        r.next_u64() as u16,
+        r.next_u64() % 0xfff,
+        r.next_u64() % 0xfff,
+        r.next_u64() % 0xffff_ffff_ffff
+    );
+    let s = go_str;
+
+    if seq % 8 == 5 {
+        // A probe of a non-resource URL: no objectRef, the smallest events in a real log.
+        let path = *r.pick(&["/livez", "/readyz", "/healthz", "/version"]);
+        return format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{AUDIT_ID_PREFIX}{seq:012}","stage":"ResponseComplete","requestURI":{},"verb":"get","user":{{"username":"system:anonymous","groups":["system:unauthenticated"]}},"sourceIPs":["10.250.0.{}"],"userAgent":"kube-probe/1.30","responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":{},"stageTimestamp":{},"annotations":{{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"","test.audit-forwarder/seq":"{seq}"}}}}"#,
+            s(path),
+            r.range(1, 255),
+            s(&rfc3339_micros(received_us)),
+            s(&rfc3339_micros(stage_us))
+        );
+    }
+
+    let mut e = String::with_capacity(2048);
+    e.push_str(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"#);
+    e.push_str(&s(level));
+    e.push_str(&format!(
+        r#","auditID":"{AUDIT_ID_PREFIX}{seq:012}","stage":"ResponseComplete","requestURI":"#
+    ));
+    e.push_str(&s(&uri));
+    e.push_str(r#","verb":"#);
+    e.push_str(&s(verb));
+    e.push_str(r#","user":{"username":"#);
+    e.push_str(&s(user));
+    if user.starts_with("system:serviceaccount:") {
+        e.push_str(&format!(r#","uid":"{uid}""#));
+    }
+    e.push_str(r#","groups":["#);
+    e.push_str(&groups.iter().map(|g| s(g)).collect::<Vec<_>>().join(","));
+    e.push(']');
+    if user.contains('@') {
+        e.push_str(
+            r#","extra":{"authentication.kubernetes.io/credential-id":["JTI=a1b2c3\u003e\u003c"]}"#,
+        );
+    }
+    e.push_str(&format!(
+        r#"}},"sourceIPs":["10.250.{}.{}"],"userAgent":"#,
+        r.range(0, 255),
+        r.range(1, 255)
+    ));
+    e.push_str(&s(agent));
+    e.push_str(r#","objectRef":{"resource":"#);
+    e.push_str(&s(resource));
+    e.push_str(r#","namespace":"#);
+    e.push_str(&s(ns));
+    if !matches!(verb, "list" | "watch" | "create") {
+        e.push_str(r#","name":"#);
+        e.push_str(&s(&name));
+    }
+    if !api_group.is_empty() {
+        e.push_str(r#","apiGroup":"#);
+        e.push_str(&s(api_group));
+    }
+    e.push_str(r#","apiVersion":"#);
+    e.push_str(&s(api_version));
+    e.push('}');
+    if not_found {
+        e.push_str(r#","responseStatus":{"metadata":{},"status":"Failure","message":"#);
+        e.push_str(&s(&format!("{resource} \"{name}\" not found")));
+        e.push_str(r#","reason":"NotFound","details":{"name":"#);
+        e.push_str(&s(&name));
+        e.push_str(r#","kind":"#);
+        e.push_str(&s(resource));
+        e.push_str(r#"},"code":404}"#);
+    } else {
+        e.push_str(&format!(
+            r#","responseStatus":{{"metadata":{{}},"code":{code}}}"#
+        ));
+    }
+    if writes {
+        // A nested object of varying size: what makes real audit lines long.
+        let mut pad = String::new();
+        let want = r.range(0, if level == "Request" { 220 } else { 40 }) as usize;
+        let mut i = 0;
+        while pad.len() < want {
+            pad.push_str(&format!("key-{i}: value-{i} # <tuned> & \"quoted\"\n"));
+            i += 1;
+        }
+        let replicas = r.range(1, 6);
+        e.push_str(r#","requestObject":{"kind":"#);
+        e.push_str(&s(kind));
+        e.push_str(r#","apiVersion":"#);
+        e.push_str(&s(&if api_group.is_empty() {
+            api_version.to_string()
+        } else {
+            format!("{api_group}/{api_version}")
+        }));
+        e.push_str(r#","metadata":{"name":"#);
+        e.push_str(&s(&name));
+        e.push_str(r#","namespace":"#);
+        e.push_str(&s(ns));
+        e.push_str(r#","creationTimestamp":null,"labels":{"app":"web","tier":"backend"},"annotations":{"description":"#);
+        e.push_str(&s("Grüße aus Walldorf ✓ <none>"));
+        e.push_str(r#"}},"spec":{"replicas":"#);
+        e.push_str(&format!(
+            r#"{replicas},"paused":false,"revisionHistoryLimit":10,"progressDeadlineSeconds":600,"minReadySeconds":-1}},"data":{{"config.yaml":"#
+        ));
+        e.push_str(&s(&pad));
+        e.push_str("}}");
+        if level == "RequestResponse" {
+            e.push_str(r#","responseObject":{"kind":"#);
+            e.push_str(&s(kind));
+            e.push_str(r#","apiVersion":"v1","metadata":{"name":"#);
+            e.push_str(&s(&name));
+            e.push_str(&format!(
+                r#","uid":"{uid}","resourceVersion":"{}","generation":{},"creationTimestamp":"#,
+                r.range(100_000, 9_999_999),
+                r.range(1, 40)
+            ));
+            e.push_str(&s(&rfc3339_secs(received_us / 1_000_000 - 86_400)));
+            e.push_str("}}");
+        }
+    }
+    e.push_str(r#","requestReceivedTimestamp":"#);
+    e.push_str(&s(&rfc3339_micros(received_us)));
+    e.push_str(r#","stageTimestamp":"#);
+    e.push_str(&s(&rfc3339_micros(stage_us)));
+    e.push_str(
+        r#","annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"#,
+    );
+    e.push_str(&s(&format!(
+        "RBAC: allowed by ClusterRoleBinding \"system:{verb}\" of ClusterRole \"edit\" to User \"{user}\""
+    )));
+    e.push_str(&format!(r#","test.audit-forwarder/seq":"{seq}"}}}}"#));
+    e
+}
+
+pub fn audit_events(range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(audit_event).collect()
+}
+
+/// The sequence number of a generated event, read back from its auditID.
+pub fn seq_of(v: &Value) -> Option<u64> {
+    v.get("auditID")?
+        .as_str()?
+        .strip_prefix(AUDIT_ID_PREFIX)?
+        .parse()
+        .ok()
+}
+
+/// The real audit events shared with the project (falco traces), one per non-empty line.
+pub fn shared_sample_lines() -> Vec<String> {
+    // ../shared from the main checkout; worktrees sit one level deeper (wt/<name>).
+    let candidates = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"),
+    ];
+    let base = candidates
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("samples/falco-k8s-audit").is_dir())
+        .unwrap_or_else(|| panic!("shared samples not found in any of {candidates:?}"));
+    let dir = base.join("samples/falco-k8s-audit");
+    let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => panic!("cannot read {}: {e}", dir.display()),
+    };
+    files.sort();
+    let mut lines = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        lines.extend(
+            text.split('\n')
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    lines
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log writer (kube-apiserver + lumberjack v2 behaviour)
+// ---------------------------------------------------------------------------------------------
+
+pub struct AuditWriter {
+    dir: PathBuf,
+    file: File,
+    last_stamp_ms: i64,
+    /// Bytes written to the current audit.log (offsets for warnings about a line).
+    pub offset: u64,
+}
+
+fn open_new_log(path: &Path) -> File {
+    // lumberjack's openNew: O_CREATE|O_WRONLY|O_TRUNC with the old mode (0600 for audit logs).
+    // O_APPEND on top keeps every write at the end even after a copytruncate.
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_APPEND)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+pub fn is_backup_name(name: &str) -> bool {
+    name.starts_with("audit-") && (name.ends_with(".log") || name.ends_with(".log.gz"))
+}
+
+impl AuditWriter {
+    /// Creates `dir` (and parents) and a fresh `dir/audit.log`.
+    pub fn create(dir: &Path) -> AuditWriter {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let file = open_new_log(&dir.join("audit.log"));
+        AuditWriter {
+            dir: dir.to_path_buf(),
+            file,
+            last_stamp_ms: 0,
+            offset: 0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// Exactly one write(2), as kube-apiserver does per event.
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        match self.file.write(bytes) {
+            Ok(n) if n == bytes.len() => self.offset += n as u64,
+            Ok(n) => panic!("short write to audit.log: {n} of {} bytes", bytes.len()),
+            Err(e) => panic!("write to audit.log: {e}"),
+        }
+    }
+
+    pub fn write_line(&mut self, line: &str) {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.write_raw(&buf);
+    }
+
+    pub fn write_lines(&mut self, lines: &[String]) {
+        for l in lines {
+            self.write_line(l);
+        }
+    }
+
+    /// lumberjack's rotate without the mill: rename audit.log to
+    /// audit-<UTC 2006-01-02T15-04-05.000>.log, create a new empty audit.log (0600).
+    /// Stamps are made strictly increasing so fast rotations never collide.
+    pub fn rotate_file(&mut self) -> PathBuf {
+        let stamp = now_ms().max(self.last_stamp_ms + 1);
+        self.last_stamp_ms = stamp;
+        let backup = self
+            .dir
+            .join(format!("audit-{}.log", lumberjack_stamp(stamp)));
+        let log = self.log_path();
+        fs::rename(&log, &backup)
+            .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", log.display(), backup.display()));
+        self.file = open_new_log(&log);
+        self.offset = 0;
+        backup
+    }
+
+    /// lumberjack's millRunOnce: keep the newest `max_backups` backups (0 = keep all), delete the
+    /// rest, then gzip every remaining plain backup to `<name>.gz` and remove the plain file.
+    pub fn mill(&self, compress: bool, max_backups: usize) {
+        let mut backups = self.backups();
+        backups.reverse(); // newest first
+        if max_backups > 0 && backups.len() > max_backups {
+            for old in backups.split_off(max_backups) {
+                fs::remove_file(&old).unwrap_or_else(|e| panic!("remove {}: {e}", old.display()));
+            }
+        }
+        if compress {
+            for b in backups {
+                if b.extension().is_some_and(|x| x == "log") {
+                    gzip_file(&b);
+                }
+            }
+        }
+    }
+
+    pub fn rotate(&mut self, compress: bool, max_backups: usize) -> PathBuf {
+        let backup = self.rotate_file();
+        self.mill(compress, max_backups);
+        backup
+    }
+
+    /// All backups (plain and gzipped), oldest first (the stamp layout sorts by time).
+    pub fn backups(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .unwrap_or_else(|e| panic!("read_dir {}: {e}", self.dir.display()))
+            .filter_map(|e| e.ok())
+            .filter(|e| is_backup_name(&e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// logrotate's copytruncate: copy audit.log to `dest`, then truncate audit.log in place.
+    pub fn copytruncate(&mut self, dest: &Path) {
+        let log = self.log_path();
+        fs::copy(&log, dest)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", log.display(), dest.display()));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        f.set_len(0)
+            .unwrap_or_else(|e| panic!("truncate {}: {e}", log.display()));
+        self.offset = 0;
+    }
+}
+
+/// lumberjack's compressLogFile: write `<src>.gz` (same mode), then remove `src`.
+pub fn gzip_file(src: &Path) {
+    let mut dst_name = src.as_os_str().to_owned();
+    dst_name.push(".gz");
+    let dst = PathBuf::from(dst_name);
+    let mut input = File::open(src).unwrap_or_else(|e| panic!("open {}: {e}", src.display()));
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&dst)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    io::copy(&mut input, &mut gz).unwrap_or_else(|e| panic!("gzip {}: {e}", src.display()));
+    gz.finish()
+        .unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
+    fs::remove_file(src).unwrap_or_else(|e| panic!("remove {}: {e}", src.display()));
+}
+
+pub fn gunzip_file(path: &Path) -> Vec<u8> {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(f)
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("gunzip {}: {e}", path.display()));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+fn send_signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on the pid of a child we have not reaped yet (callers hold the
+    // Child and only reap through it), so the pid cannot have been reused.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // ESRCH: it exited on its own (a zombie still accepts signals, so this is rare).
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            panic!("kill({}, {sig}): {e}", child.id());
+        }
+    }
+}
+
+fn base_command(args: &[String]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The binary also reads AUDIT_* variables; the developer's environment must not leak in.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AUDIT_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd.env("RUST_BACKTRACE", "1");
+    cmd
+}
+
+/// Copies a child's output into `sink` line by line (and to our stderr when verbose).
+fn capture(
+    mut reader: impl BufRead + Send + 'static,
+    sink: Arc<Mutex<Vec<u8>>>,
+    prefix: String,
+    at_eof: Option<Arc<AtomicBool>>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let tee = verbose();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => {
+                    if let Some(flag) = &at_eof {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    break;
+                }
+                Ok(_) => {
+                    lock(&sink).extend_from_slice(&line);
+                    if tee {
+                        eprint!("[{prefix}] {}", String::from_utf8_lossy(&line));
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn take_pipes(child: &mut Child) -> (ChildStdout, ChildStderr) {
+    // Both were requested as Stdio::piped() in base_command.
+    (
+        child.stdout.take().expect("stdout piped"),
+        child.stderr.take().expect("stderr piped"),
+    )
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => thread::sleep(ms(10)),
+            Err(e) => panic!("waitpid({}): {e}", child.id()),
+        }
+    }
+}
+
+/// `audit-forwarder tailer --listen 127.0.0.1:PORT`: the real receiver. Lines it prints are
+/// kept across kills and restarts, so `records()` is everything received on this port.
+pub struct Tailer {
+    pub port: u16,
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    threads: Vec<JoinHandle<()>>,
+    starts: usize,
+}
+
+impl Tailer {
+    pub fn start(port: u16) -> Tailer {
+        let mut t = Tailer {
+            port,
+            child: None,
+            lines: Arc::new(Mutex::new(Vec::new())),
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+            starts: 0,
+        };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let args = vec![
+            "tailer".to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", self.port),
+        ];
+        for attempt in 0..6 {
+            self.starts += 1;
+            lock(&self.stderr)
+                .extend_from_slice(format!("--- tailer start #{} ---\n", self.starts).as_bytes());
+            let mut child = base_command(&args)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {} tailer: {e}", bin()));
+            let (out, err) = take_pipes(&mut child);
+            self.threads.push(collect_stdout_lines(
+                out,
+                self.lines.clone(),
+                self.stderr.clone(),
+            ));
+            self.threads.push(capture(
+                BufReader::new(err),
+                self.stderr.clone(),
+                format!("tailer {}", child.id()),
+                None,
+            ));
+            let mut exited = None;
+            let up = wait_until(secs(20), || {
+                if let Ok(Some(st)) = child.try_wait() {
+                    exited = Some(st);
+                    return true;
+                }
+                port_listening(self.port)
+            });
+            match exited {
+                None if up => {
+                    self.child = Some(child);
+                    return;
+                }
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.join_threads();
+                    panic!(
+                        "tailer on port {} did not listen within 20 s; stderr:\n{}",
+                        self.port,
+                        self.stderr_text()
+                    );
+                }
+                Some(st) => {
+                    self.join_threads();
+                    eprintln!(
+                        "[harness] tailer on port {} exited at start ({st}), attempt {attempt}",
+                        self.port
+                    );
+                    thread::sleep(ms(300));
+                }
+            }
+        }
+        panic!(
+            "tailer could not start on port {}; stderr:\n{}",
+            self.port,
+            self.stderr_text()
+        );
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// SIGKILL, reap, and collect everything it printed before dying.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+        self.join_threads();
+    }
+
+    /// Kill (if running) and start again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn line_count(&self) -> usize {
+        lock(&self.lines).len()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.lines).clone()
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        self.lines().iter().map(|l| parse_printed(l)).collect()
+    }
+
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.line_count() >= n)
+    }
+
+    /// Waits until every expected record has arrived at least once.
+    pub fn wait_all(&self, cov: &mut Coverage, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let new: Vec<String> = {
+                let lines = lock(&self.lines);
+                lines[cov.cursor.min(lines.len())..].to_vec()
+            };
+            cov.cursor += new.len();
+            for l in &new {
+                cov.feed(&parse_printed(l));
+            }
+            cov.is_complete()
+        })
+    }
+
+    pub fn wait_all_lines(&self, expected: &[String], timeout: Duration) -> bool {
+        let mut cov = Coverage::new(expected);
+        self.wait_all(&mut cov, timeout)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+}
+
+fn parse_printed(line: &str) -> Value {
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("tailer printed a line that is not JSON ({e}): {line:?}"))
+}
+
+fn collect_stdout_lines(
+    out: ChildStdout,
+    lines: Arc<Mutex<Vec<String>>>,
+    notes: Arc<Mutex<Vec<u8>>>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if buf.last() == Some(&b'\n') => {
+                    buf.pop();
+                    lock(&lines).push(String::from_utf8_lossy(&buf).into_owned());
+                }
+                Ok(n) => {
+                    // Only a killed tailer leaves half a line; it was not acked, so the
+                    // forwarder sends the record again.
+                    lock(&notes).extend_from_slice(
+                        format!("[harness] dropped unterminated stdout fragment of {n} bytes\n")
+                            .as_bytes(),
+                    );
+                }
+            }
+        }
+    })
+}
+
+impl Drop for Tailer {
+    fn drop(&mut self) {
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "[harness] tailer port {}: {} lines received, exit before kill: {:?}; stderr (tail):\n{}",
+                self.port,
+                self.line_count(),
+                status,
+                tail_of(&self.stderr_text(), 20_000)
+            );
+        }
+    }
+}
+
+/// Standard forwarder arguments for a test: log path, plaintext target, then `extra`.
+pub fn fwd_args(log: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--audit-log-path".to_string(),
+        log.display().to_string(),
+        "--target".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--plaintext".to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The forwarder process. Its stdout and stderr of all runs go into one buffer; restarts are
+/// marked with `--- forwarder start #N ---`.
+pub struct Forwarder {
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Set when the current run's stderr reaches EOF, i.e. the process is gone; readable
+    /// through `&self` so waits can stop early.
+    stderr_closed: Arc<AtomicBool>,
+    output: Arc<Mutex<Vec<u8>>>,
+    threads: Vec<JoinHandle<()>>,
+    starts: usize,
+}
+
+impl Forwarder {
+    pub fn start(args: Vec<String>) -> Forwarder {
+        let mut f = Forwarder {
+            args,
+            child: None,
+            stderr_closed: Arc::new(AtomicBool::new(false)),
+            output: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+            starts: 0,
+        };
+        f.spawn();
+        f
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        lock(&self.output)
+            .extend_from_slice(format!("--- forwarder start #{} ---\n", self.starts).as_bytes());
+        let mut child = base_command(&self.args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} {:?}: {e}", bin(), self.args));
+        let (out, err) = take_pipes(&mut child);
+        let prefix = format!("fwd {}", child.id());
+        self.stderr_closed = Arc::new(AtomicBool::new(false));
+        self.threads.push(capture(
+            BufReader::new(out),
+            self.output.clone(),
+            prefix.clone(),
+            None,
+        ));
+        self.threads.push(capture(
+            BufReader::new(err),
+            self.output.clone(),
+            prefix,
+            Some(self.stderr_closed.clone()),
+        ));
+        self.child = Some(child);
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn child_ref(&self) -> &Child {
+        self.child
+            .as_ref()
+            .expect("forwarder is not running (killed or terminated)")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child_ref().id() as i32
+    }
+
+    /// Still running (not exited)?
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// True once the current run has gone (its stderr closed), whoever ended it.
+    pub fn exited(&self) -> bool {
+        self.stderr_closed.load(Ordering::SeqCst)
+    }
+
+    /// Panics with the output if the current run has gone on its own.
+    pub fn assert_alive(&mut self, context: &str) {
+        if self.exited() || !self.is_running() {
+            let st = self.exit_status();
+            panic!(
+                "{context}: the forwarder exited unexpectedly ({st:?}); output (tail):\n{}",
+                tail_of(&self.stderr_text(), 20_000)
+            );
+        }
+    }
+
+    /// The exit status if it exited on its own.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit; panics (after SIGKILL) if it hangs.
+    pub fn term(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("term: forwarder not running");
+        send_signal(&c, libc::SIGTERM);
+        let st = wait_child(&mut c, timeout);
+        if st.is_none() {
+            send_signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+        self.join_threads();
+        match st {
+            Some(st) => st,
+            None => panic!(
+                "forwarder did not exit within {timeout:?} after SIGTERM; output (tail):\n{}",
+                tail_of(&self.stderr_text(), 20_000)
+            ),
+        }
+    }
+
+    /// SIGTERM, expect exit status 0 within 30 s.
+    pub fn term_ok(&mut self) {
+        let st = self.term(secs(30));
+        assert!(
+            st.success(),
+            "forwarder exited with {st} after SIGTERM (want 0); output (tail):\n{}",
+            tail_of(&self.stderr_text(), 20_000)
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+        self.join_threads();
+    }
+
+    /// Start again with the same arguments (kills a still running instance first).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn sigstop(&self) {
+        send_signal(self.child_ref(), libc::SIGSTOP);
+    }
+
+    pub fn sigcont(&self) {
+        send_signal(self.child_ref(), libc::SIGCONT);
+    }
+
+    /// True if the process has `path` (by device and inode) open.
+    pub fn holds_open(&self, path: &Path) -> bool {
+        let Ok(want) = fs::metadata(path) else {
+            return false;
+        };
+        let Ok(rd) = fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return false;
+        };
+        rd.filter_map(|e| e.ok()).any(|e| {
+            fs::metadata(e.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        })
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.output)).into_owned()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stderr_text().contains(needle))
+    }
+
+    /// Every `stats:` line so far, parsed.
+    pub fn stats(&self) -> Vec<BTreeMap<String, u64>> {
+        parse_stats(&self.stderr_text())
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let status = self.exit_status();
+        self.kill9();
+        if thread::panicking() {
+            eprintln!(
+                "[harness] forwarder {:?}: exit before kill: {:?}; output (tail):\n{}",
+                self.args,
+                status,
+                tail_of(&self.stderr_text(), 30_000)
+            );
+        }
+    }
+}
+
+/// Parses every line containing `stats:` into its `key=N` pairs.
+pub fn parse_stats(text: &str) -> Vec<BTreeMap<String, u64>> {
+    text.lines()
+        .filter_map(|l| l.split_once("stats:"))
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    let v = v.trim_end_matches([',', ';']);
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub const STATS_KEYS: [&str; 8] = [
+    "records_acked",
+    "bytes_acked",
+    "lag_bytes",
+    "reconnects",
+    "buffered",
+    "buffered_peak",
+    "malformed",
+    "skipped_long",
+];
+
+/// Lines of `text` that contain every word of `all` and at least one of `any`, compared in
+/// lower case.
+pub fn lines_mentioning<'a>(text: &'a str, all: &[&str], any: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            let low = l.to_lowercase();
+            all.iter().all(|w| low.contains(w))
+                && (any.is_empty() || any.iter().any(|w| low.contains(w)))
+        })
+        .collect()
+}
+
+/// True if `number` occurs in `line` as a whole decimal number (not inside a longer one).
+pub fn has_number(line: &str, number: u64) -> bool {
+    let n = number.to_string();
+    let b = line.as_bytes();
+    let mut from = 0;
+    while let Some(i) = line[from..].find(&n) {
+        let s = from + i;
+        let e = s + n.len();
+        let before = s == 0 || !b[s - 1].is_ascii_digit();
+        let after = e == b.len() || !b[e].is_ascii_digit();
+        if before && after {
+            return true;
+        }
+        from = s + 1;
+    }
+    false
+}
+
+/// What `--mem-buf-limit <n>M` means in bytes, judged from `--help`: binary units when the
+/// help mentions MiB/KiB/1024, else decimal.
+pub fn mega_from_help(n: u64) -> u64 {
+    let help = Command::new(bin())
+        .arg("--help")
+        .output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.to_lowercase()
+        })
+        .unwrap_or_default();
+    if help.contains("mib") || help.contains("kib") || help.contains("1024") {
+        n * 1024 * 1024
+    } else {
+        n * 1_000_000
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery assertions
+// ---------------------------------------------------------------------------------------------
+
+fn canonical(v: &Value) -> String {
+    // serde_json's Map is a BTreeMap here (no preserve_order), so keys come out sorted.
+    v.to_string()
+}
+
+fn parse_expected(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("expected line is not JSON ({e}): {line}"))
+}
+
+pub fn describe(v: &Value) -> String {
+    match seq_of(v) {
+        Some(s) => format!("seq {s}"),
+        None => {
+            let t = v.to_string();
+            if t.len() > 120 {
+                let mut end = 120;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}...", &t[..end])
+            } else {
+                t
+            }
+        }
+    }
+}
+
+/// "seq 3..=9, seq 12, ..." for the first `max` runs of consecutive indices.
+fn describe_indices(idx: &[usize], vals: &[Value], max: usize) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < idx.len() && parts.len() < max {
+        let mut j = i;
+        while j + 1 < idx.len() && idx[j + 1] == idx[j] + 1 {
+            j += 1;
+        }
+        if j > i {
+            parts.push(format!(
+                "#{}..=#{} ({} .. {})",
+                idx[i],
+                idx[j],
+                describe(&vals[idx[i]]),
+                describe(&vals[idx[j]])
+            ));
+        } else {
+            parts.push(format!("#{} ({})", idx[i], describe(&vals[idx[i]])));
+        }
+        i = j + 1;
+    }
+    if i < idx.len() {
+        parts.push("...".to_string());
+    }
+    parts.join(", ")
+}
+
+/// Tracks which expected records have arrived, fed incrementally while polling.
+pub struct Coverage {
+    remaining: HashSet<String>,
+    pub cursor: usize,
+}
+
+impl Coverage {
+    pub fn new(expected: &[String]) -> Coverage {
+        Coverage {
+            remaining: expected
+                .iter()
+                .map(|l| canonical(&parse_expected(l)))
+                .collect(),
+            cursor: 0,
+        }
+    }
+
+    pub fn feed(&mut self, v: &Value) {
+        self.remaining.remove(&canonical(v));
+    }
+
+    pub fn feed_all(&mut self, vals: &[Value]) {
+        for v in vals {
+            self.feed(v);
+        }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.remaining.len()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.remaining.is_empty()
+    }
+}
+
+/// Every expected record arrived; first arrivals are in the expected order; nothing unexpected
+/// arrived; and, unless `allow_dups`, each arrived exactly once. Panics with a report.
+pub fn assert_delivered(expected_lines: &[String], records: &[Value], allow_dups: bool) {
+    let expected: Vec<Value> = expected_lines.iter().map(|l| parse_expected(l)).collect();
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(expected.len());
+    for (i, v) in expected.iter().enumerate() {
+        if let Some(prev) = index.insert(canonical(v), i) {
+            panic!("harness bug: expected records #{prev} and #{i} are equal; they must be unique");
+        }
+    }
+    let mut count = vec![0usize; expected.len()];
+    let mut first_order: Vec<usize> = Vec::new();
+    let mut unexpected: Vec<(usize, &Value)> = Vec::new();
+    for (pos, r) in records.iter().enumerate() {
+        match index.get(&canonical(r)) {
+            Some(&i) => {
+                if count[i] == 0 {
+                    first_order.push(i);
+                }
+                count[i] += 1;
+            }
+            None => unexpected.push((pos, r)),
+        }
+    }
+    let missing: Vec<usize> = (0..expected.len()).filter(|&i| count[i] == 0).collect();
+    let dups: Vec<usize> = (0..expected.len()).filter(|&i| count[i] > 1).collect();
+    let extra_copies: usize = dups.iter().map(|&i| count[i] - 1).sum();
+
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "MISSING {} of {} expected records: {}",
+            missing.len(),
+            expected.len(),
+            describe_indices(&missing, &expected, 12)
+        ));
+    }
+    if !unexpected.is_empty() {
+        let shown: Vec<String> = unexpected
+            .iter()
+            .take(5)
+            .map(|(pos, v)| format!("received[{pos}] = {}", describe(v)))
+            .collect();
+        problems.push(format!(
+            "UNEXPECTED {} records (not in the expected list, or altered in transit): {}",
+            unexpected.len(),
+            shown.join("; ")
+        ));
+    }
+    if !allow_dups && !dups.is_empty() {
+        problems.push(format!(
+            "DUPLICATED {} records ({} extra copies): {}",
+            dups.len(),
+            extra_copies,
+            describe_indices(&dups, &expected, 12)
+        ));
+    }
+    if let Some(w) = first_order.windows(2).position(|w| w[1] < w[0]) {
+        let inversions = first_order.windows(2).filter(|w| w[1] < w[0]).count();
+        problems.push(format!(
+            "OUT OF ORDER: {} inversions in first arrivals; first one: #{} ({}) arrived after #{} ({}), at first-arrival position {}",
+            inversions,
+            first_order[w + 1],
+            describe(&expected[first_order[w + 1]]),
+            first_order[w],
+            describe(&expected[first_order[w]]),
+            w + 1
+        ));
+    }
+    if !problems.is_empty() {
+        panic!(
+            "delivery check failed ({} records received, {} expected, {} distinct arrived, allow_dups={}):\n  {}",
+            records.len(),
+            expected.len(),
+            first_order.len(),
+            allow_dups,
+            problems.join("\n  ")
+        );
+    }
+    if allow_dups && extra_copies > 0 {
+        eprintln!(
+            "[harness] all {} records delivered in order; {} duplicate copies (allowed)",
+            expected.len(),
+            extra_copies
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimal msgpack reader (for fake receivers) and Forward protocol bits
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mp {
+    Nil,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(Vec<u8>),
+    Bin(Vec<u8>),
+    Array(Vec<Mp>),
+    Map(Vec<(Mp, Mp)>),
+    Ext(i8, Vec<u8>),
+}
+
+enum MpErr {
+    NeedMore,
+    Invalid(String),
+}
+
+/// Refuse declared lengths above this, so a corrupt frame fails instead of waiting forever.
+const MP_MAX_LEN: usize = 256 << 20;
+const MP_MAX_DEPTH: usize = 64;
+
+struct Cur<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MpErr> {
+        if n > MP_MAX_LEN {
+            return Err(MpErr::Invalid(format!("declared length {n} too large")));
+        }
+        if self.b.len() - self.pos < n {
+            return Err(MpErr::NeedMore);
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn be(&mut self, n: usize) -> Result<u64, MpErr> {
+        Ok(self.take(n)?.iter().fold(0u64, |a, &x| (a << 8) | x as u64))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Mp, MpErr> {
+        if depth > MP_MAX_DEPTH {
+            return Err(MpErr::Invalid("nesting too deep".into()));
+        }
+        let t = self.take(1)?[0];
+        Ok(match t {
+            0x00..=0x7f => Mp::Int(t as i128),
+            0x80..=0x8f => self.map((t & 0x0f) as usize, depth)?,
+            0x90..=0x9f => self.array((t & 0x0f) as usize, depth)?,
+            0xa0..=0xbf => Mp::Str(self.take((t & 0x1f) as usize)?.to_vec()),
+            0xc0 => Mp::Nil,
+            0xc1 => return Err(MpErr::Invalid("byte 0xc1 is never used".into())),
+            0xc2 => Mp::Bool(false),
+            0xc3 => Mp::Bool(true),
+            0xc4..=0xc6 => {
+                let n = self.be(1 << (t - 0xc4))? as usize;
+                Mp::Bin(self.take(n)?.to_vec())
+            }
+            0xc7..=0xc9 => {
+                let n = self.be(1 << (t - 0xc7))? as usize;
+                let ty = self.take(1)?[0] as i8;
+                Mp::Ext(ty, self.take(n)?.to_vec())
+            }
+            0xca => Mp::Float(f32::from_bits(self.be(4)? as u32) as f64),
+            0xcb => Mp::Float(f64::from_bits(self.be(8)?)),
+            0xcc..=0xcf => Mp::Int(self.be(1 << (t - 0xcc))? as i128),
+            0xd0 => Mp::Int(self.be(1)? as u8 as i8 as i128),
+            0xd1 => Mp::Int(self.be(2)? as u16 as i16 as i128),
+            0xd2 => Mp::Int(self.be(4)? as u32 as i32 as i128),
+            0xd3 => Mp::Int(self.be(8)? as i64 as i128),
+            0xd4..=0xd8 => {
+                let ty = self.take(1)?[0] as i8;
+                Mp::Ext(ty, self.take(1 << (t - 0xd4))?.to_vec())
+            }
+            0xd9..=0xdb => {
+                let n = self.be(1 << (t - 0xd9))? as usize;
+                Mp::Str(self.take(n)?.to_vec())
+            }
+            0xdc | 0xdd => {
+                let n = self.be(if t == 0xdc { 2 } else { 4 })? as usize;
+                self.array(n, depth)?
+            }
+            0xde | 0xdf => {
+                let n = self.be(if t == 0xde { 2 } else { 4 })? as usize;
+                self.map(n, depth)?
+            }
+            0xe0..=0xff => Mp::Int(t as i8 as i128),
+        })
+    }
+
+    fn array(&mut self, n: usize, depth: usize) -> Result<Mp, MpErr> {
+        // Every element takes at least one byte: never reserve more than what is buffered.
+        let mut v = Vec::with_capacity(n.min(self.b.len() - self.pos));
+        for _ in 0..n {
+            v.push(self.value(depth + 1)?);
+        }
+        Ok(Mp::Array(v))
+    }
+
+    fn map(&mut self, n: usize, depth: usize) -> Result<Mp, MpErr> {
+        let mut v = Vec::with_capacity(n.min(self.b.len() - self.pos));
+        for _ in 0..n {
+            let k = self.value(depth + 1)?;
+            let val = self.value(depth + 1)?;
+            v.push((k, val));
+        }
+        Ok(Mp::Map(v))
+    }
+}
+
+/// Decodes one msgpack object from the front of `buf`: Ok(None) if more bytes are needed,
+/// Ok(Some((value, consumed))) when complete.
+pub fn mp_decode(buf: &[u8]) -> Result<Option<(Mp, usize)>, String> {
+    let mut c = Cur { b: buf, pos: 0 };
+    match c.value(0) {
+        Ok(v) => Ok(Some((v, c.pos))),
+        Err(MpErr::NeedMore) => Ok(None),
+        Err(MpErr::Invalid(e)) => Err(format!("{e} (at byte {})", c.pos)),
+    }
+}
+
+/// A record as JSON. Strings must be msgpack str and valid UTF-8; map keys must be strings.
+pub fn mp_to_json(m: &Mp) -> Result<Value, String> {
+    Ok(match m {
+        Mp::Nil => Value::Null,
+        Mp::Bool(b) => Value::Bool(*b),
+        Mp::Int(i) => {
+            if let Ok(u) = u64::try_from(*i) {
+                json!(u)
+            } else if let Ok(s) = i64::try_from(*i) {
+                json!(s)
+            } else {
+                return Err(format!("integer {i} out of range"));
+            }
+        }
+        Mp::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("float {f} has no JSON form"))?,
+        Mp::Str(b) => Value::String(
+            String::from_utf8(b.clone()).map_err(|_| format!("str is not UTF-8: {b:?}"))?,
+        ),
+        Mp::Bin(b) => {
+            return Err(format!(
+                "bin where a JSON value was expected ({} bytes)",
+                b.len()
+            ))
+        }
+        Mp::Array(a) => Value::Array(a.iter().map(mp_to_json).collect::<Result<_, _>>()?),
+        Mp::Map(kv) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in kv {
+                let Mp::Str(k) = k else {
+                    return Err(format!("map key is not a str: {k:?}"));
+                };
+                let k =
+                    String::from_utf8(k.clone()).map_err(|_| "map key not UTF-8".to_string())?;
+                o.insert(k, mp_to_json(v)?);
+            }
+            Value::Object(o)
+        }
+        Mp::Ext(t, d) => return Err(format!("ext type {t} ({} bytes) inside a record", d.len())),
+    })
+}
+
+fn mp_str(m: &Mp) -> Option<&[u8]> {
+    match m {
+        Mp::Str(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// EventTime (ext 0: u32 seconds, u32 nanoseconds, big endian) or an integer time.
+pub fn event_time(m: &Mp) -> Option<(u64, u32)> {
+    match m {
+        Mp::Ext(0, d) if d.len() == 8 => Some((
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64,
+            u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+        )),
+        Mp::Int(i) if *i >= 0 => Some((*i as u64, 0)),
+        _ => None,
+    }
+}
+
+pub struct Frame {
+    pub tag: String,
+    pub times: Vec<Mp>,
+    pub records: Vec<Value>,
+    pub chunk: Vec<u8>,
+    pub size: Option<u64>,
+}
+
+/// A PackedForward (or CompressedPackedForward) message with a `chunk` option, checked against
+/// the spec: tag str, entries bin/str holding [time, record] pairs, chunk str, size == count.
+pub fn parse_frame(m: &Mp) -> Result<Frame, String> {
+    let Mp::Array(parts) = m else {
+        return Err(format!("message is not an array: {m:?}"));
+    };
+    if parts.len() != 3 {
+        return Err(format!(
+            "PackedForward has 3 elements [tag, entries, option]; got {}",
+            parts.len()
+        ));
+    }
+    let tag = mp_str(&parts[0])
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .ok_or("tag is not a UTF-8 str")?;
+    let Mp::Map(opt) = &parts[2] else {
+        return Err("option is not a map".into());
+    };
+    let opt_get = |k: &str| {
+        opt.iter()
+            .find(|(key, _)| mp_str(key) == Some(k.as_bytes()))
+            .map(|(_, v)| v)
+    };
+    let chunk = match opt_get("chunk") {
+        Some(Mp::Str(c)) if !c.is_empty() => c.clone(),
+        Some(other) => {
+            return Err(format!(
+                "option chunk must be a non-empty str, got {other:?}"
+            ))
+        }
+        None => return Err("option has no chunk (acks are required)".into()),
+    };
+    let size = match opt_get("size") {
+        Some(Mp::Int(n)) if *n >= 0 => Some(*n as u64),
+        Some(other) => return Err(format!("option size is not an unsigned int: {other:?}")),
+        None => None,
+    };
+    let raw = match &parts[1] {
+        Mp::Bin(b) | Mp::Str(b) => b.clone(),
+        other => return Err(format!("entries must be bin (PackedForward): {other:?}")),
+    };
+    let stream = match opt_get("compressed") {
+        None => raw,
+        Some(Mp::Str(c)) if c == b"gzip" => {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .map_err(|e| format!("gunzip entries: {e}"))?;
+            out
+        }
+        Some(other) => return Err(format!("unknown compressed option {other:?}")),
+    };
+    let mut times = Vec::new();
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos < stream.len() {
+        let (entry, used) = match mp_decode(&stream[pos..])? {
+            Some(x) => x,
+            None => return Err(format!("entry stream truncated at byte {pos}")),
+        };
+        pos += used;
+        let Mp::Array(pair) = entry else {
+            return Err("entry is not an array".into());
+        };
+        if pair.len() != 2 {
+            return Err(format!(
+                "entry has {} elements, want [time, record]",
+                pair.len()
+            ));
+        }
+        if event_time(&pair[0]).is_none() {
+            return Err(format!(
+                "entry time is neither EventTime nor int: {:?}",
+                pair[0]
+            ));
+        }
+        if !matches!(pair[1], Mp::Map(_)) {
+            return Err("record is not a map".into());
+        }
+        records.push(mp_to_json(&pair[1])?);
+        times.push(pair[0].clone());
+    }
+    if let Some(n) = size {
+        if n != records.len() as u64 {
+            return Err(format!("option size={n} but {} entries", records.len()));
+        }
+    }
+    Ok(Frame {
+        tag,
+        times,
+        records,
+        chunk,
+        size,
+    })
+}
+
+/// `{"ack": <chunk>}` with chunk as a str, as in_forward answers.
+pub fn encode_ack(chunk: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x81, 0xa3, b'a', b'c', b'k'];
+    let n = chunk.len();
+    if n < 32 {
+        v.push(0xa0 | n as u8);
+    } else if n < 256 {
+        v.extend_from_slice(&[0xd9, n as u8]);
+    } else if n < 65_536 {
+        v.push(0xda);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(0xdb);
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    v.extend_from_slice(chunk);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake receivers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FakeMode {
+    /// Read and discard; never answer.
+    Discard,
+    /// After the first complete frame on each connection answer `{"ack":"wrong"}`, then keep
+    /// reading until the forwarder closes.
+    WrongAck,
+    /// Decode every frame, keep its records, ack it.
+    Ack,
+}
+
+#[derive(Default)]
+struct FakeShared {
+    connections: AtomicUsize,
+    frames: AtomicUsize,
+    bytes: AtomicU64,
+    closed_after_wrong_ack: AtomicUsize,
+    records: Mutex<Vec<Value>>,
+    first_frame: Mutex<Option<Vec<u8>>>,
+    errors: Mutex<Vec<String>>,
+}
+
+/// A Forward receiver inside the test process. `stop()` closes everything and frees the port.
+pub struct FakeReceiver {
+    pub port: u16,
+    mode: FakeMode,
+    stop: Arc<AtomicBool>,
+    shared: Arc<FakeShared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FakeReceiver {
+    /// `read_rate`: bytes per second to read at (slow receiver), None for full speed.
+    pub fn start(port: u16, mode: FakeMode, read_rate: Option<u64>) -> FakeReceiver {
+        let deadline = Instant::now() + secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("[harness] fake bind 127.0.0.1:{port}: {e}; retrying");
+                    thread::sleep(ms(100));
+                }
+                Err(e) => panic!("fake receiver cannot bind 127.0.0.1:{port}: {e}"),
+            }
+        };
+        listener
+            .set_nonblocking(true)
+            .expect("set_nonblocking on listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(FakeShared::default());
+        let (st, sh) = (stop.clone(), shared.clone());
+        let acceptor = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        sh.connections.fetch_add(1, Ordering::SeqCst);
+                        let (st2, sh2) = (st.clone(), sh.clone());
+                        conns.push(thread::spawn(move || serve(s, mode, read_rate, &sh2, &st2)));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(ms(5)),
+                    Err(e) => {
+                        lock(&sh.errors).push(format!("accept: {e}"));
+                        thread::sleep(ms(50));
+                    }
+                }
+            }
+            drop(listener);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeReceiver {
+            port,
+            mode,
+            stop,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn frames(&self) -> usize {
+        self.shared.frames.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn closed_after_wrong_ack(&self) -> usize {
+        self.shared.closed_after_wrong_ack.load(Ordering::SeqCst)
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        lock(&self.shared.records).clone()
+    }
+
+    pub fn first_frame(&self) -> Option<Vec<u8>> {
+        lock(&self.shared.first_frame).clone()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        lock(&self.shared.errors).clone()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "fake {:?} on {}: {} connections, {} frames, {} bytes, {} records, {} closed after wrong ack, errors: {:?}",
+            self.mode,
+            self.port,
+            self.connections(),
+            self.frames(),
+            self.bytes(),
+            lock(&self.shared.records).len(),
+            self.closed_after_wrong_ack(),
+            self.errors()
+        )
+    }
+}
+
+impl Drop for FakeReceiver {
+    fn drop(&mut self) {
+        self.stop();
+        if thread::panicking() {
+            eprintln!("[harness] {}", self.summary());
+        }
+    }
+}
+
+fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, stop: &AtomicBool) {
+    let setup = s
+        .set_nonblocking(false)
+        .and_then(|_| s.set_read_timeout(Some(ms(50))))
+        .and_then(|_| s.set_nodelay(true));
+    if let Err(e) = setup {
+        lock(&sh.errors).push(format!("socket setup: {e}"));
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut tmp = vec![0u8; if rate.is_some() { 4096 } else { 64 * 1024 }];
+    let mut wrong_ack_sent = false;
+    while !stop.load(Ordering::SeqCst) {
+        let n = match s.read(&mut tmp) {
+            Ok(0) => {
+                if wrong_ack_sent {
+                    sh.closed_after_wrong_ack.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => {
+                // A reset is the forwarder closing with our wrong ack unread or after it.
+                if wrong_ack_sent {
+                    sh.closed_after_wrong_ack.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+        };
+        sh.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(r) = rate {
+            thread::sleep(Duration::from_nanos(n as u64 * 1_000_000_000 / r.max(1)));
+        }
+        loop {
+            let (msg, used) = match mp_decode(&buf) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    lock(&sh.errors).push(format!("undecodable bytes from forwarder: {e}"));
+                    return;
+                }
+            };
+            let raw: Vec<u8> = buf.drain(..used).collect();
+            sh.frames.fetch_add(1, Ordering::SeqCst);
+            {
+                let mut ff = lock(&sh.first_frame);
+                if ff.is_none() {
+                    *ff = Some(raw);
+                }
+            }
+            let frame = match parse_frame(&msg) {
+                Ok(f) => f,
+                Err(e) => {
+                    lock(&sh.errors).push(format!("bad frame: {e}"));
+                    continue;
+                }
+            };
+            let reply = match mode {
+                FakeMode::Discard => None,
+                FakeMode::WrongAck if !wrong_ack_sent => {
+                    wrong_ack_sent = true;
+                    Some(WRONG_ACK.to_vec())
+                }
+                FakeMode::WrongAck => None,
+                FakeMode::Ack => {
+                    lock(&sh.records).extend(frame.records);
+                    Some(encode_ack(&frame.chunk))
+                }
+            };
+            if let Some(reply) = reply {
+                if s.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1086 @@
+//! End-to-end tests of the forwarder against the real `tailer` receiver and fake receivers:
+//! delivery (at least once, in order), rotation and restarts, protocol failures, malformed
+//! input and the memory cap. `harness_*` tests check the harness itself without the binary.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Ceiling for "everything arrives"; polling makes passing tests finish long before it.
+const DELIVERY: Duration = Duration::from_secs(60);
+
+/// Waits until every expected record reached the tailer; stops early if the forwarder died.
+fn expect_all(t: &Tailer, f: &mut Forwarder, expected: &[String], what: &str) {
+    let mut cov = Coverage::new(expected);
+    let deadline = Instant::now() + DELIVERY;
+    while !t.wait_all(&mut cov, Duration::from_millis(500)) {
+        f.assert_alive(what);
+        if Instant::now() >= deadline {
+            // The report of assert_delivered says exactly which records are missing.
+            assert_delivered(expected, &t.records(), true);
+            panic!("{what}: not everything arrived within {DELIVERY:?}");
+        }
+    }
+}
+
+fn stderr_shows(f: &Forwarder, all: &[&str], any: &[&str], what: &str) {
+    let text = f.stderr_text();
+    assert!(
+        !lines_mentioning(&text, all, any).is_empty(),
+        "forwarder stderr has no line mentioning {what} (all of {all:?}, any of {any:?}); stderr (tail):\n{}",
+        &text[text.len().saturating_sub(8000)..]
+    );
+}
+
+fn last_stats(f: &Forwarder) -> std::collections::BTreeMap<String, u64> {
+    let all = f.stats();
+    let last = all.last().cloned().unwrap_or_else(|| {
+        panic!(
+            "no `stats:` line on stderr (one is due at shutdown); stderr:\n{}",
+            f.stderr_text()
+        )
+    });
+    for k in STATS_KEYS {
+        assert!(last.contains_key(k), "stats line lacks {k}=N: {last:?}");
+    }
+    last
+}
+
+// 1 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t01_prewritten_10k_lines_exactly_once_then_sigterm() {
+    let dir = TempDir::new("t01");
+    let log_dir = dir.join("log");
+    let mut w = AuditWriter::create(&log_dir);
+    let lines = audit_events(0..10_000);
+    w.write_lines(&lines);
+
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+
+    expect_all(&tailer, &mut fwd, &lines, "10k pre-written lines");
+    // Give stragglers (duplicates) a moment to show up before the exactly-once check.
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&lines, &tailer.records(), false);
+
+    fwd.term_ok();
+    let pos = log_dir.join(".audit-forwarder.pos");
+    let meta = fs::metadata(&pos).unwrap_or_else(|e| {
+        panic!("position file {} after SIGTERM: {e}", pos.display());
+    });
+    assert!(meta.len() > 0, "position file {} is empty", pos.display());
+    let last = last_stats(&fwd);
+    assert_eq!(
+        last["records_acked"], 10_000,
+        "records_acked in the final stats line: {last:?}"
+    );
+}
+
+// 2 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t02_lines_appended_in_bursts_while_running() {
+    let dir = TempDir::new("t02");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+
+    let mut all = Vec::new();
+    for burst in 0..6u64 {
+        let lines = audit_events(burst * 700..burst * 700 + 300 + burst * 80);
+        w.write_lines(&lines);
+        all.extend(lines);
+        expect_all(&tailer, &mut fwd, &all, &format!("burst {burst}"));
+        thread::sleep(Duration::from_millis(150 + 50 * burst));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&all, &tailer.records(), false);
+    fwd.term_ok();
+}
+
+// 3 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t03_rotation_under_load_and_backup_deleted_while_being_read() {
+    let dir = TempDir::new("t03");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+
+    // Phase A: a writer thread writes continuously and rotates five times in a row.
+    let writer = thread::spawn(move || {
+        let mut written = Vec::new();
+        let mut seq = 0u64;
+        for file in 0..6 {
+            for _burst in 0..15 {
+                let lines = audit_events(seq..seq + 100);
+                seq += 100;
+                w.write_lines(&lines);
+                written.extend(lines);
+                thread::sleep(Duration::from_millis(5));
+            }
+            if file < 5 {
+                w.rotate(false, 0);
+            }
+        }
+        (w, written, seq)
+    });
+    let (mut w, mut expected, mut seq) = writer.join().expect("writer thread");
+    assert_eq!(w.backups().len(), 5, "five rotations made five backups");
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &expected,
+        "phase A (five rotations under load)",
+    );
+
+    // Phase B: the forwarder lags (SIGSTOP) while audit.log, which it has open, grows by 4 MB
+    // and is rotated, the next file is rotated too, and the big backup is deleted.
+    let probe = audit_events(seq..seq + 10);
+    seq += 10;
+    w.write_lines(&probe);
+    expected.extend(probe);
+    expect_all(&tailer, &mut fwd, &expected, "probe lines before SIGSTOP");
+    fwd.sigstop();
+    let at_stop = tailer.line_count();
+    assert!(
+        fwd.holds_open(&w.log_path()),
+        "the stopped forwarder does not hold audit.log open, so it could not read it after \
+         rotation + deletion (spec: a rotated file is read to its end even if deleted)"
+    );
+    let big = audit_events(seq..seq + 4000);
+    seq += 4000;
+    w.write_lines(&big);
+    expected.extend(big);
+    let big_backup = w.rotate_file();
+    let y = audit_events(seq..seq + 300);
+    seq += 300;
+    w.write_lines(&y);
+    expected.extend(y);
+    w.rotate_file();
+    fs::remove_file(&big_backup).expect("unlink the big backup");
+    let z = audit_events(seq..seq + 300);
+    w.write_lines(&z);
+    expected.extend(z);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        tailer.line_count() == at_stop,
+        "records arrived while the forwarder was stopped?"
+    );
+    fwd.sigcont();
+
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &expected,
+        "phase B (deleted backup, double rotation)",
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&expected, &tailer.records(), false);
+    fwd.term_ok();
+}
+
+// 4 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t04_rotation_and_gzip_while_forwarder_is_stopped() {
+    let dir = TempDir::new("t04");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let a = audit_events(0..5000);
+    w.write_lines(&a);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    assert!(
+        tailer.wait_for(100, DELIVERY),
+        "no records arrived before the stop"
+    );
+    fwd.term_ok();
+    let delivered_before = tailer.line_count();
+    assert!(
+        dir.join(".audit-forwarder.pos").exists(),
+        "no position file after SIGTERM"
+    );
+
+    // While it is down: more lines, a compressed rotation (the positioned file becomes .gz),
+    // more lines, a plain rotation, more lines.
+    let b = audit_events(5000..5500);
+    w.write_lines(&b);
+    let first_backup = w.rotate(true, 0);
+    let c = audit_events(5500..6000);
+    w.write_lines(&c);
+    w.rotate(false, 0);
+    let d = audit_events(6000..6500);
+    w.write_lines(&d);
+    let backups = w.backups();
+    assert_eq!(backups.len(), 2, "backups: {backups:?}");
+    assert!(
+        backups[0].to_string_lossy().ends_with(".log.gz") && !first_backup.exists(),
+        "the first backup must be gzipped: {backups:?}"
+    );
+    assert_eq!(
+        tailer.line_count(),
+        delivered_before,
+        "records arrived while the forwarder was down?"
+    );
+
+    fwd.restart();
+    let expected: Vec<String> = [a, b, c, d].concat();
+    expect_all(&tailer, &mut fwd, &expected, "after restart");
+    thread::sleep(Duration::from_millis(500));
+    // A clean SIGTERM waits for acks and saves the position: nothing is sent twice.
+    assert_delivered(&expected, &tailer.records(), false);
+    fwd.term_ok();
+}
+
+// 5 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t05_fast_gzip_rotation_with_deletions_and_sigkills() {
+    let dir = TempDir::new("t05");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    let mut rng = Rng::for_test("t05");
+
+    // maxbackup 10 at one rotation per 0.2 s: a backup lives ~2 s, long enough for a restarted
+    // forwarder to catch up, short enough that files are deleted and inodes get reused.
+    let writer = thread::spawn(move || {
+        let mut written = Vec::new();
+        let mut seq = 0u64;
+        for _ in 0..35 {
+            let start = Instant::now();
+            for _ in 0..8 {
+                let lines = audit_events(seq..seq + 10);
+                seq += 10;
+                w.write_lines(&lines);
+                written.extend(lines);
+                thread::sleep(Duration::from_millis(15));
+            }
+            if let Some(rest) = Duration::from_millis(200).checked_sub(start.elapsed()) {
+                thread::sleep(rest);
+            }
+            w.rotate(true, 10);
+        }
+        let tail = audit_events(seq..seq + 50);
+        w.write_lines(&tail);
+        written.extend(tail);
+        (w, written)
+    });
+    for kill in 0..3 {
+        thread::sleep(Duration::from_millis(rng.range(900, 1900)));
+        if writer.is_finished() {
+            eprintln!("writer finished before kill {kill}");
+            break;
+        }
+        fwd.kill9();
+        // Down for 1-3 rotations: the positioned file is renamed and gzipped meanwhile, and
+        // freed inodes get reused by new files.
+        thread::sleep(Duration::from_millis(rng.range(250, 650)));
+        fwd.restart();
+    }
+    let (w, expected) = writer.join().expect("writer thread");
+    let backups = w.backups();
+    assert!(
+        backups.len() == 10 && backups.iter().all(|b| b.to_string_lossy().ends_with(".gz")),
+        "lumberjack mill: 10 gzipped backups expected, got {backups:?}"
+    );
+    expect_all(&tailer, &mut fwd, &expected, "fast rotation with kills");
+    assert_delivered(&expected, &tailer.records(), true);
+    fwd.term_ok();
+}
+
+// 6 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t06_copytruncate_reads_from_start_again() {
+    let dir = TempDir::new("t06");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let before = audit_events(0..1000);
+    w.write_lines(&before);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    expect_all(&tailer, &mut fwd, &before, "before copytruncate");
+
+    w.copytruncate(&dir.join("audit.log.1"));
+    // Let the forwarder see the truncation before new data arrives; the new content stays
+    // smaller than the old offset anyway, so a size check detects it.
+    thread::sleep(Duration::from_secs(1));
+    let after = audit_events(1000..1300);
+    w.write_lines(&after);
+    let expected = [before, after].concat();
+    expect_all(&tailer, &mut fwd, &expected, "after copytruncate");
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&expected, &tailer.records(), false);
+    stderr_shows(&fwd, &["truncat"], &[], "the truncation");
+    fwd.term_ok();
+}
+
+// 7 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t07_sigkill_at_random_moments_under_load() {
+    let dir = TempDir::new("t07");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    let mut rng = Rng::for_test("t07");
+
+    let writer = thread::spawn(move || {
+        let mut written = Vec::new();
+        for b in 0..80u64 {
+            let lines = audit_events(b * 100..b * 100 + 100);
+            w.write_lines(&lines);
+            written.extend(lines);
+            thread::sleep(Duration::from_millis(50));
+        }
+        written
+    });
+    for _ in 0..4 {
+        thread::sleep(Duration::from_millis(rng.range(400, 1200)));
+        fwd.kill9();
+        thread::sleep(Duration::from_millis(rng.range(0, 400)));
+        fwd.restart();
+    }
+    let expected = writer.join().expect("writer thread");
+    expect_all(&tailer, &mut fwd, &expected, "after SIGKILLs");
+    assert_delivered(&expected, &tailer.records(), true);
+    fwd.term_ok();
+}
+
+// 8 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t08_receiver_absent_at_start() {
+    let dir = TempDir::new("t08");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "1s"]));
+    let lines = audit_events(0..2000);
+    w.write_lines(&lines);
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        fwd.is_running(),
+        "forwarder exited while the receiver was absent: {:?}",
+        fwd.exit_status()
+    );
+    let tailer = Tailer::start(port);
+    expect_all(&tailer, &mut fwd, &lines, "after the receiver appeared");
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&lines, &tailer.records(), false);
+    fwd.term_ok();
+}
+
+// 9 ------------------------------------------------------------------------------------------
+
+#[test]
+fn t09_receiver_killed_and_restarted_mid_stream() {
+    let dir = TempDir::new("t09");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let mut tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "1s"]));
+
+    let writer = thread::spawn(move || {
+        let mut written = Vec::new();
+        for b in 0..30u64 {
+            let lines = audit_events(b * 200..b * 200 + 200);
+            w.write_lines(&lines);
+            written.extend(lines);
+            thread::sleep(Duration::from_millis(100));
+        }
+        written
+    });
+    assert!(
+        tailer.wait_for(1000, DELIVERY),
+        "fewer than 1000 records before the receiver kill"
+    );
+    tailer.kill();
+    thread::sleep(Duration::from_millis(500));
+    tailer.restart();
+    let expected = writer.join().expect("writer thread");
+    expect_all(&tailer, &mut fwd, &expected, "after the receiver restart");
+    assert_delivered(&expected, &tailer.records(), true);
+    fwd.term_ok();
+}
+
+// 10 -----------------------------------------------------------------------------------------
+
+#[test]
+fn t10_receiver_that_never_acks() {
+    let dir = TempDir::new("t10");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..1000);
+    w.write_lines(&lines);
+    let port = free_port();
+    let mut fake = FakeReceiver::start(port, FakeMode::Discard, None);
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--ack-timeout", "1s", "--backoff-timer", "1s"],
+    ));
+    let start = Instant::now();
+    let reconnected = wait_until(Duration::from_secs(20), || {
+        fwd.exited() || (fake.connections() >= 2 && start.elapsed() >= Duration::from_secs(2))
+    });
+    fwd.assert_alive("never-acking receiver");
+    assert!(
+        fake.frames() >= 1,
+        "the forwarder sent no complete frame: {}",
+        fake.summary()
+    );
+    assert!(
+        reconnected,
+        "the forwarder did not reconnect after the ack timeout: {}",
+        fake.summary()
+    );
+    assert!(
+        fake.errors().is_empty(),
+        "protocol errors: {}",
+        fake.summary()
+    );
+    fake.stop();
+
+    let tailer = Tailer::start(port);
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &lines,
+        "after swapping in the real receiver",
+    );
+    // A 1 s ack timeout on a loaded machine may legitimately resend: at least once.
+    assert_delivered(&lines, &tailer.records(), true);
+    stderr_shows(
+        &fwd,
+        &["ack"],
+        &["timeout", "timed out", "time out"],
+        "the ack timeout",
+    );
+    fwd.term_ok();
+}
+
+// 11 -----------------------------------------------------------------------------------------
+
+#[test]
+fn t11_wrong_ack_makes_the_forwarder_disconnect() {
+    let dir = TempDir::new("t11");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..1000);
+    w.write_lines(&lines);
+    let port = free_port();
+    let mut fake = FakeReceiver::start(port, FakeMode::WrongAck, None);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "1s"]));
+    let closed = wait_until(Duration::from_secs(20), || {
+        fwd.exited() || fake.closed_after_wrong_ack() >= 1
+    });
+    fwd.assert_alive("wrong ack");
+    assert!(
+        closed,
+        "the forwarder kept the connection after a wrong ack: {}",
+        fake.summary()
+    );
+    assert!(
+        fake.errors().is_empty(),
+        "protocol errors: {}",
+        fake.summary()
+    );
+    fake.stop();
+
+    let tailer = Tailer::start(port);
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &lines,
+        "after swapping in the real receiver",
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&lines, &tailer.records(), false);
+    stderr_shows(
+        &fwd,
+        &["ack"],
+        &[
+            "wrong",
+            "mismatch",
+            "unexpected",
+            "invalid",
+            "unknown",
+            "not match",
+            "bad",
+        ],
+        "the wrong ack",
+    );
+    fwd.term_ok();
+}
+
+// 12 -----------------------------------------------------------------------------------------
+
+#[test]
+fn t12_malformed_empty_non_utf8_long_and_unterminated_lines() {
+    let dir = TempDir::new("t12");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--max-line-size", "4K"]));
+
+    let log = |s: &str| json!({ "log": s }).to_string();
+    let mut expected: Vec<String> = Vec::new();
+
+    let e0 = audit_event(0);
+    w.write_line(&e0);
+    expected.push(e0);
+
+    w.write_raw(b"this is not json {\n");
+    expected.push(log("this is not json {"));
+
+    w.write_raw(b"\n");
+
+    let e1 = audit_event(1);
+    w.write_line(&e1);
+    expected.push(e1);
+
+    w.write_raw(b"\xff\xfe bad\n");
+    expected.push(log("\u{FFFD}\u{FFFD} bad"));
+
+    w.write_raw(b"\n\n");
+
+    let legacy = r#"2017-08-10T10:20:30.123456789Z AUDIT: id="5c8e4a5f-9b0e-4c6f-8d8b-1f2e3d4c5b6a" stage="ResponseComplete" ip="10.0.0.1" method="list" user="admin" groups="\"system:masters\",\"system:authenticated\"" as="<self>" asgroups="<lookup>" namespace="kube-system" uri="/api/v1/namespaces/kube-system/pods?limit=500&watch=false" response="200""#;
+    w.write_line(legacy);
+    expected.push(log(legacy));
+
+    w.write_raw(b"[1,2,3]\n");
+    expected.push(log("[1,2,3]"));
+
+    // 10 KB of valid JSON, above --max-line-size 4K: skipped with a warning naming the offset.
+    let long_offset = w.offset;
+    let long = format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{AUDIT_ID_PREFIX}{:012}","pad":"{}"}}"#,
+        999_999,
+        "x".repeat(10_000)
+    );
+    w.write_line(&long);
+
+    let e2 = audit_event(2);
+    w.write_line(&e2);
+    expected.push(e2);
+
+    // Real events (falco traces, up to 3.9 KB, including the odd `{"kind": 0}`).
+    for s in shared_sample_lines() {
+        w.write_line(&s);
+        expected.push(s);
+    }
+
+    // The last line without its newline: held back until the newline comes.
+    let e3 = audit_event(3);
+    w.write_raw(e3.as_bytes());
+    let held = expected.clone();
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &held,
+        "lines before the unterminated one",
+    );
+    thread::sleep(Duration::from_secs(1));
+    let now = tailer.records();
+    assert_delivered(&held, &now, false);
+    w.write_raw(b"\n");
+    expected.push(e3);
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &expected,
+        "the line completed by its late newline",
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&expected, &tailer.records(), false);
+
+    let text = fwd.stderr_text();
+    let warned = lines_mentioning(&text, &["audit.log"], &[])
+        .into_iter()
+        .any(|l| has_number(l, long_offset));
+    assert!(
+        warned,
+        "no stderr line names audit.log and offset {long_offset} of the over-long line; stderr:\n{text}"
+    );
+    fwd.term_ok();
+    let last = last_stats(&fwd);
+    assert_eq!(last["skipped_long"], 1, "final stats: {last:?}");
+    assert_eq!(
+        last["malformed"], 4,
+        "final stats (garbage, non-UTF-8, legacy, array): {last:?}"
+    );
+}
+
+// 13 -----------------------------------------------------------------------------------------
+
+#[test]
+fn t13_slow_receiver_and_memory_cap() {
+    let dir = TempDir::new("t13");
+    let mut w = AuditWriter::create(dir.path());
+    let mut lines = Vec::new();
+    let mut bytes = 0usize;
+    let mut seq = 0u64;
+    while bytes < 20_000_000 {
+        let l = audit_event(seq);
+        seq += 1;
+        bytes += l.len() + 1;
+        w.write_line(&l);
+        lines.push(l);
+    }
+    let limit = mega_from_help(2);
+    let port = free_port();
+    // Reads 200 KB/s and acks every frame: the forwarder has 20 MB to send and 2M to hold.
+    let mut fake = FakeReceiver::start(port, FakeMode::Ack, Some(200_000));
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--mem-buf-limit",
+            "2M",
+            "--max-line-size",
+            "64K",
+            "--stats-interval",
+            "200ms",
+        ],
+    ));
+    let start = Instant::now();
+    let slow_phase = wait_until(Duration::from_secs(20), || {
+        fwd.exited() || (start.elapsed() >= Duration::from_secs(3) && !fake.records().is_empty())
+    });
+    fwd.assert_alive("slow receiver");
+    assert!(
+        slow_phase,
+        "the slow receiver got no complete chunk: {}",
+        fake.summary()
+    );
+    fake.stop();
+    assert!(
+        fake.errors().is_empty(),
+        "protocol errors: {}",
+        fake.summary()
+    );
+    let from_fake = fake.records();
+
+    let tailer = Tailer::start(port);
+    let mut cov = Coverage::new(&lines);
+    cov.feed_all(&from_fake);
+    if !tailer.wait_all(&mut cov, DELIVERY) {
+        fwd.assert_alive("after the slow phase");
+        let all: Vec<Value> = from_fake.iter().cloned().chain(tailer.records()).collect();
+        assert_delivered(&lines, &all, true);
+        panic!("not everything arrived");
+    }
+    let all: Vec<Value> = from_fake.into_iter().chain(tailer.records()).collect();
+    assert_delivered(&lines, &all, true);
+    fwd.term_ok();
+
+    let stats = fwd.stats();
+    assert!(
+        stats.len() >= 5,
+        "want a stats line every 200 ms (and at shutdown), got {}",
+        stats.len()
+    );
+    let mut max_peak = 0;
+    for (i, s) in stats.iter().enumerate() {
+        let peak = *s
+            .get("buffered_peak")
+            .unwrap_or_else(|| panic!("stats line {i} lacks buffered_peak: {s:?}"));
+        let buffered = *s
+            .get("buffered")
+            .unwrap_or_else(|| panic!("stats line {i} lacks buffered: {s:?}"));
+        assert!(
+            peak <= limit && buffered <= limit,
+            "stats line {i}: buffered={buffered} buffered_peak={peak} above --mem-buf-limit 2M \
+             (= {limit} bytes as judged from --help)"
+        );
+        max_peak = max_peak.max(peak);
+    }
+    assert!(
+        max_peak > 0,
+        "buffered_peak stayed 0 while 20 MB went through: {stats:?}"
+    );
+}
+
+// 14 -----------------------------------------------------------------------------------------
+
+#[test]
+fn t14_log_dir_and_file_created_after_start() {
+    let dir = TempDir::new("t14");
+    let log_dir = dir.join("auditlog");
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(&log_dir.join("audit.log"), port, &[]));
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        fwd.is_running(),
+        "forwarder exited instead of waiting for the missing log: {:?}",
+        fwd.exit_status()
+    );
+    let mut w = AuditWriter::create(&log_dir);
+    let lines = audit_events(0..500);
+    w.write_lines(&lines);
+    expect_all(&tailer, &mut fwd, &lines, "after the log appeared");
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&lines, &tailer.records(), false);
+    fwd.term_ok();
+}
+
+// 15 -----------------------------------------------------------------------------------------
+
+const PY_DECODE: &str = r#"
+import json, sys, msgpack
+data = open(sys.argv[1], 'rb').read()
+msg = msgpack.unpackb(data, raw=False, strict_map_key=False)
+out = {'top_type': type(msg).__name__, 'top_len': len(msg)}
+tag, entries, option = msg
+out['tag'] = tag
+out['tag_type'] = type(tag).__name__
+out['entries_type'] = type(entries).__name__
+out['option_types'] = {str(k): type(v).__name__ for k, v in option.items()}
+out['option'] = {str(k): (v if isinstance(v, (str, int)) else repr(v)) for k, v in option.items()}
+times, records = [], []
+if isinstance(entries, bytes):
+    u = msgpack.Unpacker(raw=False, strict_map_key=False)
+    u.feed(entries)
+    for t, rec in u:
+        if isinstance(t, msgpack.ExtType):
+            times.append({'ext': t.code, 'len': len(t.data),
+                          'sec': int.from_bytes(t.data[:4], 'big'),
+                          'nsec': int.from_bytes(t.data[4:8], 'big')})
+        else:
+            times.append({'other': repr(t)})
+        records.append(rec)
+out['times'] = times
+out['records'] = records
+print(json.dumps(out, default=lambda o: {'__not_json__': repr(o)}))
+"#;
+
+#[test]
+fn t15_first_frame_decodes_with_python_msgpack() {
+    let dir = TempDir::new("t15");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..300);
+    w.write_lines(&lines);
+    let port = free_port();
+    let mut fake = FakeReceiver::start(port, FakeMode::Ack, None);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    let mut cov = Coverage::new(&lines);
+    let all = wait_until(DELIVERY, || {
+        cov.feed_all(&fake.records());
+        fwd.exited() || cov.is_complete()
+    });
+    fwd.assert_alive("acking fake receiver");
+    assert!(all, "not all records acked by the fake: {}", fake.summary());
+    assert!(
+        fake.errors().is_empty(),
+        "protocol errors: {}",
+        fake.summary()
+    );
+    assert_delivered(&lines, &fake.records(), false);
+    fwd.term_ok();
+    fake.stop();
+
+    let frame = fake.first_frame().expect("a captured frame");
+    let frame_path = dir.join("frame.bin");
+    fs::write(&frame_path, &frame).expect("write frame.bin");
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(PY_DECODE)
+        .arg(&frame_path)
+        .output()
+        .expect("run /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "python msgpack could not decode the first frame ({} bytes): {}",
+        frame.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).expect("python printed JSON");
+    assert_eq!(d["top_type"], "list", "{d}");
+    assert_eq!(
+        d["top_len"], 3,
+        "PackedForward is [tag, entries, option]: {d}"
+    );
+    assert_eq!(d["tag"], "audit", "tag");
+    assert_eq!(d["tag_type"], "str", "tag type");
+    assert_eq!(d["entries_type"], "bytes", "entries must be msgpack bin");
+    assert_eq!(
+        d["option_types"]["chunk"], "str",
+        "chunk must be a str: {}",
+        d["option"]
+    );
+    assert!(
+        d["option"]["chunk"].as_str().is_some_and(|c| !c.is_empty()),
+        "chunk: {}",
+        d["option"]
+    );
+    let records = d["records"].as_array().expect("records array");
+    let times = d["times"].as_array().expect("times array");
+    assert!(!records.is_empty(), "the first frame has no entries");
+    assert_eq!(d["option"]["size"], json!(records.len()), "size == entries");
+    for (i, (rec, t)) in records.iter().zip(times).enumerate() {
+        let want: Value = serde_json::from_str(&lines[i]).expect("source line");
+        assert_eq!(rec, &want, "record {i} differs from source line {i}");
+        let stage = want["stageTimestamp"].as_str().expect("stageTimestamp");
+        let (sec, nsec) = parse_rfc3339(stage).expect("parse stageTimestamp");
+        assert_eq!(
+            t,
+            &json!({"ext": 0, "len": 8, "sec": sec, "nsec": nsec}),
+            "entry {i}: EventTime must equal stageTimestamp {stage}"
+        );
+    }
+}
+
+// Harness self-checks (no binary needed) -----------------------------------------------------
+
+#[test]
+fn harness_generated_events_are_realistic_unique_and_deterministic() {
+    let mut sizes = (usize::MAX, 0usize);
+    let mut with_request_object = 0;
+    let mut ids = std::collections::HashSet::new();
+    for seq in 0..3000 {
+        let l = audit_event(seq);
+        assert_eq!(l, audit_event(seq), "deterministic");
+        sizes = (sizes.0.min(l.len()), sizes.1.max(l.len()));
+        assert!(!l.contains('\n'), "one line");
+        let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("seq {seq}: {e}: {l}"));
+        assert_eq!(seq_of(&v), Some(seq));
+        assert_eq!(
+            v["annotations"]["test.audit-forwarder/seq"],
+            seq.to_string()
+        );
+        assert_eq!(v["apiVersion"], "audit.k8s.io/v1");
+        for k in ["requestReceivedTimestamp", "stageTimestamp"] {
+            let ts = v[k].as_str().expect("timestamp");
+            assert!(ts.len() == 27 && ts.ends_with('Z'), "{k}: {ts}");
+            let (s, n) = parse_rfc3339(ts).expect("parse");
+            assert_eq!(rfc3339_micros(s * 1_000_000 + (n / 1000) as i64), ts);
+        }
+        if v.get("requestObject").is_some() {
+            with_request_object += 1;
+        }
+        assert!(ids.insert(v["auditID"].to_string()));
+    }
+    assert!(sizes.0 >= 300 && sizes.1 <= 2000, "sizes {sizes:?}");
+    eprintln!("generated sizes {sizes:?}");
+    assert!(
+        with_request_object > 500,
+        "{with_request_object} with requestObject"
+    );
+    let joined: String = (0..50).map(audit_event).collect();
+    for esc in ["\\u003c", "\\u003e", "\\u0026"] {
+        assert!(joined.contains(esc), "Go escape {esc} appears");
+    }
+    assert_eq!(
+        parse_rfc3339("2025-07-16T10:12:56Z"),
+        Some((1_752_660_776, 0))
+    );
+    assert_eq!(
+        parse_rfc3339("2025-07-16T10:12:56.525137Z"),
+        Some((1_752_660_776, 525_137_000))
+    );
+    assert_eq!(
+        lumberjack_stamp(1_752_660_776_007),
+        "2025-07-16T10-12-56.007"
+    );
+}
+
+#[test]
+fn harness_assert_delivered_reports_each_problem() {
+    let lines = audit_events(0..5);
+    let v: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cases: Vec<(&str, Vec<Value>, bool, Option<&str>)> = vec![
+        ("exact", v.clone(), false, None),
+        (
+            "dups allowed",
+            [v.clone(), v[2..].to_vec()].concat(),
+            true,
+            None,
+        ),
+        (
+            "dup refused",
+            [v.clone(), v[4..].to_vec()].concat(),
+            false,
+            Some("DUPLICATED 1"),
+        ),
+        (
+            "missing",
+            [&v[..2], &v[3..]].concat(),
+            false,
+            Some("MISSING 1 of 5"),
+        ),
+        (
+            "order",
+            vec![
+                v[0].clone(),
+                v[2].clone(),
+                v[1].clone(),
+                v[3].clone(),
+                v[4].clone(),
+            ],
+            true,
+            Some("OUT OF ORDER"),
+        ),
+        (
+            "unexpected",
+            [v.clone(), vec![json!({"log": "x"})]].concat(),
+            true,
+            Some("UNEXPECTED 1"),
+        ),
+    ];
+    for (name, records, dups, want) in cases {
+        let r = std::panic::catch_unwind(|| assert_delivered(&lines, &records, dups));
+        match (r, want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(w)) => {
+                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(msg.contains(w), "{name}: report {msg:?} lacks {w:?}");
+            }
+            (Ok(()), Some(w)) => panic!("{name}: accepted, want {w}"),
+            (Err(_), None) => panic!("{name}: rejected a correct delivery"),
+        }
+    }
+}
+
+#[test]
+fn harness_msgpack_reader_and_frame_parser() {
+    // (bytes, decoded) pairs from the msgpack spec.
+    let cases: Vec<(&[u8], Mp)> = vec![
+        (&[0x05], Mp::Int(5)),
+        (&[0xff], Mp::Int(-1)),
+        (&[0xcd, 0x01, 0x00], Mp::Int(256)),
+        (
+            &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+            Mp::Int(-2),
+        ),
+        (&[0xa2, b'h', b'i'], Mp::Str(b"hi".to_vec())),
+        (&[0xc4, 0x01, 0x07], Mp::Bin(vec![7])),
+        (
+            &[0x92, 0xc0, 0xc3],
+            Mp::Array(vec![Mp::Nil, Mp::Bool(true)]),
+        ),
+        (
+            &[0xd7, 0x00, 0, 0, 0, 1, 0, 0, 0, 2],
+            Mp::Ext(0, vec![0, 0, 0, 1, 0, 0, 0, 2]),
+        ),
+        (&[0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0], Mp::Float(1.5)),
+    ];
+    for (bytes, want) in &cases {
+        let (got, used) = mp_decode(bytes).unwrap().unwrap();
+        assert_eq!((&got, used), (want, bytes.len()), "{bytes:02x?}");
+        for cut in 0..bytes.len() {
+            assert!(
+                mp_decode(&bytes[..cut]).unwrap().is_none(),
+                "{bytes:02x?} cut at {cut}"
+            );
+        }
+    }
+    assert!(mp_decode(&[0xc1]).is_err());
+
+    // A frame built by hand: ["audit", bin([[EventTime, {"a":"b"}]]), {"chunk":"c1","size":1}].
+    let entry = [
+        0x92, 0xd7, 0x00, 0x68, 0x77, 0x7b, 0x28, 0x1f, 0x4d, 0x1d, 0x40, 0x81, 0xa1, b'a', 0xa1,
+        b'b',
+    ];
+    let mut f = vec![
+        0x93,
+        0xa5,
+        b'a',
+        b'u',
+        b'd',
+        b'i',
+        b't',
+        0xc4,
+        entry.len() as u8,
+    ];
+    f.extend_from_slice(&entry);
+    f.extend_from_slice(&[0x82, 0xa5, b'c', b'h', b'u', b'n', b'k', 0xa2, b'c', b'1']);
+    f.extend_from_slice(&[0xa4, b's', b'i', b'z', b'e', 0x01]);
+    let (m, used) = mp_decode(&f).unwrap().unwrap();
+    assert_eq!(used, f.len());
+    let fr = parse_frame(&m).unwrap();
+    assert_eq!(fr.tag, "audit");
+    assert_eq!(fr.chunk, b"c1");
+    assert_eq!(fr.records, vec![json!({"a": "b"})]);
+    assert_eq!(event_time(&fr.times[0]), Some((0x6877_7b28, 0x1f4d_1d40)));
+    assert_eq!(
+        encode_ack(b"c1"),
+        [0x81, 0xa3, b'a', b'c', b'k', 0xa2, b'c', b'1']
+    );
+    assert_eq!(encode_ack(&[b'x'; 40])[5..7], [0xd9, 40]);
+    let (wa, _) = mp_decode(&WRONG_ACK).unwrap().unwrap();
+    assert_eq!(
+        wa,
+        Mp::Map(vec![(Mp::Str(b"ack".to_vec()), Mp::Str(b"wrong".to_vec()))])
+    );
+}
+
+#[test]
+fn harness_writer_rotates_like_lumberjack() {
+    let dir = TempDir::new("harness-writer");
+    let mut w = AuditWriter::create(dir.path());
+    let mut names = Vec::new();
+    for i in 0..5u64 {
+        w.write_line(&audit_event(i));
+        names.push(w.rotate(i >= 2, 3));
+    }
+    let backups = w.backups();
+    let shown: Vec<String> = backups
+        .iter()
+        .map(|b| b.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(backups.len(), 3, "{shown:?}");
+    assert!(shown.iter().all(|n| n.ends_with(".log.gz")), "{shown:?}");
+    for (i, b) in backups.iter().enumerate() {
+        let seq = i as u64 + 2;
+        assert_eq!(
+            gunzip_file(b),
+            format!("{}\n", audit_event(seq)).into_bytes()
+        );
+        assert!(b
+            .to_string_lossy()
+            .starts_with(&*names[seq as usize].to_string_lossy()));
+    }
+    // audit-2006-01-02T15-04-05.000.log.gz
+    assert!(
+        shown
+            .iter()
+            .all(|n| n.len() == 36 && n.as_bytes()[16] == b'T'),
+        "{shown:?}"
+    );
+    let meta = fs::metadata(w.log_path()).unwrap();
+    assert_eq!(meta.len(), 0);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    w.write_line("one");
+    w.copytruncate(&dir.join("audit.log.1"));
+    w.write_line("two");
+    assert_eq!(fs::read(w.log_path()).unwrap(), b"two\n");
+    assert_eq!(fs::read(dir.join("audit.log.1")).unwrap(), b"one\n");
+}
+
+#[test]
+fn harness_port_listening_reads_proc_net_tcp() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    assert!(port_listening(port));
+    drop(l);
+    assert!(!port_listening(port));
+    let p = free_port();
+    assert!(!port_listening(p));
+}
