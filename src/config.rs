@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
 
-use crate::cli::{ForwardArgs, SharedKey, TlsArgs};
+use crate::cli::{ForwardArgs, Proxy, SharedKey, TlsArgs};
+use crate::conn;
 use crate::handshake;
 use crate::sys::{self, Inotify};
 use crate::tls;
 
 pub struct Config {
+    pub route: conn::Route,
     pub tls: Option<tls::ClientTls>,
     pub handshake: Option<handshake::ClientConfig>,
 }
@@ -45,7 +47,59 @@ pub fn load(args: &ForwardArgs) -> Result<Config, String> {
             password: args.user_auth.as_ref().map(|u| u.password.clone()),
         }),
     };
-    Ok(Config { tls, handshake })
+    let route = match &args.proxy {
+        None => conn::Route::Direct,
+        Some(Proxy::Uds { socket }) => conn::Route::Uds(socket.clone()),
+        Some(p @ Proxy::Mtls { host, port, .. }) => conn::Route::Mtls {
+            host: host.clone(),
+            port: *port,
+            tls: tls::client_tls(&proxy_settings(p).ok_or("proxy settings")?)
+                .map_err(|e| format!("proxy TLS: {e}"))?,
+        },
+    };
+    Ok(Config {
+        route,
+        tls,
+        handshake,
+    })
+}
+
+/// The mTLS proxy is checked like any TLS server: its certificate must chain to
+/// `--proxy-ca-file` and carry `--proxy-host` as a SAN.
+fn proxy_settings(p: &Proxy) -> Option<tls::ClientSettings> {
+    match p {
+        Proxy::Mtls {
+            host,
+            ca,
+            cert,
+            key,
+            ..
+        } => Some(tls::ClientSettings {
+            files: tls::ClientFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            vhost: host.clone(),
+            verify_hostname: true,
+        }),
+        Proxy::Uds { .. } => None,
+    }
+}
+
+/// Proxy TLS material after a change; a bad new file is logged and the old material kept.
+pub fn reload_proxy_tls(p: &Proxy) -> Option<tls::ClientTls> {
+    let s = proxy_settings(p)?;
+    match tls::client_tls(&s) {
+        Ok(t) => {
+            info!("proxy TLS material reloaded");
+            Some(t)
+        }
+        Err(e) => {
+            error!("proxy TLS material changed but cannot be used ({e}); keeping the previous one");
+            None
+        }
+    }
 }
 
 pub fn read_shared_key(key: &SharedKey) -> Result<Vec<u8>, String> {

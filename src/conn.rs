@@ -1,6 +1,9 @@
 //! The connection to the receiver as an explicit state machine, advanced only by readiness
 //! events and timers:
-//! `Down` (backoff) -> `Connecting` -> `Tls` -> `Handshake` (shared key) -> `Ready`.
+//! `Down` (backoff) -> `Connecting` -> [`ProxyTls` -> ] [`Proxying` (HTTP CONNECT) -> ] `Tls` ->
+//! `Handshake` (shared key) -> `Ready`. Through a konnectivity Unix socket the CONNECT goes
+//! straight over the socket; through an mTLS proxy it goes inside TLS to the proxy, and the TLS
+//! to the receiver then runs inside that.
 //! Any fault (connect error, TLS failure, rejected handshake, EOF, socket error, ack timeout, an
 //! ack for a chunk we did not send) drops the socket and goes back to `Down` with exponential
 //! backoff and jitter; the outbox then resends every unacked chunk in order on the next
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::ClientConnection;
 
@@ -20,6 +23,7 @@ use crate::cli::Target;
 use crate::forward;
 use crate::handshake;
 use crate::outbox::{AckError, Outbox};
+use crate::proxy;
 use crate::sys;
 use crate::tls;
 use crate::transport::{tls_failure, Socket, Transport};
@@ -40,6 +44,19 @@ enum State {
     },
     Connecting {
         link: Link,
+        deadline: Instant,
+    },
+    /// TLS to the mTLS proxy.
+    ProxyTls {
+        link: Link,
+        deadline: Instant,
+    },
+    /// CONNECT sent (or being sent), waiting for the proxy's answer.
+    Proxying {
+        link: Link,
+        out: Vec<u8>,
+        rbuf: Vec<u8>,
+        parser: proxy::ConnectResponse,
         deadline: Instant,
     },
     Tls {
@@ -66,8 +83,22 @@ pub struct TlsSetup {
     pub vhost: String,
 }
 
+/// How the receiver is reached.
+pub enum Route {
+    Direct,
+    /// konnectivity: HTTP CONNECT over a Unix socket beside the apiserver.
+    Uds(std::path::PathBuf),
+    /// HTTP CONNECT inside mTLS to a proxy (e.g. Gardener's reversed-VPN envoy).
+    Mtls {
+        host: String,
+        port: u16,
+        tls: tls::ClientTls,
+    },
+}
+
 pub struct Settings {
     pub target: Target,
+    pub route: Route,
     pub backoff_max: Duration,
     pub ack_timeout: Duration,
     pub connect_timeout: Duration,
@@ -119,11 +150,24 @@ impl Conn {
         }
     }
 
+    /// New TLS material for the mTLS proxy, for the next connection.
+    pub fn set_proxy_tls(&mut self, client: tls::ClientTls) {
+        if let Route::Mtls { tls, .. } = &mut self.cfg.route {
+            *tls = client;
+        }
+        if let State::Down { retry_at } = &mut self.state {
+            *retry_at = (*retry_at).min(Instant::now() + BACKOFF_START);
+            self.attempts = 0;
+        }
+    }
+
     /// The next moment a timer must wake the loop for this connection.
     pub fn deadline(&self, outbox: &Outbox) -> Option<Instant> {
         match &self.state {
             State::Down { retry_at } => Some(*retry_at),
             State::Connecting { deadline, .. }
+            | State::ProxyTls { deadline, .. }
+            | State::Proxying { deadline, .. }
             | State::Tls { deadline, .. }
             | State::Handshake { deadline, .. } => Some(*deadline),
             State::Ready { .. } => outbox
@@ -166,12 +210,29 @@ impl Conn {
                 if now < retry_at {
                     return Ok((State::Down { retry_at }, false));
                 }
-                let addr = resolve(target)?;
-                let sock =
-                    TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+                let (sock, peer) = match &self.cfg.route {
+                    Route::Direct => {
+                        let addr = resolve(&target.host, target.port)?;
+                        let s = TcpStream::connect(addr)
+                            .map_err(|e| format!("connect to {addr}: {e}"))?;
+                        (Socket::Tcp(s), addr.to_string())
+                    }
+                    Route::Uds(path) => {
+                        let s = UnixStream::connect(path).map_err(|e| {
+                            format!("connect to konnectivity socket {} (--konnectivity-uds-socket): {e}", path.display())
+                        })?;
+                        (Socket::Unix(s), format!("proxy {}", path.display()))
+                    }
+                    Route::Mtls { host, port, .. } => {
+                        let addr = resolve(host, *port)?;
+                        let s = TcpStream::connect(addr)
+                            .map_err(|e| format!("connect to proxy {addr} (--proxy-host): {e}"))?;
+                        (Socket::Tcp(s), format!("proxy {addr}"))
+                    }
+                };
                 let mut link = Link {
-                    t: Transport::new(Socket::Tcp(sock)),
-                    peer: addr.to_string(),
+                    t: Transport::new(sock),
+                    peer,
                 };
                 registry
                     .register(
@@ -180,7 +241,7 @@ impl Conn {
                         Interest::READABLE | Interest::WRITABLE,
                     )
                     .map_err(|e| format!("register socket: {e}"))?;
-                debug!("connecting to {target} ({addr})");
+                debug!("connecting to {target} via {}", link.peer);
                 Ok((
                     State::Connecting {
                         link,
@@ -204,22 +265,79 @@ impl Conn {
                 if let Socket::Tcp(s) = &link.t.sock {
                     let _ = s.set_nodelay(true);
                 }
-                match &self.cfg.tls {
-                    Some(tls) => {
-                        tls.client.presented.clear();
-                        let name = tls::server_name(&tls.vhost).map_err(|e| e.to_string())?;
-                        let conn = ClientConnection::new(Arc::clone(&tls.client.config), name)
-                            .map_err(|e| format!("TLS setup: {e}"))?;
-                        link.t.inner = Some(conn);
-                        Ok((
-                            State::Tls {
-                                link,
-                                deadline: now + self.cfg.connect_timeout,
-                            },
-                            true,
-                        ))
+                match &self.cfg.route {
+                    Route::Direct => Ok((self.start_tls(link, now)?, true)),
+                    Route::Uds(_) => Ok((self.start_connect(link, now)?, true)),
+                    Route::Mtls { host, tls, .. } => {
+                        tls.presented.clear();
+                        let name = tls::server_name(host).map_err(|e| e.to_string())?;
+                        let conn = ClientConnection::new(Arc::clone(&tls.config), name)
+                            .map_err(|e| format!("TLS setup for the proxy: {e}"))?;
+                        link.t.outer = Some(conn);
+                        Ok((State::ProxyTls { link, deadline }, true))
                     }
-                    None => Ok((self.after_tls(link, outbox, now), true)),
+                }
+            }
+            State::ProxyTls { mut link, deadline } => match link.t.handshake() {
+                Ok(true) => Ok((self.start_connect(link, now)?, true)),
+                Ok(false) if now >= deadline => Err(format!(
+                    "TLS handshake with the proxy timed out after {:?}",
+                    self.cfg.connect_timeout
+                )),
+                Ok(false) => Ok((State::ProxyTls { link, deadline }, false)),
+                Err(e) => Err(self.describe_proxy_tls(&e)),
+            },
+            State::Proxying {
+                mut link,
+                mut out,
+                mut rbuf,
+                mut parser,
+                deadline,
+            } => {
+                flush_out(&mut link.t, &mut out).map_err(|e| self.describe_proxy_tls(&e))?;
+                let eof = match read_some(
+                    &mut link.t,
+                    &mut rbuf,
+                    proxy::MAX_HEADER + proxy::MAX_BODY_SHOWN,
+                ) {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
+                    // Over the cap: the parser names the oversized header below.
+                    Err(_) if rbuf.len() > proxy::MAX_HEADER => false,
+                    Err(e) => return Err(self.describe_proxy_tls(&e)),
+                };
+                match parser.feed(&rbuf) {
+                    proxy::Parsed::Open { header_len } => {
+                        debug!(
+                            "{}: CONNECT {} answered {:?}",
+                            link.peer,
+                            target,
+                            first_line(&rbuf)
+                        );
+                        link.t.open_tunnel(&rbuf[header_len..]);
+                        Ok((self.start_tls(link, now)?, true))
+                    }
+                    proxy::Parsed::Refused(e) => Err(e.to_string()),
+                    proxy::Parsed::NeedMore if eof => Err(parser.finish(&rbuf).to_string()),
+                    // tinyproxy's refusals carry no length: their body ends when it closes, so a
+                    // refusal that arrived whole is reported at the deadline rather than lost.
+                    proxy::Parsed::NeedMore if now >= deadline && !rbuf.is_empty() => {
+                        Err(parser.finish(&rbuf).to_string())
+                    }
+                    proxy::Parsed::NeedMore if now >= deadline => Err(format!(
+                        "no answer to CONNECT {target} within {:?} (--connect-timeout)",
+                        self.cfg.connect_timeout
+                    )),
+                    proxy::Parsed::NeedMore => Ok((
+                        State::Proxying {
+                            link,
+                            out,
+                            rbuf,
+                            parser,
+                            deadline,
+                        },
+                        false,
+                    )),
                 }
             }
             State::Tls { mut link, deadline } => match link.t.handshake() {
@@ -336,6 +454,56 @@ impl Conn {
         }
     }
 
+    /// Sends `CONNECT <ip>:<port>`: proxies resolve names on their own side, so the target is
+    /// always resolved here and sent as an address.
+    fn start_connect(&mut self, link: Link, now: Instant) -> Result<State, String> {
+        let addr = resolve(&self.cfg.target.host, self.cfg.target.port)?;
+        Ok(State::Proxying {
+            link,
+            out: proxy::connect_request(addr),
+            rbuf: Vec::new(),
+            parser: proxy::ConnectResponse::new(addr),
+            deadline: now + self.cfg.connect_timeout,
+        })
+    }
+
+    /// TLS to the receiver (inside the tunnel, if any), or straight on without TLS.
+    fn start_tls(&mut self, mut link: Link, now: Instant) -> Result<State, String> {
+        match &self.cfg.tls {
+            Some(tls) => {
+                tls.client.presented.clear();
+                let name = tls::server_name(&tls.vhost).map_err(|e| e.to_string())?;
+                let conn = ClientConnection::new(Arc::clone(&tls.client.config), name)
+                    .map_err(|e| format!("TLS setup: {e}"))?;
+                link.t.inner = Some(conn);
+                Ok(State::Tls {
+                    link,
+                    deadline: now + self.cfg.connect_timeout,
+                })
+            }
+            // No TLS layer: the Tls state sees a finished handshake and moves on at once.
+            None => Ok(State::Tls {
+                link,
+                deadline: now + self.cfg.connect_timeout,
+            }),
+        }
+    }
+
+    fn describe_proxy_tls(&self, e: &io::Error) -> String {
+        match (tls_failure(e), &self.cfg.route) {
+            (Some(err), Route::Mtls { host, tls, .. }) => {
+                let msg = tls::explain(err, host, tls.presented.get().as_deref());
+                let msg = msg
+                    .replace("--tls-ca-file", "--proxy-ca-file")
+                    .replace("--tls-crt-file", "--proxy-client-crt-file")
+                    .replace("--tls-key-file", "--proxy-client-key-file")
+                    .replace("--tls-vhost", "--proxy-host");
+                format!("TLS to the proxy: {msg}")
+            }
+            _ => e.to_string(),
+        }
+    }
+
     fn after_tls(&mut self, link: Link, outbox: &mut Outbox, now: Instant) -> State {
         match &self.cfg.handshake {
             Some(cfg) => {
@@ -390,20 +558,27 @@ impl Conn {
                 .map(|t| t.vhost.as_str())
                 .unwrap_or("");
             let presented = self.cfg.tls.as_ref().and_then(|t| t.client.presented.get());
-            let mut msg = tls::explain(err, vhost, presented.as_deref());
-            if !t.first.is_empty() && matches!(err, rustls::Error::InvalidMessage(_)) {
-                msg.push_str(&format!("; the tunnel delivered {:?}", printable(&t.first)));
+            // konnectivity may answer 200 and then write its HTTP error into the tunnel.
+            if let Some(what) = proxy::describe_non_tls(&t.first) {
+                return what;
             }
-            return msg;
+            return tls::explain(err, vhost, presented.as_deref());
         }
         if e.kind() == io::ErrorKind::UnexpectedEof
             && t.inner.as_ref().is_some_and(|c| c.is_handshaking())
         {
-            return format!(
-                "the receiver closed the connection during the TLS handshake (does it listen with TLS? \
-                 it may also have refused our client certificate){}",
-                if t.first.is_empty() { String::new() } else { format!("; the tunnel delivered {:?}", printable(&t.first)) }
-            );
+            if let Some(what) = proxy::describe_non_tls(&t.first) {
+                return format!("{what}, then closed it");
+            }
+            return if t.first.is_empty() && !matches!(self.cfg.route, Route::Direct) {
+                "the tunnel was closed right after the proxy's 200 answer, before any TLS \
+                 from the receiver (the proxy could not reach it?)"
+                    .to_string()
+            } else {
+                "the receiver closed the connection during the TLS handshake (does it listen \
+                 with TLS? it may also have refused our client certificate)"
+                    .to_string()
+            };
         }
         e.to_string()
     }
@@ -420,6 +595,8 @@ impl Conn {
         let mut old_peer = None;
         match old {
             State::Connecting { mut link, .. }
+            | State::ProxyTls { mut link, .. }
+            | State::Proxying { mut link, .. }
             | State::Tls { mut link, .. }
             | State::Handshake { mut link, .. }
             | State::Ready { mut link, .. } => {
@@ -466,6 +643,8 @@ impl Conn {
     /// Drops the connection without a backoff (shutdown).
     pub fn close(&mut self, registry: &Registry) {
         if let State::Connecting { link, .. }
+        | State::ProxyTls { link, .. }
+        | State::Proxying { link, .. }
         | State::Tls { link, .. }
         | State::Handshake { link, .. }
         | State::Ready { link, .. } = &mut self.state
@@ -490,12 +669,21 @@ fn outbox_hint(peer: &Option<String>) -> String {
     }
 }
 
-fn resolve(t: &Target) -> Result<SocketAddr, String> {
-    (t.host.as_str(), t.port)
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("resolve {t}: {e}"))?
+        .map_err(|e| format!("resolve {host}: {e}"))?
         .next()
-        .ok_or_else(|| format!("resolve {t}: no addresses"))
+        .ok_or_else(|| format!("resolve {host}: no addresses"))
+}
+
+fn first_line(b: &[u8]) -> String {
+    let end = b
+        .iter()
+        .position(|&c| c == b'\r' || c == b'\n')
+        .unwrap_or(b.len())
+        .min(200);
+    printable(&b[..end])
 }
 
 fn printable(b: &[u8]) -> String {

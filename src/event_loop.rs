@@ -11,7 +11,7 @@ use log::{error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::cli::{Compress, ForwardArgs};
+use crate::cli::{Compress, ForwardArgs, Proxy};
 use crate::config::{self, Config};
 use crate::conn::{self, Conn};
 use crate::lines::Piece;
@@ -25,6 +25,7 @@ const SIGNALS: Token = Token(0);
 const INOTIFY: Token = Token(1);
 const CONN: Token = Token(2);
 const CERTS: Token = Token(3);
+const PROXY_CERTS: Token = Token(4);
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
 const CHUNK_TARGET: usize = 512 * 1024;
@@ -99,12 +100,28 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         Some(w)
     };
     let mut cert_watch = cert_watch;
+    let mut proxy_watch = match &args.proxy {
+        Some(Proxy::Mtls { ca, cert, key, .. }) => {
+            let w = config::Watch::new(&[ca, cert, key])
+                .map_err(|e| format!("inotify for proxy certificates: {e}"))?;
+            registry
+                .register(
+                    &mut SourceFd(&w.inotify().as_raw_fd()),
+                    PROXY_CERTS,
+                    Interest::READABLE,
+                )
+                .map_err(|e| format!("register inotify: {e}"))?;
+            Some(w)
+        }
+        _ => None,
+    };
     let mut seed = [0u8; 16];
     sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
     let mut conn = Conn::new(
         conn::Settings {
             target: args.target.clone(),
+            route: cfg.route,
             backoff_max: args.backoff_max,
             ack_timeout: args.ack_timeout,
             connect_timeout: args.connect_timeout,
@@ -148,16 +165,13 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
 
     loop {
         let now = Instant::now();
-        let mut wake = [
-            Some(next_stats),
-            Some(next_flush),
-            conn.deadline(&outbox),
-            draining,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now + Duration::from_secs(1));
+        // Wake only for what is pending: an idle forwarder sleeps until the stats line.
+        let flush = store.is_behind(outbox.committed()).then_some(next_flush);
+        let mut wake = [Some(next_stats), flush, conn.deadline(&outbox), draining]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
         if tail.waiting_for_dir() {
             wake = wake.min(next_dir_retry);
         }
@@ -186,6 +200,15 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                         if w.changed() {
                             if let Some(t) = config::reload_tls(&args.tls) {
                                 conn.set_tls(t);
+                            }
+                        }
+                    }
+                }
+                PROXY_CERTS => {
+                    if let (Some(w), Some(p)) = (proxy_watch.as_mut(), args.proxy.as_ref()) {
+                        if w.changed() {
+                            if let Some(t) = config::reload_proxy_tls(p) {
+                                conn.set_proxy_tls(t);
                             }
                         }
                     }
@@ -268,7 +291,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             .max(tail.buffered() + builder.allocated() + outbox.bytes());
 
         let now = Instant::now();
-        if now >= next_flush {
+        if now >= next_flush && store.is_behind(outbox.committed()) {
             save_position(&mut store, &outbox);
             next_flush = now + FLUSH_EVERY;
         }

@@ -12,6 +12,7 @@ mod lines;
 mod msgpack;
 mod offsets;
 mod outbox;
+mod proxy;
 mod sha512;
 mod sys;
 mod tail;

@@ -166,6 +166,11 @@ impl Store {
         &self.path
     }
 
+    /// Whether `p` differs from what the file holds.
+    pub fn is_behind(&self, p: Option<&Position>) -> bool {
+        p.is_some() && p != self.last.as_ref()
+    }
+
     pub fn save(&mut self, p: &Position) -> io::Result<()> {
         if self.last.as_ref() == Some(p) {
             return Ok(());
