@@ -387,7 +387,12 @@ impl Conn {
                                 .map_err(|e| self.describe(&e, &link.t))?;
                         }
                         handshake::ClientStep::Done => {
-                            debug!("{}: shared-key handshake done", link.peer);
+                            debug!(
+                                "{}: shared-key handshake done with {:?} (keepalive {})",
+                                link.peer,
+                                hs.server_hostname().unwrap_or(""),
+                                hs.server_keepalive()
+                            );
                             if !rbuf.is_empty() {
                                 return Err("unexpected bytes after PONG".to_string());
                             }

@@ -189,6 +189,7 @@ impl Client {
         result
     }
 
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         matches!(self.state, ClientState::Done)
     }

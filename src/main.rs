@@ -66,11 +66,20 @@ fn main() -> ExitCode {
         }
         cli::Command::Tailer(args) => {
             init_logging(args.log_level);
-            tailer::run(&tailer::TailerArgs {
+            let run = tailer::run(&tailer::TailerArgs {
                 listen: args.listen.clone(),
                 discard: args.discard,
-            })
-            .map_err(|e| e.to_string())
+                tls: args.tls.clone(),
+                shared_key: args.shared_key.clone(),
+                self_hostname: args.self_hostname.clone(),
+            });
+            match run {
+                Err(e) if e.is_config() => {
+                    log::error!("{e}");
+                    return ExitCode::from(2);
+                }
+                other => other.map_err(|e| e.to_string()),
+            }
         }
     };
     match result {

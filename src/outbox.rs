@@ -216,11 +216,6 @@ impl Outbox {
         }
     }
 
-    pub fn wants_write(&mut self) -> bool {
-        self.skip_acked();
-        self.next < self.chunks.len()
-    }
-
     /// Writes queued frames until done or the writer would block. Returns true when everything
     /// queued is written.
     pub fn write_to(&mut self, w: &mut impl Write, now: Instant) -> io::Result<bool> {

@@ -176,6 +176,7 @@ impl Sha512 {
 }
 
 /// SHA-512 of `data` in one call.
+#[cfg(test)]
 pub fn sha512(data: &[u8]) -> [u8; 64] {
     Sha512::new().update(data).finish()
 }

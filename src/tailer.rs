@@ -1,25 +1,63 @@
 //! The receiving side (`audit-forwarder tailer`): a Fluent Forward server that prints each record
 //! it receives as one JSON line on stdout and acks a chunk only after its records reached stdout.
-//! Owns the listening socket, its clients and the stdout writer; decoding is `forward`'s job.
+//! Owns the listening socket and its clients (each optionally behind rustls and the Forward
+//! shared-key handshake), the stdout writer, and the reload of the server's TLS material when the
+//! files change. Decoding is `forward`'s job, the handshake's wire format `handshake`'s, and
+//! reading certificates `tls`'s.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ServerConfig, ServerConnection};
 
+use crate::cli::{SharedKey, TailerTls};
+use crate::config;
 use crate::forward;
+use crate::handshake;
 use crate::msgpack::{self, Limits, Scanner};
+use crate::sys;
+use crate::tls;
+use crate::transport::{tls_failure, TlsFailure};
 
-#[allow(dead_code)]
 pub struct TailerArgs {
     /// `host:port`; host may be a name, an IPv4 address or a bracketed IPv6 address.
     pub listen: String,
     /// Count records instead of printing them (for benchmarks).
     pub discard: bool,
+    /// None: plain TCP.
+    pub tls: Option<TailerTls>,
+    /// Some: every client must pass the shared-key handshake before it may send records.
+    pub shared_key: Option<SharedKey>,
+    /// The hostname announced in the PONG; None: the machine's hostname.
+    pub self_hostname: Option<String>,
+}
+
+/// What [`serve`] runs with: [`TailerArgs`] with the files already read.
+pub struct Settings {
+    pub discard: bool,
+    pub tls: Option<ServerTls>,
+    pub shared_key: Option<ServerKey>,
+}
+
+/// The server's TLS configuration and the files it is rebuilt from when they change.
+pub struct ServerTls {
+    pub files: TailerTls,
+    pub config: Arc<ServerConfig>,
+}
+
+pub struct ServerKey {
+    pub key: Vec<u8>,
+    /// Announced in the PONG.
+    pub hostname: String,
 }
 
 /// Largest single Forward message we buffer; fluentd's default chunk limit is 8 MiB and
@@ -32,15 +70,26 @@ const MAX_DECOMPRESSED: usize = 256 << 20;
 const MAX_PENDING_ACKS: usize = 1 << 20;
 /// Buffer capacity kept between messages; more is returned to the allocator.
 const KEEP_CAPACITY: usize = 1 << 20;
+/// Plaintext handed to rustls per write: at most one write's worth of records waits inside
+/// rustls, the rest stays in the client's own (capped) buffer.
+const TLS_WRITE_STEP: usize = 16 << 10;
+/// Unread input discarded before closing a socket, so the close is a FIN rather than a RST that
+/// could destroy a PONG or acks still in flight; bounded so a flooding client costs little.
+const DRAIN_ON_CLOSE: usize = 256 << 10;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 const LIMITS: Limits = Limits {
     max_len: MAX_MESSAGE,
     max_depth: msgpack::DEFAULT_MAX_DEPTH,
 };
 const LISTENER: Token = Token(0);
+const CERTS: Token = Token(1);
+/// Client `i` of the slot table has token `FIRST_CLIENT + i`.
+const FIRST_CLIENT: usize = 2;
 
 #[derive(Debug)]
 pub enum Error {
+    /// Unusable TLS files, shared-key file or hostname at start-up: a configuration error.
+    Config(String),
     Resolve {
         addr: String,
         source: io::Error,
@@ -53,13 +102,23 @@ pub enum Error {
         source: io::Error,
     },
     Poll(io::Error),
+    /// The inotify instance that watches the certificate directories.
+    Inotify(io::Error),
     /// Writing records to stdout failed (EPIPE when the reader went away).
     Output(io::Error),
+}
+
+impl Error {
+    /// Whether the operator has to fix the configuration (exit code 2 rather than 1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Config(msg) => write!(f, "tailer: {msg}"),
             Error::Resolve { addr, source } => {
                 write!(f, "tailer: resolving --listen {addr}: {source}")
             }
@@ -68,6 +127,7 @@ impl fmt::Display for Error {
             }
             Error::Bind { addr, source } => write!(f, "tailer: listening on {addr}: {source}"),
             Error::Poll(e) => write!(f, "tailer: poll: {e}"),
+            Error::Inotify(e) => write!(f, "tailer: inotify for the TLS files: {e}"),
             Error::Output(e) => write!(f, "tailer: writing records to stdout: {e}"),
         }
     }
@@ -75,9 +135,103 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-#[allow(dead_code)]
-/// Binds the first address `args.listen` resolves to and serves until stdout fails.
+/// Reads the TLS material and the shared key. Every error names the file or flag at fault.
+pub fn settings(args: &TailerArgs) -> Result<Settings, Error> {
+    let tls = match &args.tls {
+        None => None,
+        Some(files) => Some(ServerTls {
+            config: server_config(files).map_err(|e| Error::Config(format!("TLS: {e}")))?,
+            files: files.clone(),
+        }),
+    };
+    let shared_key = match &args.shared_key {
+        None => None,
+        Some(key) => Some(ServerKey {
+            key: config::read_shared_key(key).map_err(Error::Config)?,
+            hostname: match &args.self_hostname {
+                Some(h) => h.clone(),
+                None => sys::hostname().map_err(|e| {
+                    Error::Config(format!(
+                        "--self-hostname not set and the hostname is unknown: {e}"
+                    ))
+                })?,
+            },
+        }),
+    };
+    Ok(Settings {
+        discard: args.discard,
+        tls,
+        shared_key,
+    })
+}
+
+fn server_config(t: &TailerTls) -> Result<Arc<ServerConfig>, tls::TlsError> {
+    let files = tls::ServerFiles {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        client_ca: t.client_ca.clone(),
+    };
+    if t.max_version_12 {
+        tls::server_config_tls12_only(&files)
+    } else {
+        tls::server_config(&files)
+    }
+}
+
+impl Settings {
+    /// For the start-up line: what a client has to do to be served.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.tls {
+            None => parts.push("plain TCP".to_string()),
+            Some(t) => {
+                parts.push(if t.files.max_version_12 {
+                    "TLS 1.2".to_string()
+                } else {
+                    "TLS 1.3/1.2".to_string()
+                });
+                if let Some(ca) = &t.files.client_ca {
+                    parts.push(format!("client certificates from {}", ca.display()));
+                }
+            }
+        }
+        if let Some(k) = &self.shared_key {
+            parts.push(format!("shared key required, announcing {:?}", k.hostname));
+        }
+        if self.discard {
+            parts.push("discarding records".to_string());
+        }
+        parts.join(", ")
+    }
+}
+
+impl ServerTls {
+    fn reload(&mut self) {
+        let mut names = vec![self.files.cert.display(), self.files.key.display()];
+        if let Some(ca) = &self.files.client_ca {
+            names.push(ca.display());
+        }
+        let names = names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match server_config(&self.files) {
+            Ok(config) => {
+                self.config = config;
+                info!("tailer: TLS material reloaded from {names}; new connections use it");
+            }
+            Err(e) => error!(
+                "tailer: TLS material changed but cannot be used ({e}); keeping the previous one"
+            ),
+        }
+    }
+}
+
+/// Reads the configured files, binds the first address `args.listen` resolves to and serves
+/// until stdout fails. Configuration errors come before any socket is bound.
 pub fn run(args: &TailerArgs) -> Result<(), Error> {
+    let settings = settings(args)?;
     let addr = args
         .listen
         .to_socket_addrs()
@@ -91,19 +245,48 @@ pub fn run(args: &TailerArgs) -> Result<(), Error> {
         })?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    info!("tailer: listening on {addr}");
+    info!("tailer: listening on {addr} ({})", settings.describe());
     let out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    serve(listener, args.discard, out)
+    serve(listener, settings, out)
 }
 
 /// The event loop. Returns only on a fatal error: poll failure or an unwritable `out`.
-pub fn serve(listener: std::net::TcpListener, discard: bool, out: impl Write) -> Result<(), Error> {
+pub fn serve(
+    listener: std::net::TcpListener,
+    settings: Settings,
+    out: impl Write,
+) -> Result<(), Error> {
+    let Settings {
+        discard,
+        mut tls,
+        shared_key,
+    } = settings;
     listener.set_nonblocking(true).map_err(Error::Poll)?;
     let mut listener = TcpListener::from_std(listener);
     let mut poll = Poll::new().map_err(Error::Poll)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(Error::Poll)?;
+    // Certificate rotation without restart: Kubernetes swaps a mounted Secret's files under us,
+    // and the next connection must get the new ones.
+    let mut watch = match &tls {
+        None => None,
+        Some(t) => {
+            let mut files: Vec<&Path> = vec![&t.files.cert, &t.files.key];
+            if let Some(ca) = &t.files.client_ca {
+                files.push(ca);
+            }
+            let w = config::Watch::new(&files).map_err(Error::Inotify)?;
+            poll.registry()
+                .register(
+                    &mut SourceFd(&w.inotify().as_raw_fd()),
+                    CERTS,
+                    Interest::READABLE,
+                )
+                .map_err(Error::Inotify)?;
+            Some(w)
+        }
+    };
     let mut events = Events::with_capacity(256);
     let mut clients: Vec<Option<Client>> = Vec::new();
     let mut sink = Sink {
@@ -127,11 +310,26 @@ pub fn serve(listener: std::net::TcpListener, discard: bool, out: impl Write) ->
             Err(e) => return Err(Error::Poll(e)),
         }
         for event in events.iter() {
-            if event.token() == LISTENER {
-                accept_all(&listener, &poll, &mut clients);
-                continue;
+            match event.token() {
+                LISTENER => {
+                    let new = NewClient {
+                        tls: tls.as_ref().map(|t| &t.config),
+                        shared_key: shared_key.as_ref(),
+                    };
+                    accept_all(&listener, &poll, &mut clients, &new);
+                    continue;
+                }
+                CERTS => {
+                    if let (Some(w), Some(t)) = (watch.as_mut(), tls.as_mut()) {
+                        if w.changed() {
+                            t.reload();
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
             }
-            let idx = event.token().0 - 1;
+            let idx = event.token().0 - FIRST_CLIENT;
             let Some(client) = clients.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
@@ -140,7 +338,7 @@ pub fn serve(listener: std::net::TcpListener, discard: bool, out: impl Write) ->
                 verdict = client.on_readable(&mut sink)?;
             }
             if let Verdict::Keep = verdict {
-                verdict = client.write_acks();
+                verdict = client.write_pending();
             }
             if let Verdict::Keep = verdict {
                 verdict = client.update_interest(&poll, event.token());
@@ -162,7 +360,18 @@ pub fn serve(listener: std::net::TcpListener, discard: bool, out: impl Write) ->
     }
 }
 
-fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Vec<Option<Client>>) {
+/// What every new connection starts with.
+struct NewClient<'a> {
+    tls: Option<&'a Arc<ServerConfig>>,
+    shared_key: Option<&'a ServerKey>,
+}
+
+fn accept_all(
+    listener: &TcpListener,
+    poll: &Poll,
+    clients: &mut Vec<Option<Client>>,
+    new: &NewClient<'_>,
+) {
     loop {
         let (mut stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -179,11 +388,35 @@ fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Vec<Option<Clie
         if let Err(e) = stream.set_nodelay(true) {
             warn!("tailer: client {peer}: TCP_NODELAY: {e}");
         }
+        let tls = match new.tls {
+            None => None,
+            Some(config) => match ServerConnection::new(config.clone()) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    warn!("tailer: client {peer}: cannot start TLS: {e}");
+                    continue;
+                }
+            },
+        };
+        // The HELO is the first thing a client gets (after TLS), before it says anything.
+        let (phase, wbuf) = match new.shared_key {
+            None => (Phase::Data, Vec::new()),
+            Some(k) => {
+                let mut nonce = [0u8; 16];
+                if let Err(e) = sys::random_bytes(&mut nonce) {
+                    warn!("tailer: client {peer}: no random nonce for the handshake: {e}");
+                    continue;
+                }
+                let (server, helo) =
+                    handshake::Server::new(k.key.clone(), k.hostname.clone(), nonce);
+                (Phase::AwaitPing(server), helo)
+            }
+        };
         let idx = clients.iter().position(Option::is_none).unwrap_or_else(|| {
             clients.push(None);
             clients.len() - 1
         });
-        let token = Token(idx + 1);
+        let token = Token(FIRST_CLIENT + idx);
         if let Err(e) = poll
             .registry()
             .register(&mut stream, token, Interest::READABLE)
@@ -192,16 +425,26 @@ fn accept_all(listener: &TcpListener, poll: &Poll, clients: &mut Vec<Option<Clie
             continue;
         }
         info!("tailer: client {peer} connected");
-        clients[idx] = Some(Client {
+        let mut client = Client {
             stream,
+            tls,
             peer,
+            phase,
             rbuf: Vec::new(),
             scanner: Scanner::new(),
-            wbuf: Vec::new(),
+            wbuf,
             wpos: 0,
             eof: false,
             interest: Interest::READABLE,
-        });
+        };
+        let mut verdict = client.write_pending();
+        if let Verdict::Keep = verdict {
+            verdict = client.update_interest(poll, token);
+        }
+        match verdict {
+            Verdict::Keep => clients[idx] = Some(client),
+            other => client.close(poll, other),
+        }
     }
 }
 
@@ -214,13 +457,26 @@ enum Verdict {
     Fail(String),
 }
 
+/// Where a connection is in the Forward protocol.
+enum Phase {
+    /// The HELO is sent or queued; the next message must be a PING.
+    AwaitPing(handshake::Server),
+    /// Forward messages.
+    Data,
+    /// The PING was refused: the refusing PONG is queued, input is ignored, and the connection
+    /// closes once the PONG is out.
+    Refused,
+}
+
 struct Client {
     stream: TcpStream,
+    tls: Option<ServerConnection>,
     peer: SocketAddr,
-    /// Received bytes; starts at a message boundary.
+    phase: Phase,
+    /// Received plaintext; starts at a message boundary.
     rbuf: Vec<u8>,
     scanner: Scanner,
-    /// Encoded acks; `wbuf[wpos..]` is still to be sent.
+    /// Plaintext to send (HELO, PONG, acks); `wbuf[wpos..]` is still to be sent.
     wbuf: Vec<u8>,
     wpos: usize,
     /// The peer shut down its sending side; we stay only to deliver pending acks.
@@ -237,26 +493,43 @@ struct Sink<W> {
     acks: Vec<u8>,
     read_buf: Box<[u8]>,
     records: u64,
-    /// Bytes received from all clients.
+    /// Plaintext bytes received from all clients.
     bytes: u64,
 }
 
 impl Client {
+    /// Most input buffered before it must make a complete message of the current phase.
+    fn input_cap(&self) -> usize {
+        match self.phase {
+            Phase::AwaitPing(_) => handshake::MAX_MESSAGE,
+            Phase::Data | Phase::Refused => MAX_MESSAGE,
+        }
+    }
+
     /// Drains the socket until WouldBlock, delivering complete messages as they pile up.
     fn on_readable<W: Write>(&mut self, sink: &mut Sink<W>) -> Result<Verdict, Error> {
         loop {
-            if self.rbuf.len() >= MAX_MESSAGE {
-                let verdict = self.deliver(sink)?;
+            if let Phase::Refused = self.phase {
+                // Whatever else arrives is never looked at; `close` discards it.
+                return Ok(Verdict::Keep);
+            }
+            let cap = self.input_cap();
+            if self.rbuf.len() >= cap {
+                let verdict = self.process(sink)?;
                 if !matches!(verdict, Verdict::Keep) {
                     return Ok(verdict);
                 }
-                if self.rbuf.len() >= MAX_MESSAGE {
+                if let Phase::Refused = self.phase {
+                    return Ok(Verdict::Keep);
+                }
+                if self.rbuf.len() >= self.input_cap() {
                     return Ok(Verdict::Fail(format!(
-                        "message larger than {MAX_MESSAGE} bytes"
+                        "message larger than {} bytes",
+                        self.input_cap()
                     )));
                 }
             }
-            match self.stream.read(&mut sink.read_buf) {
+            match self.read_plaintext(&mut sink.read_buf) {
                 Ok(0) => {
                     self.eof = true;
                     break;
@@ -269,22 +542,99 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Acks for what we already printed are still worth trying to deliver.
-                    self.deliver(sink)?;
-                    return Ok(Verdict::Fail(format!("read: {e}")));
+                    self.process(sink)?;
+                    return Ok(Verdict::Fail(match tls_failure(&e) {
+                        Some(tls_err) => format!("TLS: {}", tls::explain_client_failure(tls_err)),
+                        None => format!("read: {e}"),
+                    }));
                 }
             }
         }
-        let verdict = self.deliver(sink)?;
+        let verdict = self.process(sink)?;
         if !matches!(verdict, Verdict::Keep) || !self.eof {
             return Ok(verdict);
         }
-        if !self.rbuf.is_empty() {
-            return Ok(Verdict::Fail(format!(
+        if self.tls.as_ref().is_some_and(|c| c.is_handshaking()) {
+            // Port probes do this; a client that disagrees with us sends an alert instead.
+            return Ok(Verdict::Done(
+                "closed by peer during the TLS handshake".into(),
+            ));
+        }
+        match &self.phase {
+            Phase::AwaitPing(_) if self.rbuf.is_empty() => Ok(Verdict::Done(
+                "closed by peer before the shared-key handshake".into(),
+            )),
+            Phase::AwaitPing(server) => Ok(Verdict::Fail(format!(
+                "shared-key handshake: {} ({} bytes of it pending)",
+                server.closed(),
+                self.rbuf.len()
+            ))),
+            Phase::Data if !self.rbuf.is_empty() => Ok(Verdict::Fail(format!(
                 "closed the connection inside a message ({} bytes pending)",
                 self.rbuf.len()
-            )));
+            ))),
+            Phase::Data | Phase::Refused => Ok(Verdict::Keep),
         }
-        Ok(Verdict::Keep)
+    }
+
+    /// One read of application bytes: straight from the socket, or through rustls (which
+    /// also advances its handshake and answers alerts on the way). 0 means the peer is done.
+    fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(conn) = self.tls.as_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match conn.reader().read(buf) {
+                // Ok(0) here is the peer's close_notify.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // Handshake flights and alerts have to go out before the peer sends more.
+            flush_tls(conn, &mut self.stream)?;
+            match conn.read_tls(&mut self.stream)? {
+                0 => return Ok(0),
+                _ => {
+                    conn.process_new_packets()
+                        .map_err(|e| io::Error::other(TlsFailure(e)))?;
+                }
+            }
+        }
+    }
+
+    /// Runs the handshake on `rbuf` while one is due, then delivers Forward messages.
+    fn process<W: Write>(&mut self, sink: &mut Sink<W>) -> Result<Verdict, Error> {
+        if let Phase::AwaitPing(server) = &mut self.phase {
+            let outcome = match server.feed(&self.rbuf) {
+                Ok(None) => return Ok(Verdict::Keep),
+                Ok(Some(outcome)) => outcome,
+                Err(e) => return Ok(Verdict::Fail(format!("shared-key handshake: {e}"))),
+            };
+            self.rbuf.drain(..outcome.consumed);
+            self.wbuf.extend_from_slice(&outcome.pong);
+            if outcome.accepted {
+                info!(
+                    "tailer: client {} passed the shared-key check (hostname {:?})",
+                    self.peer, outcome.client_hostname
+                );
+                self.phase = Phase::Data;
+            } else {
+                warn!(
+                    "tailer: client {} failed the shared-key check: {}",
+                    self.peer, outcome.reason
+                );
+                self.phase = Phase::Refused;
+            }
+        }
+        match self.phase {
+            Phase::Data => self.deliver(sink),
+            // Not ours to read any more: whatever followed the refused PING is dropped.
+            Phase::Refused => {
+                self.rbuf = Vec::new();
+                Ok(Verdict::Keep)
+            }
+            Phase::AwaitPing(_) => Ok(Verdict::Keep),
+        }
     }
 
     /// Prints the records of every complete message in `rbuf`, flushes them, and only then
@@ -332,31 +682,66 @@ impl Client {
         Ok(verdict)
     }
 
-    fn write_acks(&mut self) -> Verdict {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+    /// Whether plaintext may go out: not before the TLS handshake has authenticated the peer.
+    fn can_send(&self) -> bool {
+        self.tls.as_ref().is_none_or(|c| !c.is_handshaking())
+    }
+
+    /// Something is waiting for socket space: our plaintext, or TLS records inside rustls.
+    fn output_pending(&self) -> bool {
+        (self.wpos < self.wbuf.len() && self.can_send())
+            || self.tls.as_ref().is_some_and(|c| c.wants_write())
+    }
+
+    /// Sends as much of `wbuf` as the socket takes, encrypted and flushed right away, so an
+    /// ack leaves as soon as its records are written.
+    fn write_pending(&mut self) -> Verdict {
+        while self.wpos < self.wbuf.len() && self.can_send() {
+            let rest = &self.wbuf[self.wpos..];
+            let res = match self.tls.as_mut() {
+                None => self.stream.write(rest),
+                Some(conn) => tls_write(conn, &mut self.stream, rest),
+            };
+            match res {
                 Ok(0) => return Verdict::Fail("write: connection accepts no more bytes".into()),
                 Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Verdict::Keep,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Verdict::Fail(format!("write: {e}")),
             }
         }
-        self.wbuf.clear();
-        self.wpos = 0;
-        if self.eof {
-            return Verdict::Done("closed by peer".into());
+        if let Some(conn) = self.tls.as_mut() {
+            if let Err(e) = flush_tls(conn, &mut self.stream) {
+                return Verdict::Fail(format!("write: {e}"));
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        if !self.output_pending() {
+            if let Phase::Refused = self.phase {
+                return Verdict::Done("refused after the failed shared-key check".into());
+            }
+            if self.eof {
+                return Verdict::Done("closed by peer".into());
+            }
         }
         Verdict::Keep
     }
 
-    /// WRITABLE only while acks wait for socket space; READABLE until the peer's EOF.
+    /// WRITABLE only while output waits for socket space; READABLE until the peer's EOF, and
+    /// not at all once the connection is refused.
     fn update_interest(&mut self, poll: &Poll, token: Token) -> Verdict {
-        let pending = self.wpos < self.wbuf.len();
-        let want = match (self.eof, pending) {
+        let pending = self.output_pending();
+        let refused = matches!(self.phase, Phase::Refused);
+        let want = match (refused || self.eof, pending) {
             (false, false) => Interest::READABLE,
             (false, true) => Interest::READABLE | Interest::WRITABLE,
             (true, true) => Interest::WRITABLE,
+            (true, false) if refused => {
+                return Verdict::Done("refused after the failed shared-key check".into())
+            }
             (true, false) => return Verdict::Done("closed by peer".into()),
         };
         if want != self.interest {
@@ -369,10 +754,32 @@ impl Client {
     }
 
     fn close(&mut self, poll: &Poll, verdict: Verdict) {
-        // One last non-blocking attempt for acks of records already printed; the peer resends
-        // whatever it does not see acked, so a failure here costs duplicates, not loss.
-        if self.wpos < self.wbuf.len() {
-            let _ = self.stream.write(&self.wbuf[self.wpos..]);
+        // One last non-blocking attempt for acks of records already printed (the peer resends
+        // whatever it does not see acked, so a failure here costs duplicates, not loss), and for
+        // a TLS alert telling the client why it is refused.
+        match self.tls.as_mut() {
+            None => {
+                if self.wpos < self.wbuf.len() {
+                    let _ = self.stream.write(&self.wbuf[self.wpos..]);
+                }
+            }
+            Some(conn) => {
+                if self.wpos < self.wbuf.len() && !conn.is_handshaking() {
+                    let _ = tls_write(conn, &mut self.stream, &self.wbuf[self.wpos..]);
+                }
+                if let Verdict::Done(_) = verdict {
+                    conn.send_close_notify();
+                }
+                let _ = flush_tls(conn, &mut self.stream);
+            }
+        }
+        let mut junk = [0u8; 4096];
+        let mut drained = 0;
+        while drained < DRAIN_ON_CLOSE {
+            match self.stream.read(&mut junk) {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
         }
         // Dropping the stream closes it, which also removes it from the poll set.
         let _ = poll.registry().deregister(&mut self.stream);
@@ -382,6 +789,38 @@ impl Client {
             Verdict::Fail(why) => warn!("tailer: client {} disconnected: {why}", self.peer),
         }
     }
+}
+
+/// Encrypts at most one step of `buf`; `WouldBlock` while earlier records still wait for the
+/// socket, so rustls never holds more than one step.
+fn tls_write(conn: &mut ServerConnection, sock: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+    flush_tls(conn, sock)?;
+    if conn.wants_write() {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let n = conn.writer().write(&buf[..buf.len().min(TLS_WRITE_STEP)])?;
+    flush_tls(conn, sock)?;
+    Ok(n)
+}
+
+/// Writes queued TLS records until done or the socket is full (not an error: interest then
+/// includes WRITABLE because `wants_write` stays true).
+fn flush_tls(conn: &mut ServerConnection, sock: &mut TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection accepted no bytes",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl<W: Write> Sink<W> {
@@ -423,8 +862,14 @@ impl<W: Write> Sink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handshake::{ClientStep, HandshakeError};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
     use std::net::{Shutdown, TcpStream as StdStream};
-    use std::sync::{Arc, Mutex};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::{Mutex, Once};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -461,15 +906,23 @@ mod tests {
         }
     }
 
+    fn plain(discard: bool) -> Settings {
+        Settings {
+            discard,
+            tls: None,
+            shared_key: None,
+        }
+    }
+
     fn start(
-        discard: bool,
+        settings: Settings,
         out: impl Write + Send + 'static,
     ) -> (SocketAddr, std::thread::JoinHandle<Result<(), Error>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         (
             addr,
-            std::thread::spawn(move || serve(listener, discard, out)),
+            std::thread::spawn(move || serve(listener, settings, out)),
         )
     }
 
@@ -531,7 +984,7 @@ mod tests {
         msg
     }
 
-    fn read_ack(s: &mut StdStream) -> Vec<u8> {
+    fn read_ack(s: &mut impl Read) -> Vec<u8> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 256];
         loop {
@@ -544,8 +997,43 @@ mod tests {
         }
     }
 
+    /// Sends one message and waits for what comes back: `Ok(Some(ack id))`, `Ok(None)` when
+    /// the server closed first, `Err` when the connection failed (TLS alert, reset).
+    fn exchange(s: &mut (impl Read + Write), msg: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        s.write_all(msg)?;
+        s.flush()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            match forward::parse_ack(&buf) {
+                Ok(Some((id, _))) => return Ok(Some(id.to_vec())),
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::other(format!("not an ack: {e:?}"))),
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The server turned the client away: no ack, and the connection ended (EOF, reset or a
+    /// TLS alert), never a read timeout.
+    fn assert_refused(result: io::Result<Option<Vec<u8>>>, what: &str) {
+        match result {
+            Ok(None) => {}
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("{what}: expected the server to refuse, got {other:?}"),
+        }
+    }
+
     /// The server closed the connection: EOF or a reset, never data or a timeout.
-    fn assert_closed(s: &mut StdStream) {
+    fn assert_closed(s: &mut impl Read) {
         let mut b = [0u8; 16];
         match s.read(&mut b) {
             Ok(0) => {}
@@ -554,10 +1042,281 @@ mod tests {
         }
     }
 
+    /// Everything until the server closes (EOF or an error after it).
+    fn read_until_closed(s: &mut impl Read) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("the server did not close the connection; got {all:?}")
+                }
+                Err(_) => return all,
+            }
+        }
+    }
+
+    // ---- log capture: what an operator is told is part of the behaviour under test ----
+
+    static LOGS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    static CAPTURE: Capture = Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.target() == module_path!().trim_end_matches("::tests")
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                LOGS.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((r.level(), r.args().to_string()));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    fn capture_logs() {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            log::set_logger(&CAPTURE)
+                .expect("the tailer tests install the only logger of the test process");
+            log::set_max_level(log::LevelFilter::Info);
+        });
+    }
+
+    /// Waits for a tailer log line at `level` that contains every needle: the server thread
+    /// logs a refusal after the client has already seen it.
+    fn wait_log(level: log::Level, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+                let hit = logs
+                    .iter()
+                    .find(|(l, line)| *l == level && needles.iter().all(|n| line.contains(n)));
+                if let Some((_, line)) = hit {
+                    return line.clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {level} line with {needles:?} among {logs:#?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // ---- certificates, made with the openssl command line like tls.rs's tests ----
+
+    const VHOST: &str = "kubernetes-audit-tailer";
+
+    /// Two CAs, ca1 and ca2, each issuing a server certificate `serverN.crt` (key `server.key`,
+    /// valid for VHOST and 127.0.0.1) and a client certificate `clientN.crt` (key
+    /// `client.key`). The directory is removed when the value is dropped.
+    struct Pki {
+        dir: PathBuf,
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Runs one openssl command line (arguments split on whitespace) in `dir`.
+    fn openssl(dir: &Path, command: &str) {
+        let out = Command::new("openssl")
+            .args(command.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command is needed to generate test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {command} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    const SERVER_EXT: &str = "basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:kubernetes-audit-tailer, IP:127.0.0.1
+";
+
+    const CLIENT_EXT: &str = "basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+";
+
+    impl Pki {
+        fn new(test: &str) -> Pki {
+            let dir = std::env::temp_dir().join(format!(
+                "audit-forwarder-tailer-{}-{test}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            // Owned before anything can fail, so a failing openssl still removes the directory.
+            let pki = Pki { dir };
+            let d = pki.dir.as_path();
+            std::fs::write(d.join("server.ext"), SERVER_EXT).unwrap();
+            std::fs::write(d.join("client.ext"), CLIENT_EXT).unwrap();
+            for key in ["server", "client", "ca1", "ca2"] {
+                openssl(
+                    d,
+                    &format!("ecparam -name prime256v1 -genkey -noout -out {key}.key"),
+                );
+            }
+            for n in [1, 2] {
+                openssl(
+                    d,
+                    &format!("req -x509 -new -key ca{n}.key -subj /CN=test-ca{n} -days 3650 -out ca{n}.crt"),
+                );
+                for role in ["server", "client"] {
+                    openssl(
+                        d,
+                        &format!("req -new -key {role}.key -subj /CN={role}{n} -out {role}{n}.csr"),
+                    );
+                    openssl(
+                        d,
+                        &format!(
+                            "x509 -req -in {role}{n}.csr -CA ca{n}.crt -CAkey ca{n}.key \
+                             -CAcreateserial -days 30 -extfile {role}.ext -out {role}{n}.crt"
+                        ),
+                    );
+                }
+            }
+            pki
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.join(name)
+        }
+
+        /// The forwarder's client configuration: trusts `ca`, presents `cert`.
+        fn client(&self, ca: &str, cert: &str) -> Arc<ClientConfig> {
+            tls::client_tls(&tls::ClientSettings {
+                files: tls::ClientFiles {
+                    ca: self.path(ca),
+                    cert: self.path(cert),
+                    key: self.path("client.key"),
+                },
+                vhost: VHOST.to_string(),
+                verify_hostname: true,
+            })
+            .unwrap()
+            .config
+        }
+
+        /// A client that presents no certificate at all.
+        fn anonymous(&self, ca: &str) -> Arc<ClientConfig> {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(self.path(ca)).unwrap())
+                .unwrap();
+            Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            )
+        }
+
+        fn server(&self, cert: &str, client_ca: Option<&str>, max_version_12: bool) -> TailerTls {
+            TailerTls {
+                cert: self.path(cert),
+                key: self.path("server.key"),
+                client_ca: client_ca.map(|ca| self.path(ca)),
+                max_version_12,
+            }
+        }
+
+        /// Settings of a TLS server, built the way `run` builds them.
+        fn settings(&self, tls: TailerTls, shared_key: Option<&str>) -> Settings {
+            settings(&TailerArgs {
+                listen: "unused".into(),
+                discard: false,
+                tls: Some(tls),
+                shared_key: shared_key.map(|k| SharedKey::Value(k.into())),
+                self_hostname: Some("test-tailer".into()),
+            })
+            .unwrap()
+        }
+    }
+
+    type TlsStream = StreamOwned<ClientConnection, StdStream>;
+
+    fn connect_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> TlsStream {
+        let conn = ClientConnection::new(config, ServerName::try_from(VHOST).unwrap()).unwrap();
+        StreamOwned::new(conn, connect(addr))
+    }
+
+    /// The forwarder's half of the shared-key handshake; `Err` is how the server answered.
+    fn client_handshake(s: &mut (impl Read + Write), key: &str) -> Result<(), HandshakeError> {
+        let mut client = handshake::Client::new(
+            handshake::ClientConfig {
+                shared_key: key.as_bytes().to_vec(),
+                self_hostname: "test-forwarder".into(),
+                username: None,
+                password: None,
+            },
+            [7; 16],
+        );
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            let (used, step) = client.feed(&buf)?;
+            buf.drain(..used);
+            match step {
+                ClientStep::Done => {
+                    assert!(
+                        buf.is_empty(),
+                        "the server sent more than the PONG: {buf:?}"
+                    );
+                    return Ok(());
+                }
+                ClientStep::Send(ping) => {
+                    s.write_all(&ping).unwrap();
+                    s.flush().unwrap();
+                    continue;
+                }
+                ClientStep::NeedMore => {}
+            }
+            match s.read(&mut chunk) {
+                Ok(0) => return Err(client.closed()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("reading the handshake: {e}"),
+            }
+        }
+    }
+
+    fn with_key(mut settings: Settings, key: &str) -> Settings {
+        settings.shared_key = Some(ServerKey {
+            key: key.as_bytes().to_vec(),
+            hostname: "test-tailer".into(),
+        });
+        settings
+    }
+
+    // ---- plain TCP ----
+
     #[test]
     fn prints_records_acks_chunks_and_survives_garbage() {
         let out = Shared::default();
-        let (addr, _server) = start(false, out.clone());
+        let (addr, _server) = start(plain(false), out.clone());
         let events = sample_events(12);
 
         // A message split across two writes, then a compressed one on the same connection.
@@ -601,7 +1360,7 @@ mod tests {
     #[test]
     fn pipelined_messages_get_acks_in_order() {
         let out = Shared::default();
-        let (addr, _server) = start(false, out.clone());
+        let (addr, _server) = start(plain(false), out.clone());
         let events = sample_events(3);
         let mut c = connect(addr);
         let mut all = Vec::new();
@@ -628,7 +1387,7 @@ mod tests {
     #[test]
     fn discard_counts_and_still_acks() {
         let out = Shared::default();
-        let (addr, _server) = start(true, out.clone());
+        let (addr, _server) = start(plain(true), out.clone());
         let mut c = connect(addr);
         c.write_all(&packed(&sample_events(4), "ZGlzY2FyZA==", false))
             .unwrap();
@@ -638,7 +1397,7 @@ mod tests {
 
     #[test]
     fn stdout_failure_stops_the_server() {
-        let (addr, server) = start(false, Broken);
+        let (addr, server) = start(plain(false), Broken);
         let mut c = connect(addr);
         c.write_all(&packed(&sample_events(1), "ZXBpcGU=", false))
             .unwrap();
@@ -646,6 +1405,16 @@ mod tests {
         match server.join().unwrap() {
             Err(Error::Output(e)) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
             other => panic!("expected an output error, got {other:?}"),
+        }
+    }
+
+    fn args(listen: &str) -> TailerArgs {
+        TailerArgs {
+            listen: listen.into(),
+            discard: true,
+            tls: None,
+            shared_key: None,
+            self_hostname: None,
         }
     }
 
@@ -669,12 +1438,377 @@ mod tests {
             ),
         ];
         for (name, listen, want) in cases {
+            let err = run(&args(listen)).expect_err(name);
+            assert!(err.to_string().starts_with(want), "{name}: {err}");
+            assert!(!err.is_config(), "{name}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn run_reports_configuration_errors_before_binding() {
+        let pki = Pki::new("config-errors");
+        let missing = pki.path("missing.pem");
+        let m = missing.display().to_string();
+        let tls = |cert: &str, key: &str, ca: Option<&str>| TailerTls {
+            cert: pki.path(cert),
+            key: pki.path(key),
+            client_ca: ca.map(|c| pki.path(c)),
+            max_version_12: false,
+        };
+        let cases: Vec<(&str, Option<TailerTls>, Option<SharedKey>, String)> = vec![
+            (
+                "certificate file missing",
+                Some(tls("missing.pem", "server.key", None)),
+                None,
+                format!("tailer: TLS: {m}: file not found"),
+            ),
+            (
+                "key file missing",
+                Some(tls("server1.crt", "missing.pem", None)),
+                None,
+                format!("tailer: TLS: {m}: file not found"),
+            ),
+            (
+                "key of another certificate",
+                Some(tls("server1.crt", "client.key", None)),
+                None,
+                "does not match the certificate".to_string(),
+            ),
+            (
+                "client CA missing",
+                Some(tls("server1.crt", "server.key", Some("missing.pem"))),
+                None,
+                format!("tailer: TLS: {m}: file not found"),
+            ),
+            (
+                "client CA holds a key",
+                Some(tls("server1.crt", "server.key", Some("ca1.key"))),
+                None,
+                "no certificates found".to_string(),
+            ),
+            (
+                "shared-key file missing",
+                None,
+                Some(SharedKey::File(missing.clone())),
+                format!("tailer: --shared-key-file {m}:"),
+            ),
+        ];
+        for (name, tls, shared_key, want) in cases {
+            // An address that cannot be bound: the configuration must fail first.
             let args = TailerArgs {
-                listen: listen.into(),
-                discard: true,
+                tls,
+                shared_key,
+                self_hostname: Some("test-tailer".into()),
+                ..args("192.0.2.1:0")
             };
             let err = run(&args).expect_err(name);
-            assert!(err.to_string().starts_with(want), "{name}: {err}");
+            assert!(err.is_config(), "{name}: {err:?}");
+            assert!(err.to_string().contains(&want), "{name}: {err}");
+        }
+    }
+
+    // ---- TLS ----
+
+    #[test]
+    fn tls_clients_get_records_printed_and_acked() {
+        capture_logs();
+        let pki = Pki::new("tls-data");
+        let events = sample_events(12);
+        // One message far bigger than a TLS record and rustls' buffers.
+        let many: Vec<_> = events.iter().cycle().take(1500).cloned().collect();
+        let cases = [
+            ("TLS 1.3", None, false, ProtocolVersion::TLSv1_3),
+            (
+                "TLS 1.3, mTLS",
+                Some("ca1.crt"),
+                false,
+                ProtocolVersion::TLSv1_3,
+            ),
+            ("TLS 1.2 only", None, true, ProtocolVersion::TLSv1_2),
+            (
+                "TLS 1.2 only, mTLS",
+                Some("ca1.crt"),
+                true,
+                ProtocolVersion::TLSv1_2,
+            ),
+        ];
+        for (name, client_ca, tls12, version) in cases {
+            let out = Shared::default();
+            let settings = pki.settings(pki.server("server1.crt", client_ca, tls12), None);
+            let (addr, _server) = start(settings, out.clone());
+            let mut c = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+            let ack = exchange(&mut c, &packed(&events[..5], "dGxzLTE=", false)).unwrap();
+            assert_eq!(ack.as_deref(), Some(&b"dGxzLTE="[..]), "{name}");
+            assert_eq!(out.lines(), events[..5], "{name}");
+            assert_eq!(c.conn.protocol_version(), Some(version), "{name}");
+            let ack = exchange(&mut c, &packed(&events[5..], "dGxzLTI=", true)).unwrap();
+            assert_eq!(ack.as_deref(), Some(&b"dGxzLTI="[..]), "{name}");
+            let ack = exchange(&mut c, &packed(&many, "dGxzLTM=", false)).unwrap();
+            assert_eq!(ack.as_deref(), Some(&b"dGxzLTM="[..]), "{name}");
+            let want: Vec<_> = events.iter().chain(&many).cloned().collect();
+            assert_eq!(out.lines(), want, "{name}");
+
+            // A clean TLS close is answered in kind.
+            c.conn.send_close_notify();
+            c.flush().unwrap();
+            let mut b = [0u8; 16];
+            assert_eq!(c.read(&mut b).unwrap(), 0, "{name}");
+            let peer = c.sock.local_addr().unwrap().to_string();
+            wait_log(
+                log::Level::Info,
+                &[&format!("client {peer} disconnected: closed by peer")],
+            );
+
+            // A port probe (connect, close) is an ordinary event, not a TLS failure.
+            let probe = connect(addr);
+            let peer = probe.local_addr().unwrap().to_string();
+            drop(probe);
+            wait_log(
+                log::Level::Info,
+                &[&format!(
+                    "client {peer} disconnected: closed by peer during the TLS handshake"
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn client_certificates_are_required_and_checked() {
+        capture_logs();
+        let pki = Pki::new("mtls");
+        let events = sample_events(3);
+        for tls12 in [false, true] {
+            let out = Shared::default();
+            let settings = pki.settings(pki.server("server1.crt", Some("ca1.crt"), tls12), None);
+            let (addr, _server) = start(settings, out.clone());
+            let mut good = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+            let ack = exchange(&mut good, &packed(&events[..1], "Z29vZA==", false)).unwrap();
+            assert_eq!(ack.as_deref(), Some(&b"Z29vZA=="[..]));
+
+            let refusals = [
+                (
+                    "no certificate",
+                    connect_tls(addr, pki.anonymous("ca1.crt")),
+                    "the client presented no certificate",
+                ),
+                (
+                    "certificate from another CA",
+                    connect_tls(addr, pki.client("ca1.crt", "client2.crt")),
+                    "not signed by the client CA",
+                ),
+            ];
+            for (name, mut bad, why) in refusals {
+                let peer = bad.sock.local_addr().unwrap().to_string();
+                let result = exchange(&mut bad, &packed(&events[1..2], "YmFk", false));
+                assert_refused(result, &format!("tls12={tls12} {name}"));
+                let line = wait_log(log::Level::Warn, &[&format!("client {peer} "), why]);
+                assert!(line.starts_with("tailer: client "), "{line}");
+            }
+
+            // The refusals cost nobody else anything.
+            let ack = exchange(&mut good, &packed(&events[2..3], "c3RpbGw=", false)).unwrap();
+            assert_eq!(ack.as_deref(), Some(&b"c3RpbGw="[..]));
+            assert_eq!(
+                out.lines(),
+                [events[0].clone(), events[2].clone()],
+                "tls12={tls12}"
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_changes_apply_to_new_connections() {
+        capture_logs();
+        let pki = Pki::new("rotation");
+        let live = pki.path("live.crt");
+        // Kubernetes replaces a mounted Secret by renaming, never by rewriting in place.
+        let replace = |content: &[u8]| {
+            let tmp = pki.path("live.tmp");
+            std::fs::write(&tmp, content).unwrap();
+            std::fs::rename(&tmp, &live).unwrap();
+        };
+        replace(&std::fs::read(pki.path("server1.crt")).unwrap());
+        let settings = pki.settings(pki.server("live.crt", None, false), None);
+        let out = Shared::default();
+        let (addr, _server) = start(settings, out.clone());
+        let events = sample_events(3);
+        let msg = |i: usize| packed(&events[i..i + 1], &format!("cm90-{i}"), false);
+
+        let mut old = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+        assert_eq!(
+            exchange(&mut old, &msg(0)).unwrap(),
+            Some(b"cm90-0".to_vec())
+        );
+
+        replace(&std::fs::read(pki.path("server2.crt")).unwrap());
+        wait_log(
+            log::Level::Info,
+            &["TLS material reloaded from", &live.display().to_string()],
+        );
+        let mut new = connect_tls(addr, pki.client("ca2.crt", "client2.crt"));
+        assert_eq!(
+            exchange(&mut new, &msg(1)).unwrap(),
+            Some(b"cm90-1".to_vec())
+        );
+        // The connection made before the change keeps its session.
+        assert_eq!(
+            exchange(&mut old, &msg(2)).unwrap(),
+            Some(b"cm90-2".to_vec())
+        );
+
+        replace(b"not a certificate\n");
+        wait_log(
+            log::Level::Error,
+            &[
+                &live.display().to_string(),
+                "cannot be used",
+                "keeping the previous one",
+            ],
+        );
+        let mut after = connect_tls(addr, pki.client("ca2.crt", "client2.crt"));
+        assert_eq!(
+            exchange(&mut after, &msg(0)).unwrap(),
+            Some(b"cm90-0".to_vec())
+        );
+        let trusting_ca1 = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+        let mut trusting_ca1 = trusting_ca1;
+        assert_refused(
+            exchange(&mut trusting_ca1, &msg(1)),
+            "a client trusting only the old CA",
+        );
+    }
+
+    // ---- shared key ----
+
+    #[test]
+    fn shared_key_handshake_comes_before_any_data() {
+        capture_logs();
+        let pki = Pki::new("shared-key");
+        let events = sample_events(2);
+        let cases = [
+            // name, over TLS, the client's key, accepted
+            ("plain, right key", false, "s3cret", true),
+            ("TLS, right key", true, "s3cret", true),
+            ("plain, wrong key", false, "guess", false),
+            ("TLS, wrong key", true, "guess", false),
+        ];
+        for (name, over_tls, key, accepted) in cases {
+            let out = Shared::default();
+            let settings = if over_tls {
+                pki.settings(
+                    pki.server("server1.crt", Some("ca1.crt"), false),
+                    Some("s3cret"),
+                )
+            } else {
+                with_key(plain(false), "s3cret")
+            };
+            let (addr, _server) = start(settings, out.clone());
+            let (peer, verdict, after): (String, _, io::Result<Option<Vec<u8>>>) = if over_tls {
+                let mut c = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+                let peer = c.sock.local_addr().unwrap().to_string();
+                let verdict = client_handshake(&mut c, key);
+                (
+                    peer,
+                    verdict,
+                    exchange(&mut c, &packed(&events, "a2V5", false)),
+                )
+            } else {
+                let mut c = connect(addr);
+                let peer = c.local_addr().unwrap().to_string();
+                let verdict = client_handshake(&mut c, key);
+                (
+                    peer,
+                    verdict,
+                    exchange(&mut c, &packed(&events, "a2V5", false)),
+                )
+            };
+            if accepted {
+                assert_eq!(verdict, Ok(()), "{name}");
+                assert_eq!(after.unwrap(), Some(b"a2V5".to_vec()), "{name}");
+                assert_eq!(out.lines(), events, "{name}");
+                wait_log(
+                    log::Level::Info,
+                    &[&format!("client {peer} passed the shared-key check")],
+                );
+            } else {
+                assert_eq!(
+                    verdict,
+                    Err(HandshakeError::Rejected {
+                        reason: "shared_key mismatch".into()
+                    }),
+                    "{name}"
+                );
+                assert_refused(after, name);
+                assert!(out.lines().is_empty(), "{name}");
+                wait_log(
+                    log::Level::Warn,
+                    &[&format!(
+                        "tailer: client {peer} failed the shared-key check: shared_key mismatch"
+                    )],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clients_that_skip_the_ping_are_refused() {
+        capture_logs();
+        let pki = Pki::new("no-ping");
+        let events = sample_events(2);
+        for over_tls in [false, true] {
+            let out = Shared::default();
+            let settings = if over_tls {
+                pki.settings(pki.server("server1.crt", None, true), Some("s3cret"))
+            } else {
+                with_key(plain(false), "s3cret")
+            };
+            let (addr, _server) = start(settings, out.clone());
+            // Forward data straight away, as a forwarder configured without the key would.
+            let msg = packed(&events, "bm8tcGluZw==", false);
+            let (peer, received) = if over_tls {
+                let mut c = connect_tls(addr, pki.client("ca1.crt", "client1.crt"));
+                c.write_all(&msg).unwrap();
+                c.flush().unwrap();
+                (
+                    c.sock.local_addr().unwrap().to_string(),
+                    read_until_closed(&mut c),
+                )
+            } else {
+                let mut c = connect(addr);
+                c.write_all(&msg).unwrap();
+                (
+                    c.local_addr().unwrap().to_string(),
+                    read_until_closed(&mut c),
+                )
+            };
+            // What came back is exactly a HELO and a refusing PONG: no ack.
+            let mut client = handshake::Client::new(
+                handshake::ClientConfig {
+                    shared_key: b"s3cret".to_vec(),
+                    self_hostname: "test-forwarder".into(),
+                    username: None,
+                    password: None,
+                },
+                [1; 16],
+            );
+            let (used, step) = client.feed(&received).unwrap();
+            assert!(
+                matches!(step, ClientStep::Send(_)),
+                "tls={over_tls}: {step:?}"
+            );
+            match client.feed(&received[used..]) {
+                Err(HandshakeError::Rejected { reason }) => {
+                    assert!(reason.starts_with("invalid ping message"), "{reason}")
+                }
+                other => panic!("tls={over_tls}: expected a refusing PONG, got {other:?}"),
+            }
+            assert!(out.lines().is_empty(), "tls={over_tls}");
+            wait_log(
+                log::Level::Warn,
+                &[&format!(
+                    "client {peer} failed the shared-key check: invalid ping message"
+                )],
+            );
         }
     }
 }

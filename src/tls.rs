@@ -221,12 +221,6 @@ impl std::error::Error for TlsError {
     }
 }
 
-/// The forwarder's client configuration; see [`client_tls`] for the variant that also exposes
-/// the presented server certificate.
-pub fn client_config(s: &ClientSettings) -> Result<Arc<ClientConfig>, TlsError> {
-    client_tls(s).map(|tls| tls.config)
-}
-
 /// Builds the client configuration: TLS 1.3 and 1.2, roots only from `--tls-ca-file`, our
 /// certificate for mTLS, and the hostname policy of `verify_hostname`.
 pub fn client_tls(s: &ClientSettings) -> Result<ClientTls, TlsError> {

@@ -2,11 +2,14 @@
 //! Temp dirs and ports, the forwarder and the `tailer` receiver as child processes (output
 //! captured, printed when a test fails), fake Forward receivers built on a small msgpack reader,
 //! a kube-apiserver-like audit log writer (lumberjack rotation, copytruncate), a deterministic
-//! audit event generator, and delivery assertions that explain what went wrong.
+//! audit event generator, and delivery assertions that explain what went wrong. For the TLS
+//! tests: a PKI made with the openssl command and TLS receivers (the tailer, or socat).
 //!
 //! Environment knobs: `AF_TEST_VERBOSE=1` tees child stderr to the test's stderr,
 //! `AF_TEST_BIN=path` runs another binary instead of the crate's own, `AF_TEST_KEEP=1` keeps
-//! the temp dir of a failed test, `AF_TEST_SEED=N` replays the random moments of the kill tests.
+//! the temp dir of a failed test, `AF_TEST_SEED=N` replays the random moments of the kill tests,
+//! `AF_TEST_TLS_SERVER=openssl` puts socat (OpenSSL) in front of a plain tailer as the TLS
+//! receiver.
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
@@ -15,6 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -844,10 +848,17 @@ pub struct Tailer {
     stderr: Arc<Mutex<Vec<u8>>>,
     threads: Vec<JoinHandle<()>>,
     starts: usize,
+    /// Arguments after `--listen ADDR` (TLS, shared key); kept for restarts.
+    extra: Vec<String>,
 }
 
 impl Tailer {
     pub fn start(port: u16) -> Tailer {
+        Tailer::start_with(port, Vec::new())
+    }
+
+    /// `audit-forwarder tailer --listen 127.0.0.1:PORT <extra...>`.
+    pub fn start_with(port: u16, extra: Vec<String>) -> Tailer {
         let mut t = Tailer {
             port,
             child: None,
@@ -855,17 +866,27 @@ impl Tailer {
             stderr: Arc::new(Mutex::new(Vec::new())),
             threads: Vec::new(),
             starts: 0,
+            extra,
         };
         t.spawn();
         t
     }
 
+    /// Kill (if running) and start again on the same port with other extra arguments; the
+    /// lines printed so far are kept.
+    pub fn restart_with(&mut self, extra: Vec<String>) {
+        self.kill();
+        self.extra = extra;
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
-        let args = vec![
+        let mut args = vec![
             "tailer".to_string(),
             "--listen".to_string(),
             format!("127.0.0.1:{}", self.port),
         ];
+        args.extend(self.extra.iter().cloned());
         for attempt in 0..6 {
             self.starts += 1;
             lock(&self.stderr)
@@ -2048,5 +2069,522 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: a test PKI made with the openssl command, TLS receivers
+// ---------------------------------------------------------------------------------------------
+
+/// The name the forwarder sends as SNI and checks by default.
+pub const VHOST: &str = "kubernetes-audit-tailer";
+/// Subject CNs of the two test CAs (the file names are ca1.crt and ca2.crt).
+pub const CA1_CN: &str = "audit-test-ca1";
+pub const CA2_CN: &str = "audit-test-ca2";
+/// notAfter of `expired.crt`, in the forwarder's RFC 3339 rendering.
+pub const EXPIRED_NOT_AFTER: &str = "2020-02-01T00:00:00Z";
+
+/// `openssl ca` settings: extension sections for the three kinds of certificates. `x509 -req`
+/// without -extfile would make X.509 v1 certificates, which rustls rejects; `ca` also takes
+/// explicit -startdate/-enddate, which is how an already expired certificate is made.
+const PKI_CA_CNF: &str = "\
+[ca]
+default_ca = test
+[test]
+database = CA_DIR/index.txt
+serial = CA_DIR/serial
+new_certs_dir = CA_DIR
+default_md = sha256
+policy = any
+copy_extensions = none
+unique_subject = no
+[any]
+commonName = supplied
+[server_san]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:kubernetes-audit-tailer
+[server_cn_only]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+";
+
+const PKI_VALID: &str = "-startdate 20200101000000Z -enddate 20991231235959Z";
+const PKI_EXPIRED: &str = "-startdate 20200101000000Z -enddate 20200201000000Z";
+
+/// The certificates of the TLS tests, made once per test process in one directory:
+///
+/// | file | issuer | key | what |
+/// |---|---|---|---|
+/// | ca1.crt, ca2.crt | self | EC | CN audit-test-ca1 / audit-test-ca2 |
+/// | server.crt | CA1 | server-rsa.key (RSA, PKCS#1) | SAN DNS:kubernetes-audit-tailer |
+/// | server-ec.crt | CA1 | server-ec.key (EC, SEC1 with parameters) | same SAN |
+/// | cn-only.crt, cn-only-ca2.crt | CA1 / CA2 | server-ec.key | v3, CN kubernetes-audit-tailer, no SAN |
+/// | expired.crt | CA1 | server-ec.key | SAN as above, valid 2020-01-01 .. 2020-02-01 |
+/// | client.crt | CA1 | client-rsa.key (RSA, PKCS#1) | clientAuth |
+/// | client-ec.crt | CA1 | client-ec.key (EC, SEC1) | clientAuth |
+/// | client-ca2.crt | CA2 | client-ca2.key (EC, PKCS#8) | clientAuth |
+pub struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of a generated file; panics on a name that was not generated (a typo in a test
+    /// would otherwise show up as a confusing TLS failure).
+    pub fn path(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        assert!(p.is_file(), "test PKI has no file {name:?}");
+        p
+    }
+
+    /// The path as a string, for command lines.
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+
+extern "C" fn remove_pki_dir() {
+    if std::env::var_os("AF_TEST_KEEP").is_some() {
+        return;
+    }
+    if let Some(p) = PKI.get() {
+        let _ = fs::remove_dir_all(&p.dir);
+    }
+}
+
+/// Runs `openssl <args>` (split on whitespace) in `dir`; panics with openssl's stderr.
+pub fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("the openssl command is needed for the TLS tests: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pki_make_ca(dir: &Path, name: &str, cn: &str) {
+    let db = dir.join(name);
+    fs::create_dir_all(&db).unwrap_or_else(|e| panic!("mkdir {}: {e}", db.display()));
+    // openssl ca resolves these paths against its working directory, the PKI root.
+    let files = [
+        ("ca.cnf", PKI_CA_CNF.replace("CA_DIR", name)),
+        ("index.txt", String::new()),
+        ("serial", "1000\n".to_string()),
+    ];
+    for (f, text) in files {
+        fs::write(db.join(f), text).unwrap_or_else(|e| panic!("write {name}/{f}: {e}"));
+    }
+    openssl(
+        dir,
+        &format!("ecparam -name prime256v1 -genkey -noout -out {name}.key"),
+    );
+    openssl(
+        dir,
+        &format!("req -x509 -new -key {name}.key -subj /CN={cn} -days 3650 -out {name}.crt"),
+    );
+}
+
+/// Issues `out` for `key` from CA `ca` with extension section `ext` of PKI_CA_CNF.
+fn pki_issue(dir: &Path, ca: &str, key: &str, cn: &str, ext: &str, dates: &str, out: &str) {
+    openssl(
+        dir,
+        &format!("req -new -key {key} -subj /CN={cn} -out {out}.csr"),
+    );
+    openssl(
+        dir,
+        &format!(
+            "ca -batch -notext -config {ca}/ca.cnf -cert {ca}.crt -keyfile {ca}.key \
+             -in {out}.csr -out {out} -extensions {ext} {dates}"
+        ),
+    );
+}
+
+/// The test PKI (see [`Pki`]), generated on first use; removed when the test process exits
+/// (kept with AF_TEST_KEEP=1).
+pub fn pki() -> &'static Pki {
+    PKI.get_or_init(|| {
+        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!("af-test-pki-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let d = dir.as_path();
+        pki_make_ca(d, "ca1", CA1_CN);
+        pki_make_ca(d, "ca2", CA2_CN);
+        // RSA keys in the traditional PKCS#1 form; EC keys as SEC1 with the EC PARAMETERS
+        // block in front (no -noout), as `openssl ecparam -genkey` writes them by default.
+        openssl(d, "genrsa -traditional -out server-rsa.key 2048");
+        openssl(d, "genrsa -traditional -out client-rsa.key 2048");
+        openssl(d, "ecparam -name prime256v1 -genkey -out server-ec.key");
+        openssl(d, "ecparam -name prime256v1 -genkey -out client-ec.key");
+        openssl(
+            d,
+            "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out client-ca2.key",
+        );
+        let client_cn = "kubernetes-audit-forwarder";
+        let issues = [
+            (
+                "ca1",
+                "server-rsa.key",
+                VHOST,
+                "server_san",
+                PKI_VALID,
+                "server.crt",
+            ),
+            (
+                "ca1",
+                "server-ec.key",
+                VHOST,
+                "server_san",
+                PKI_VALID,
+                "server-ec.crt",
+            ),
+            (
+                "ca1",
+                "server-ec.key",
+                VHOST,
+                "server_cn_only",
+                PKI_VALID,
+                "cn-only.crt",
+            ),
+            (
+                "ca2",
+                "server-ec.key",
+                VHOST,
+                "server_cn_only",
+                PKI_VALID,
+                "cn-only-ca2.crt",
+            ),
+            (
+                "ca1",
+                "server-ec.key",
+                VHOST,
+                "server_san",
+                PKI_EXPIRED,
+                "expired.crt",
+            ),
+            (
+                "ca1",
+                "client-rsa.key",
+                client_cn,
+                "client",
+                PKI_VALID,
+                "client.crt",
+            ),
+            (
+                "ca1",
+                "client-ec.key",
+                client_cn,
+                "client",
+                PKI_VALID,
+                "client-ec.crt",
+            ),
+            (
+                "ca2",
+                "client-ca2.key",
+                client_cn,
+                "client",
+                PKI_VALID,
+                "client-ca2.crt",
+            ),
+        ];
+        for (ca, key, cn, ext, dates, out) in issues {
+            pki_issue(d, ca, key, cn, ext, dates, out);
+        }
+        // SAFETY: registers a plain extern "C" function without captures; it only reads the
+        // OnceLock, which is initialized by the time the process exits.
+        unsafe {
+            libc::atexit(remove_pki_dir);
+        }
+        eprintln!(
+            "[harness] test PKI in {} made in {:?}",
+            dir.display(),
+            started.elapsed()
+        );
+        Pki { dir }
+    })
+}
+
+/// Copies PKI files into `dir` as `(pki name, name in dir)` the way `cp` does: truncate and
+/// rewrite the same inode, so a watcher sees the change in place.
+pub fn install_pki_files(dir: &Path, files: &[(&str, &str)]) {
+    let p = pki();
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    for (from, to) in files {
+        let src = p.path(from);
+        let dst = dir.join(to);
+        fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("cp {} {}: {e}", src.display(), dst.display()));
+    }
+}
+
+/// Forwarder arguments for TLS delivery to 127.0.0.1:`port`: the client files are `ca.crt`,
+/// `client.crt` and `client.key` in `basedir`; reconnects are at most 1 s apart; then `extra`.
+pub fn fwd_tls_args(log: &Path, port: u16, basedir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--audit-log-path".to_string(),
+        log.display().to_string(),
+        "--target".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--tls-basedir".to_string(),
+        basedir.display().to_string(),
+    ];
+    let rest = [
+        "--tls-ca-file",
+        "ca.crt",
+        "--tls-crt-file",
+        "client.crt",
+        "--tls-key-file",
+        "client.key",
+        "--backoff-timer",
+        "1s",
+        "--connect-timeout",
+        "5s",
+    ];
+    v.extend(rest.iter().chain(extra).map(|s| s.to_string()));
+    v
+}
+
+/// Tailer arguments for TLS with a server certificate and key from the PKI.
+pub fn tailer_tls_args(cert: &str, key: &str, extra: &[&str]) -> Vec<String> {
+    let p = pki();
+    let mut v = vec![
+        "--tls-crt-file".to_string(),
+        p.arg(cert),
+        "--tls-key-file".to_string(),
+        p.arg(key),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `AF_TEST_TLS_SERVER=openssl`: the TLS side of [`TlsReceiver`] is socat (OpenSSL) in front
+/// of a plain-TCP tailer instead of the tailer's own TLS. A cross-check of the forwarder against
+/// another TLS stack, and a way to run the forwarder-side TLS tests without the tailer's TLS.
+pub fn openssl_server() -> bool {
+    std::env::var("AF_TEST_TLS_SERVER").is_ok_and(|v| v == "openssl")
+}
+
+/// The value of `--flag V` or `--flag=V` in `args`, and `args` without it.
+fn take_flag(args: &[String], flag: &str) -> (Option<String>, Vec<String>) {
+    let mut value = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            value = it.next().cloned();
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+            value = Some(v.to_string());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    (value, rest)
+}
+
+/// socat terminating TLS (OpenSSL) on 127.0.0.1:`port` and relaying each connection to a
+/// plain TCP port. Configured with the tailer's TLS flags (`--tls-crt-file`, `--tls-key-file`,
+/// `--client-ca`, `--tls-max-version`).
+pub struct SocatTls {
+    pub port: u16,
+    backend: u16,
+    listen: String,
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<u8>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SocatTls {
+    /// Starts socat with the TLS flags found in `tls_args`; returns it and the other arguments.
+    pub fn start(port: u16, backend: u16, tls_args: &[String]) -> (SocatTls, Vec<String>) {
+        let (listen, rest) = SocatTls::listen_address(port, tls_args);
+        let mut s = SocatTls {
+            port,
+            backend,
+            listen,
+            child: None,
+            output: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+        };
+        s.spawn();
+        (s, rest)
+    }
+
+    fn listen_address(port: u16, args: &[String]) -> (String, Vec<String>) {
+        let (cert, rest) = take_flag(args, "--tls-crt-file");
+        let (key, rest) = take_flag(&rest, "--tls-key-file");
+        let (ca, rest) = take_flag(&rest, "--client-ca");
+        let (max, rest) = take_flag(&rest, "--tls-max-version");
+        let (Some(cert), Some(key)) = (cert, key) else {
+            panic!("SocatTls needs --tls-crt-file and --tls-key-file in {args:?}");
+        };
+        let mut listen =
+            format!("OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={cert},key={key}");
+        match ca {
+            Some(ca) => listen.push_str(&format!(",verify=1,cafile={ca}")),
+            None => listen.push_str(",verify=0"),
+        }
+        match max.as_deref() {
+            None | Some("1.3") => {}
+            Some("1.2") => listen.push_str(",openssl-max-proto-version=TLS1.2"),
+            Some(other) => panic!("SocatTls: unsupported --tls-max-version {other}"),
+        }
+        (listen, rest)
+    }
+
+    fn spawn(&mut self) {
+        // Its own process group: the children it forks per connection hold our pipes too,
+        // and kill() ends them together with the parent.
+        let mut child = Command::new("socat")
+            .process_group(0)
+            .args(["-d", "-d", &self.listen])
+            .arg(format!("TCP:127.0.0.1:{}", self.backend))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("AF_TEST_TLS_SERVER=openssl needs socat: {e}"));
+        let (out, err) = take_pipes(&mut child);
+        let prefix = format!("socat {}", child.id());
+        for r in [
+            Box::new(BufReader::new(out)) as Box<dyn BufRead + Send>,
+            Box::new(BufReader::new(err)),
+        ] {
+            self.threads
+                .push(capture(r, self.output.clone(), prefix.clone(), None));
+        }
+        let mut exited = None;
+        let up = wait_until(secs(10), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                exited = Some(st);
+                return true;
+            }
+            port_listening(self.port)
+        });
+        if exited.is_some() || !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.join_threads();
+            panic!(
+                "socat on port {} did not start ({exited:?}); output:\n{}",
+                self.port,
+                self.stderr_text()
+            );
+        }
+        self.child = Some(child);
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the process group we created for this child (its pid), which
+            // holds only socat and the children it forked; the parent is not reaped yet, so
+            // the id cannot have been reused.
+            unsafe {
+                libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        self.join_threads();
+    }
+
+    pub fn restart_with(&mut self, tls_args: &[String]) -> Vec<String> {
+        self.kill();
+        let (listen, rest) = SocatTls::listen_address(self.port, tls_args);
+        self.listen = listen;
+        self.spawn();
+        rest
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.output)).into_owned()
+    }
+}
+
+impl Drop for SocatTls {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "[harness] socat port {} -> {}; output (tail):\n{}",
+                self.port,
+                self.backend,
+                tail_of(&self.stderr_text(), 10_000)
+            );
+        }
+    }
+}
+
+/// A TLS Forward receiver on 127.0.0.1:`port`: the tailer with its TLS flags, or, with
+/// AF_TEST_TLS_SERVER=openssl, socat (OpenSSL) in front of a plain-TCP tailer. Records are read
+/// from `tailer` either way.
+pub struct TlsReceiver {
+    pub port: u16,
+    pub tailer: Tailer,
+    pub front: Option<SocatTls>,
+}
+
+impl TlsReceiver {
+    /// `args`: tailer arguments after `--listen ADDR` (see [`tailer_tls_args`]).
+    pub fn start(port: u16, args: Vec<String>) -> TlsReceiver {
+        if !openssl_server() {
+            return TlsReceiver {
+                port,
+                tailer: Tailer::start_with(port, args),
+                front: None,
+            };
+        }
+        let backend = free_port();
+        let tailer_args = SocatTls::listen_address(port, &args).1;
+        let tailer = Tailer::start_with(backend, tailer_args);
+        let (front, _) = SocatTls::start(port, backend, &args);
+        TlsReceiver {
+            port,
+            tailer,
+            front: Some(front),
+        }
+    }
+
+    /// Restart with other arguments (another certificate, client CA, shared key); records
+    /// received so far are kept.
+    pub fn restart_with(&mut self, args: Vec<String>) {
+        match self.front.as_mut() {
+            None => self.tailer.restart_with(args),
+            Some(front) => {
+                let rest = front.restart_with(&args);
+                self.tailer.restart_with(rest);
+            }
+        }
+    }
+
+    /// The receiving side's log: the tailer's stderr, then socat's if it is in front.
+    pub fn stderr_text(&self) -> String {
+        let mut t = self.tailer.stderr_text();
+        if let Some(f) = &self.front {
+            t.push_str(&f.stderr_text());
+        }
+        t
     }
 }
