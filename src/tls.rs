@@ -1026,8 +1026,10 @@ extendedKeyUsage = clientAuth
     fn pki() -> &'static Pki {
         static PKI: OnceLock<Pki> = OnceLock::new();
         PKI.get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("audit-forwarder-tls-{}", std::process::id()));
+            // Beside the test binary (in the target directory), reused and overwritten by each
+            // run, so runs leave nothing behind in /tmp.
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap_or(Path::new(".")).join("tls-test-pki");
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let d = dir.as_path();

@@ -2588,3 +2588,6 @@ impl TlsReceiver {
         t
     }
 }
+
+// ---- tunnel helpers (tests/proxy.rs) ----
+pub mod proxy;
