@@ -304,7 +304,13 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
                     // Over the cap: the parser names the oversized header below.
                     Err(_) if rbuf.len() > proxy::MAX_HEADER => false,
-                    Err(e) => return Err(self.describe_proxy_tls(&e)),
+                    Err(e) => {
+                        return Err(format!(
+                            "{}{}",
+                            self.describe_proxy_tls(&e),
+                            self.proxy_refusal_hint()
+                        ))
+                    }
                 };
                 match parser.feed(&rbuf) {
                     proxy::Parsed::Open { header_len } => {
@@ -318,7 +324,11 @@ impl Conn {
                         Ok((self.start_tls(link, now)?, true))
                     }
                     proxy::Parsed::Refused(e) => Err(e.to_string()),
-                    proxy::Parsed::NeedMore if eof => Err(parser.finish(&rbuf).to_string()),
+                    proxy::Parsed::NeedMore if eof => Err(format!(
+                        "{}{}",
+                        parser.finish(&rbuf),
+                        self.proxy_refusal_hint()
+                    )),
                     // tinyproxy's refusals carry no length: their body ends when it closes, so a
                     // refusal that arrived whole is reported at the deadline rather than lost.
                     proxy::Parsed::NeedMore if now >= deadline && !rbuf.is_empty() => {
@@ -491,6 +501,18 @@ impl Conn {
                 link,
                 deadline: now + self.cfg.connect_timeout,
             }),
+        }
+    }
+
+    /// With TLS 1.3 the proxy checks our certificate after the client considers the handshake
+    /// done; its alert is often lost in the reset that follows, so say what the likely cause is.
+    fn proxy_refusal_hint(&self) -> &'static str {
+        match self.cfg.route {
+            Route::Mtls { .. } => {
+                " (an mTLS proxy that closes before answering CONNECT has usually refused our \
+                 client certificate: check --proxy-client-crt-file and --proxy-client-key-file)"
+            }
+            _ => "",
         }
     }
 
@@ -776,7 +798,14 @@ fn read_acks(
                 used += n;
             }
             Ok(None) => break,
-            Err(e) => return Err(ReadError::Protocol(format!("bad ack: {e}"))),
+            Err(e) => {
+                // Through a tunnel this is typically the proxy's HTTP error written after its 200.
+                let got = &rbuf[used..];
+                return Err(ReadError::Protocol(format!(
+                    "bad ack: {e}; the receiver sent {:?}",
+                    printable(&got[..got.len().min(200)])
+                )));
+            }
         }
     }
     rbuf.drain(..used);
