@@ -394,6 +394,17 @@ impl Tail {
         })
     }
 
+    /// Opens `e` and queues it behind the files already held.
+    fn follow(&mut self, e: &Entry) {
+        match self.open(e) {
+            Ok(h) => {
+                info!("following {}", self.dir.join(&h.name).display());
+                self.queue.push_back(h);
+            }
+            Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
+        }
+    }
+
     /// The fingerprint of an entry, or `None` when it cannot be read yet (a gzip being written).
     fn entry_fingerprint(&self, e: &Entry, len: Option<u32>) -> Option<Fingerprint> {
         let path = self.dir.join(&e.name);
@@ -488,13 +499,7 @@ impl Tail {
             {
                 continue;
             }
-            match self.open(e) {
-                Ok(h) => {
-                    info!("following {}", self.dir.join(&h.name).display());
-                    self.queue.push_back(h);
-                }
-                Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
-            }
+            self.follow(e);
         }
         let no_position_tail = pos.is_none() && !self.read_from_head;
         if let Some(h) = self.queue.front_mut() {
@@ -597,13 +602,7 @@ impl Tail {
             {
                 continue;
             }
-            match self.open(e) {
-                Ok(h) => {
-                    info!("following {}", self.dir.join(&h.name).display());
-                    self.queue.push_back(h);
-                }
-                Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
-            }
+            self.follow(e);
         }
     }
 

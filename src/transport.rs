@@ -135,69 +135,50 @@ impl Transport {
             || self.inner.as_ref().is_some_and(|c| c.wants_write())
     }
 
-    fn lower(&mut self) -> Lower<'_> {
-        Lower {
+    /// The receiver-TLS layer (if any) and the stream beneath it, borrowed together.
+    fn split(&mut self) -> (Option<&mut ClientConnection>, Lower<'_>) {
+        let lower = Lower {
             sock: &mut self.sock,
             outer: self.outer.as_mut(),
             pending: &mut self.pending,
             first: &mut self.first,
             record_first: self.record_first,
-        }
+        };
+        (self.inner.as_mut(), lower)
     }
 
     /// Advances the TLS handshakes and flushes queued records. Returns true once the topmost
     /// TLS layer (if any) has finished its handshake.
     pub fn handshake(&mut self) -> io::Result<bool> {
-        let mut lower = self.lower();
+        let (inner, mut lower) = self.split();
         if let Some(outer) = lower.outer.as_deref_mut() {
             pump(outer, &mut *lower.sock)?;
         }
-        match self.inner.as_mut() {
+        match inner {
             Some(inner) => {
-                let mut lower = Lower {
-                    sock: &mut self.sock,
-                    outer: self.outer.as_mut(),
-                    pending: &mut self.pending,
-                    first: &mut self.first,
-                    record_first: self.record_first,
-                };
                 pump(inner, &mut lower)?;
                 Ok(!inner.is_handshaking())
             }
-            None => Ok(self.outer.as_ref().is_none_or(|c| !c.is_handshaking())),
+            None => Ok(lower.outer.is_none_or(|c| !c.is_handshaking())),
         }
     }
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(inner) = self.inner.as_mut() else {
-            return self.lower().read(buf);
-        };
-        let mut lower = Lower {
-            sock: &mut self.sock,
-            outer: self.outer.as_mut(),
-            pending: &mut self.pending,
-            first: &mut self.first,
-            record_first: self.record_first,
-        };
-        tls_read(inner, &mut lower, buf)
+        match self.split() {
+            (Some(inner), mut lower) => tls_read(inner, &mut lower, buf),
+            (None, mut lower) => lower.read(buf),
+        }
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(inner) = self.inner.as_mut() else {
-            return self.lower().write(buf);
-        };
-        let mut lower = Lower {
-            sock: &mut self.sock,
-            outer: self.outer.as_mut(),
-            pending: &mut self.pending,
-            first: &mut self.first,
-            record_first: self.record_first,
-        };
-        tls_write(inner, &mut lower, buf)
+        match self.split() {
+            (Some(inner), mut lower) => tls_write(inner, &mut lower, buf),
+            (None, mut lower) => lower.write(buf),
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
