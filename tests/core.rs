@@ -1084,3 +1084,58 @@ fn harness_port_listening_reads_proc_net_tcp() {
     let p = free_port();
     assert!(!port_listening(p));
 }
+
+// 16 -----------------------------------------------------------------------------------------
+
+/// The file the position names is rotated and its backup deleted while the forwarder is down:
+/// the lines it held past the position are gone, and the forwarder must say so (which file,
+/// which offset) instead of silently skipping them, then deliver what still exists.
+#[test]
+fn t16_positioned_file_gone_while_stopped_is_reported_not_skipped_silently() {
+    let dir = TempDir::new("t16");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let a = audit_events(0..2000);
+    w.write_lines(&a);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    expect_all(&tailer, &mut fwd, &a, "before the stop");
+    fwd.term_ok();
+    let position = std::fs::read_to_string(dir.join(".audit-forwarder.pos")).unwrap();
+    let offset = position
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("offset="))
+        .expect("offset in the position file")
+        .to_string();
+
+    let lost = audit_events(2000..2100);
+    w.write_lines(&lost);
+    let backup = w.rotate_file();
+    std::fs::remove_file(&backup).unwrap();
+    let b = audit_events(2100..2600);
+    w.write_lines(&b);
+
+    fwd.restart();
+    assert!(
+        fwd.wait_log("lost", DELIVERY),
+        "no error about the lost data; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    let line = fwd
+        .stderr_text()
+        .lines()
+        .find(|l| l.contains("lost"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("ERROR")
+            && line.contains("audit.log")
+            && line.contains(&format!("offset {offset}")),
+        "the error must name the file and the offset {offset}: {line}"
+    );
+    let expected: Vec<String> = [a, b].concat();
+    expect_all(&tailer, &mut fwd, &expected, "after restart");
+    thread::sleep(Duration::from_millis(300));
+    assert_delivered(&expected, &tailer.records(), false);
+    fwd.term_ok();
+}
