@@ -139,28 +139,48 @@ fn emit_line(line: &[u8], max: usize, start: u64, end: u64, emit: &mut impl FnMu
     }
 }
 
-/// Finds the first `\n`, eight bytes at a time: audit lines are about a kilobyte, so this loop is
-/// a good part of the per-byte cost of following the file.
+/// Finds the first `\n`. Audit lines are kilobytes long, so this search is most of the
+/// splitter's cost: it tests 64 bytes per step, written as an OR of byte compares with no early
+/// exit inside the block, which LLVM compiles to a handful of vector compares and one mask test
+/// (SSE2 on x86-64, NEON on aarch64).
 fn memchr_nl(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const NL: u64 = LO * b'\n' as u64;
-    let mut chunks = s.chunks_exact(8);
+    let mut blocks = s.chunks_exact(64);
     let mut base = 0;
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ NL;
-        // A zero byte in `w` is a newline in `c`; this sets its high bit (exact for the first).
-        let z = w.wrapping_sub(LO) & !w & HI;
-        if z != 0 {
-            return Some(base + (z.trailing_zeros() / 8) as usize);
+    for block in &mut blocks {
+        if has_nl(block) {
+            return Some(base + first_nl(block));
         }
-        base += 8;
+        base += 64;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| base + i)
+    // The last bytes: padded with zeros, which are never a newline, to use the same test.
+    let rest = blocks.remainder();
+    let mut block = [0u8; 64];
+    block[..rest.len()].copy_from_slice(rest);
+    has_nl(&block).then(|| base + first_nl(&block))
+}
+
+#[inline(always)]
+fn has_nl(block: &[u8]) -> bool {
+    block.iter().fold(0, |a, &b| a | u8::from(b == b'\n')) != 0
+}
+
+/// Index of the first `\n` in a 64-byte block that has one: found 16 bytes at a time, the
+/// lowest 0xff byte of the compare mask giving its position.
+#[inline(always)]
+fn first_nl(block: &[u8]) -> usize {
+    let mut at = 0;
+    for part in block.chunks_exact(16) {
+        let mut mask = [0u8; 16];
+        for (m, &b) in mask.iter_mut().zip(part) {
+            *m = u8::from(b == b'\n').wrapping_neg();
+        }
+        let mask = u128::from_le_bytes(mask);
+        if mask != 0 {
+            return at + (mask.trailing_zeros() / 8) as usize;
+        }
+        at += 16;
+    }
+    at
 }
 
 #[cfg(test)]
@@ -272,6 +292,29 @@ mod tests {
             }
         }
         assert_eq!(memchr_nl(b"\x0b\n"), Some(1));
+    }
+
+    #[test]
+    fn memchr_finds_every_position_in_long_inputs() {
+        // Longer than one 64-byte block, so the block loop, the in-block search and the padded
+        // tail are all exercised, with a second newline after the first and none at all.
+        for len in [63, 64, 65, 127, 128, 129, 200] {
+            let mut buf = vec![0x8a; len];
+            assert_eq!(memchr_nl(&buf), None, "{len}");
+            for i in 0..len {
+                buf.fill(b'x');
+                buf[i] = b'\n';
+                if i + 17 < len {
+                    buf[i + 17] = b'\n';
+                }
+                assert_eq!(memchr_nl(&buf), Some(i), "{len} {i}");
+                assert_eq!(memchr_nl(&buf[..i]), None, "{len} {i}");
+                assert_eq!(
+                    memchr_nl(&buf[i + 1..]).map(|j| j + i + 1),
+                    (i + 17 < len).then_some(i + 17)
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Hot path from a kube-apiserver audit line to a Fluent Forward entry: one JSON object line
 //! becomes `[EventTime, record-map]` in msgpack, written straight into the caller's buffer with no
-//! intermediate tree and no allocation besides the growth of that buffer. Also owns RFC 3339 ->
-//! EventTime. A line that is not a strict JSON object (RFC 8259, valid UTF-8, nesting <= 256)
+//! intermediate tree and no allocation besides the growth of that buffer (and, for nesting deeper
+//! than kube-apiserver's, a small stack of open containers). Also owns RFC 3339 -> EventTime. A line that is not a strict JSON object (RFC 8259, valid UTF-8, nesting <= 256)
 //! becomes `{"log": <line>}` stamped with the caller's "now", so no line is ever dropped.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,8 +24,10 @@ pub enum Kind {
     Fallback,
 }
 
-/// kube-apiserver nests far less than this; the cap bounds the recursion below.
+/// kube-apiserver nests far less than this; the cap bounds the parser's stack of open containers.
 const MAX_DEPTH: usize = 256;
+/// Enclosing containers kept in a stack array by the parser; deeper ones go to the heap.
+const NEAR_PARENTS: usize = 16;
 const STAGE_KEY: &[u8] = b"stageTimestamp";
 const RECEIVED_KEY: &[u8] = b"requestReceivedTimestamp";
 /// Msgpack str32/map32/array32 lengths are u32.
@@ -239,7 +241,37 @@ struct Times {
     picked: Option<EventTime>,
 }
 
+/// Which timestamp a top-level key names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TimeKey {
+    None,
+    Stage,
+    Received,
+}
+
+impl TimeKey {
+    #[inline]
+    fn of(key: &[u8]) -> TimeKey {
+        match key {
+            STAGE_KEY => TimeKey::Stage,
+            RECEIVED_KEY => TimeKey::Received,
+            _ => TimeKey::None,
+        }
+    }
+}
+
 impl Times {
+    /// Records where the string value of a timestamp key was written, or `None` when the value
+    /// is not a string.
+    fn note(&mut self, key: TimeKey, at: Option<(usize, usize)>) {
+        match key {
+            TimeKey::Stage => self.stage = at,
+            TimeKey::Received => self.received = at,
+            TimeKey::None => {}
+        }
+    }
+
+    #[inline(never)]
     fn pick(&mut self, out: &[u8]) {
         let parse =
             |r: Option<(usize, usize)>| r.and_then(|(at, end)| parse_rfc3339(&out[at..end]));
@@ -251,27 +283,28 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
     if line.len() > MAX_MSGPACK_LEN {
         return Err(Invalid::TooLong);
     }
-    // One pass up front (std's validator runs word-at-a-time over ASCII) lets the string scanner
-    // copy non-ASCII bytes blindly, and the grammar rejects every non-ASCII byte outside strings.
-    if std::str::from_utf8(line).is_err() {
+    // One check up front lets the string scanner copy non-ASCII bytes blindly, and the grammar
+    // rejects every non-ASCII byte outside strings. Audit lines are nearly always pure ASCII,
+    // which a vectorised test settles for a fraction of the cost of full validation.
+    if !is_ascii(line) && std::str::from_utf8(line).is_err() {
         return Err(Invalid::Utf8);
     }
     // Msgpack is rarely longer than the JSON (only floats such as `1.0` grow), so one reservation
     // usually covers the whole entry.
-    out.reserve(line.len() + 16);
+    out.reserve(line.len() + 64);
     out.push(0x92);
     let time_at = out.len();
     write_event_time(now, out);
 
-    let mut p = Parser { s: line, i: 0 };
-    p.ws();
-    if p.peek() != Some(b'{') {
+    let i = skip_ws(line, 0);
+    if line.get(i) != Some(&b'{') {
         return Err(Invalid::NotObject);
     }
     let mut times = Times::default();
-    p.object(out, 1, Some(&mut times))?;
-    p.ws();
-    if p.i != line.len() {
+    let mut w = Out::new(out);
+    let end = top_object(line, i, &mut w, &mut times);
+    w.close();
+    if skip_ws(line, end?) != line.len() {
         return Err(Invalid::Trailing);
     }
     // The time precedes the map in the entry, so it is patched in once the keys have been seen.
@@ -280,312 +313,415 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
     Ok(())
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
+#[inline(always)]
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = s.get(i) {
+        i += 1;
+    }
+    i
 }
 
-impl Parser<'_> {
-    #[inline]
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
+/// Whether every byte is below 0x80. Written as one OR over the whole line, with no early exit,
+/// so LLVM vectorises it into a few instructions per 64 bytes; std's `is_ascii` (and the ASCII
+/// fast path of `from_utf8`) test as they go and cost two to three times as much.
+fn is_ascii(s: &[u8]) -> bool {
+    s.iter().fold(0, |a, &b| a | b) < 0x80
+}
+
+/// Zeroed room is added to the output this many bytes at a time: enough for most entries in one
+/// or two steps, small enough that zeroing it stays a short vector loop.
+const OUT_STEP: usize = 1024;
+
+/// The transcoder's view of the output: the entry so far is `buf[..at]`, and `buf[at..]` is zeroed
+/// room, added a step at a time, that the next bytes overwrite. Writing into a slice needs one
+/// bounds check per write where `Vec` appends update the length each time, and a fixed-size copy
+/// into a slice always compiles to plain moves. `close` gives the room back.
+struct Out<'a> {
+    buf: &'a mut Vec<u8>,
+    at: usize,
+}
+
+impl<'a> Out<'a> {
+    fn new(buf: &'a mut Vec<u8>) -> Out<'a> {
+        let at = buf.len();
+        Out { buf, at }
+    }
+
+    fn close(self) {
+        self.buf.truncate(self.at);
+    }
+
+    /// Writes all of `block` but keeps only its first `used` bytes (at most `N`): a fixed-size
+    /// copy and a cut is cheaper than a copy of exactly `used` bytes.
+    #[inline(always)]
+    fn block<const N: usize>(&mut self, block: &[u8; N], used: usize) {
+        let at = self.at;
+        match self.buf.get_mut(at..at + N) {
+            Some(room) => room.copy_from_slice(block),
+            None => grow_and_write(self.buf, at, block),
+        }
+        self.at = at + used;
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.block(&[b], 1);
     }
 
     #[inline]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
-            self.i += 1;
+    fn slice(&mut self, bytes: &[u8]) {
+        let at = self.at;
+        match self.buf.get_mut(at..at + bytes.len()) {
+            Some(room) => room.copy_from_slice(bytes),
+            None => grow_and_write(self.buf, at, bytes),
         }
+        self.at = at + bytes.len();
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), Invalid> {
-        match self.peek() {
-            Some(b'"') => self.string(out).map(|_| ()),
-            Some(b'{') => self.object(out, depth + 1, None),
-            Some(b'[') => self.array(out, depth + 1),
-            Some(b't') => self.literal(b"true", 0xc3, out),
-            Some(b'f') => self.literal(b"false", 0xc2, out),
-            Some(b'n') => self.literal(b"null", 0xc0, out),
-            Some(b'-' | b'0'..=b'9') => self.number(out),
-            Some(_) => Err(Invalid::ExpectedValue),
-            None => Err(Invalid::EndOfLine),
-        }
+    /// The bytes written from `from` on.
+    fn since(&self, from: usize) -> &[u8] {
+        &self.buf[from..self.at]
     }
+}
 
-    /// At `{`. `times` is set only for the top-level object, whose timestamp keys pick the time.
-    fn object(
-        &mut self,
-        out: &mut Vec<u8>,
-        depth: usize,
-        mut times: Option<&mut Times>,
-    ) -> Result<(), Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid::TooDeep);
+/// Adds room for `bytes` at `at` in `buf` (stopping at the allocation's capacity while that is
+/// enough, so growing the room never reallocates needlessly) and writes them. A free function
+/// taking `at` by value, as are the other out-of-line writers: were `Out` passed by reference to
+/// any of them, its cursor would have to live in memory rather than a register.
+#[cold]
+#[inline(never)]
+fn grow_and_write(buf: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    let end = at + bytes.len();
+    let len = (buf.len() + OUT_STEP).min(buf.capacity()).max(end);
+    buf.resize(len, 0);
+    buf[at..end].copy_from_slice(bytes);
+}
+
+/// Transcodes the object at `s[start] == b'{'` and returns the index after it.
+///
+/// Iterative rather than recursive: the containers that enclose the current one wait in `near`
+/// and `far`, so a member costs no call and the state stays in registers.
+fn top_object(s: &[u8], start: usize, out: &mut Out, times: &mut Times) -> Result<usize, Invalid> {
+    // Each enclosing container as (where its header placeholder is, members so far); whether it
+    // is an object is read back from the placeholder, which stays until the container closes.
+    // The first few live on the stack (kube-apiserver nests at most about 15 deep); zeroing room
+    // for all of `MAX_DEPTH` on every line would cost more than some short lines themselves.
+    let mut near = [(0usize, 0usize); NEAR_PARENTS];
+    let mut far = Vec::new();
+    let mut depth = 1;
+    let mut hdr = out.at;
+    let mut count = 0usize;
+    let mut object = true;
+    out.byte(0x80);
+    let mut i = skip_ws(s, start + 1);
+    // Set when the current container has just seen its closing bracket.
+    let mut closed = s.get(i) == Some(&b'}');
+    if closed {
+        i += 1;
+    }
+    loop {
+        if !closed {
+            // One member (object) or element (array) at `i`, after any whitespace.
+            let mut slot = TimeKey::None;
+            if object {
+                if s.get(i) != Some(&b'"') {
+                    return Err(Invalid::ExpectedKey);
+                }
+                let (at, next) = string(s, i + 1, out)?;
+                i = next;
+                if s.get(i) != Some(&b':') {
+                    i = skip_ws(s, i);
+                    if s.get(i) != Some(&b':') {
+                        return Err(Invalid::ExpectedColon);
+                    }
+                }
+                i = skip_ws(s, i + 1);
+                if depth == 1 {
+                    slot = TimeKey::of(out.since(at));
+                }
+            }
+            match s.get(i) {
+                Some(b'"') => {
+                    let (at, next) = string(s, i + 1, out)?;
+                    i = next;
+                    if slot != TimeKey::None {
+                        times.note(slot, Some((at, out.at)));
+                    }
+                }
+                Some(&open @ (b'{' | b'[')) => {
+                    if slot != TimeKey::None {
+                        times.note(slot, None);
+                    }
+                    if depth == MAX_DEPTH {
+                        return Err(Invalid::TooDeep);
+                    }
+                    match near.get_mut(depth - 1) {
+                        Some(p) => *p = (hdr, count),
+                        None => far.push((hdr, count)),
+                    }
+                    depth += 1;
+                    hdr = out.at;
+                    count = 0;
+                    object = open == b'{';
+                    out.byte(if object { 0x80 } else { 0x90 });
+                    i = skip_ws(s, i + 1);
+                    if s.get(i) != Some(if object { &b'}' } else { &b']' }) {
+                        continue;
+                    }
+                    i += 1;
+                    closed = true;
+                }
+                Some(&c) => {
+                    if slot != TimeKey::None {
+                        times.note(slot, None);
+                    }
+                    i = match c {
+                        b't' => literal(s, i, b"true", 0xc3, out)?,
+                        b'f' => literal(s, i, b"false", 0xc2, out)?,
+                        b'n' => literal(s, i, b"null", 0xc0, out)?,
+                        b'-' | b'0'..=b'9' => {
+                            let (next, at) = number(s, i, out.buf, out.at)?;
+                            out.at = at;
+                            next
+                        }
+                        _ => return Err(Invalid::ExpectedValue),
+                    };
+                }
+                None => return Err(Invalid::EndOfLine),
+            }
         }
-        self.i += 1;
-        let hdr = out.len();
-        out.push(0x80);
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        let mut count = 0usize;
+        // A value of the current container is complete, or the container itself is.
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(Invalid::ExpectedKey);
-            }
-            let key_at = self.string(out)?;
-            self.ws();
-            if self.peek() != Some(b':') {
-                return Err(Invalid::ExpectedColon);
-            }
-            self.i += 1;
-            self.ws();
-            let slot = match times.as_deref_mut() {
-                Some(t) if out[key_at..] == *STAGE_KEY => Some(&mut t.stage),
-                Some(t) if out[key_at..] == *RECEIVED_KEY => Some(&mut t.received),
-                _ => None,
-            };
-            match slot {
-                Some(slot) if self.peek() == Some(b'"') => {
-                    let at = self.string(out)?;
-                    *slot = Some((at, out.len()));
+            if closed {
+                closed = false;
+                if depth == 1 {
+                    times.pick(out.since(0));
+                    finish_container(out, hdr, count, 0x80, 0xde);
+                    return Ok(i);
                 }
-                Some(slot) => {
-                    self.value(out, depth)?;
-                    *slot = None;
-                }
-                None => self.value(out, depth)?,
+                let (fix, tag16) = if object { (0x80, 0xde) } else { (0x90, 0xdc) };
+                finish_container(out, hdr, count, fix, tag16);
+                depth -= 1;
+                (hdr, count) = match near.get(depth - 1) {
+                    Some(&p) => p,
+                    // Pushed when this depth was entered from above.
+                    None => far.pop().unwrap_or_default(),
+                };
+                object = out.buf[hdr] == 0x80;
             }
             count += 1;
-            self.ws();
-            match self.peek() {
+            i = skip_ws(s, i);
+            match s.get(i) {
                 Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
+                    i = skip_ws(s, i + 1);
                     break;
                 }
-                _ => return Err(Invalid::ObjectSeparator),
-            }
-        }
-        if let Some(t) = times {
-            t.pick(out);
-        }
-        finish_container(out, hdr, count, 0x80, 0xde);
-        Ok(())
-    }
-
-    /// At `[`.
-    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid::TooDeep);
-        }
-        self.i += 1;
-        let hdr = out.len();
-        out.push(0x90);
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(());
-        }
-        let mut count = 0usize;
-        loop {
-            self.value(out, depth)?;
-            count += 1;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
+                Some(b'}') if object => {
+                    i += 1;
+                    closed = true;
                 }
-                Some(b']') => {
-                    self.i += 1;
-                    break;
+                Some(b']') if !object => {
+                    i += 1;
+                    closed = true;
                 }
+                _ if object => return Err(Invalid::ObjectSeparator),
                 _ => return Err(Invalid::ArraySeparator),
             }
         }
-        finish_container(out, hdr, count, 0x90, 0xdc);
-        Ok(())
     }
+}
 
-    fn literal(&mut self, word: &[u8], tag: u8, out: &mut Vec<u8>) -> Result<(), Invalid> {
-        if !self.s[self.i..].starts_with(word) {
-            return Err(Invalid::Literal);
+fn literal(s: &[u8], i: usize, word: &[u8], tag: u8, out: &mut Out) -> Result<usize, Invalid> {
+    if !s[i..].starts_with(word) {
+        return Err(Invalid::Literal);
+    }
+    out.byte(tag);
+    Ok(i + word.len())
+}
+
+/// The string whose body starts at `start` (after its `"`). Writes a msgpack str and returns
+/// where its bytes start in the output and the index after the closing quote.
+#[inline(always)]
+fn string(s: &[u8], start: usize, out: &mut Out) -> Result<(usize, usize), Invalid> {
+    let stop = find_special(s, start);
+    if s.get(stop) != Some(&b'"') {
+        let (body, next, at) = escaped_string(s, start, stop, out.buf, out.at)?;
+        out.at = at;
+        return Ok((body, next));
+    }
+    // No escapes (the common case): the length is known before writing anything. A short
+    // string is copied as one block with its opening quote, which the fixstr header replaces.
+    let n = stop - start;
+    let quoted = &s[start - 1..];
+    if n < 16 {
+        if let Some(block) = quoted.first_chunk::<16>() {
+            let at = out.at;
+            out.block(block, n + 1);
+            out.buf[at] = 0xa0 | n as u8;
+            return Ok((at + 1, stop + 1));
         }
-        self.i += word.len();
-        out.push(tag);
-        Ok(())
+    } else if n < 32 {
+        if let Some(block) = quoted.first_chunk::<32>() {
+            let at = out.at;
+            out.block(block, n + 1);
+            out.buf[at] = 0xa0 | n as u8;
+            return Ok((at + 1, stop + 1));
+        }
     }
+    put_str_header(n, out);
+    let at = out.at;
+    copy_run(s, start, stop, out);
+    Ok((at, stop + 1))
+}
 
-    /// At `"`. Writes a msgpack str and returns where its bytes start in `out`.
-    #[inline]
-    fn string(&mut self, out: &mut Vec<u8>) -> Result<usize, Invalid> {
-        let s = self.s;
-        let start = self.i + 1;
-        let stop = find_special(s, start);
+/// The body from `start` has its first escape (or an error) at `stop`. Returns where the body
+/// starts in `buf`, the index after the closing quote and the new end of the output.
+#[inline(never)]
+fn escaped_string(
+    s: &[u8],
+    start: usize,
+    mut stop: usize,
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<(usize, usize, usize), Invalid> {
+    let out = &mut Out { buf, at };
+    match s.get(stop) {
+        Some(b'\\') => {}
+        Some(_) => return Err(Invalid::ControlChar),
+        None => return Err(Invalid::Unterminated),
+    }
+    // Every escape decodes to fewer bytes than it spells, so the rest of the line bounds the
+    // decoded length: a header sized for it can only have to shrink.
+    let hdr = out.at;
+    let reserved = str_header_len(s.len() - start);
+    out.block(&[0; 5], reserved);
+    let mut run = start;
+    loop {
+        copy_run(s, run, stop, out);
         match s.get(stop) {
-            Some(b'"') => {
-                // No escapes (the common case): the length is known before writing anything.
-                put_str_header(stop - start, out);
-                let at = out.len();
-                copy_run(s, start, stop, out);
-                self.i = stop + 1;
-                Ok(at)
-            }
-            Some(b'\\') => self.escaped_string(out, start, stop),
-            Some(_) => Err(Invalid::ControlChar),
-            None => Err(Invalid::Unterminated),
+            Some(b'"') => break,
+            Some(b'\\') => run = escape(s, stop, out)?,
+            Some(_) => return Err(Invalid::ControlChar),
+            None => return Err(Invalid::Unterminated),
         }
+        stop = find_special(s, run);
     }
+    let (body, end) = finish_str(out.buf, hdr, reserved, out.at);
+    Ok((body, stop + 1, end))
+}
 
-    /// The body from `start` has its first escape at `stop`.
-    fn escaped_string(
-        &mut self,
-        out: &mut Vec<u8>,
-        start: usize,
-        mut stop: usize,
-    ) -> Result<usize, Invalid> {
-        let s = self.s;
-        // Every escape decodes to fewer bytes than it spells, so the rest of the line bounds the
-        // decoded length: a header sized for it can only have to shrink.
-        let hdr = out.len();
-        let reserved = str_header_len(s.len() - start);
-        out.resize(hdr + reserved, 0);
-        let mut run = start;
-        loop {
-            copy_run(s, run, stop, out);
-            match s.get(stop) {
-                Some(b'"') => break,
-                Some(b'\\') => run = self.escape(stop, out)?,
-                Some(_) => return Err(Invalid::ControlChar),
-                None => return Err(Invalid::Unterminated),
-            }
-            stop = find_special(s, run);
-        }
-        self.i = stop + 1;
-        Ok(finish_str(out, hdr, reserved))
-    }
-
-    /// Decodes the escape at `s[at] == b'\\'` into `out`; returns the index after it.
-    fn escape(&self, at: usize, out: &mut Vec<u8>) -> Result<usize, Invalid> {
-        let s = self.s;
-        let byte = match s.get(at + 1) {
-            Some(b'"') => b'"',
-            Some(b'\\') => b'\\',
-            Some(b'/') => b'/',
-            Some(b'b') => 0x08,
-            Some(b'f') => 0x0c,
-            Some(b'n') => b'\n',
-            Some(b'r') => b'\r',
-            Some(b't') => b'\t',
-            Some(b'u') => {
-                let cp = hex4(s, at + 2)?;
-                let (c, next) = match cp {
-                    0xd800..=0xdbff => {
-                        // A high surrogate counts only when a low one follows as the next escape;
-                        // alone (like a lone low surrogate) it cannot be UTF-8 and becomes U+FFFD.
-                        let low = match s.get(at + 6..at + 8) {
-                            Some(b"\\u") => hex4(s, at + 8)?,
-                            _ => 0,
-                        };
-                        if (0xdc00..=0xdfff).contains(&low) {
-                            let c = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
-                            (char::from_u32(c), at + 12)
-                        } else {
-                            (None, at + 6)
-                        }
+/// Decodes the escape at `s[at] == b'\\'` into `out`; returns the index after it.
+fn escape(s: &[u8], at: usize, out: &mut Out) -> Result<usize, Invalid> {
+    let byte = match s.get(at + 1) {
+        Some(b'"') => b'"',
+        Some(b'\\') => b'\\',
+        Some(b'/') => b'/',
+        Some(b'b') => 0x08,
+        Some(b'f') => 0x0c,
+        Some(b'n') => b'\n',
+        Some(b'r') => b'\r',
+        Some(b't') => b'\t',
+        Some(b'u') => {
+            let cp = hex4(s, at + 2)?;
+            let (c, next) = match cp {
+                0xd800..=0xdbff => {
+                    // A high surrogate counts only when a low one follows as the next escape;
+                    // alone (like a lone low surrogate) it cannot be UTF-8 and becomes U+FFFD.
+                    let low = match s.get(at + 6..at + 8) {
+                        Some(b"\\u") => hex4(s, at + 8)?,
+                        _ => 0,
+                    };
+                    if (0xdc00..=0xdfff).contains(&low) {
+                        let c = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+                        (char::from_u32(c), at + 12)
+                    } else {
+                        (None, at + 6)
                     }
-                    _ => (char::from_u32(cp), at + 6),
-                };
-                let mut buf = [0u8; 4];
-                let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                return Ok(next);
-            }
-            _ => return Err(Invalid::Escape),
-        };
-        out.push(byte);
-        Ok(at + 2)
-    }
-
-    /// At `-` or a digit.
-    fn number(&mut self, out: &mut Vec<u8>) -> Result<(), Invalid> {
-        let s = self.s;
-        let start = self.i;
-        let mut i = start;
-        let negative = s[i] == b'-';
-        if negative {
-            i += 1;
-        }
-        let mut magnitude: u64 = 0;
-        let mut overflow = false;
-        match s.get(i) {
-            Some(b'0') => {
-                i += 1;
-                if s.get(i).is_some_and(u8::is_ascii_digit) {
-                    return Err(Invalid::LeadingZero);
                 }
-            }
-            Some(b'1'..=b'9') => {
-                while let Some(&d) = s.get(i) {
-                    if !d.is_ascii_digit() {
-                        break;
-                    }
-                    match magnitude
-                        .checked_mul(10)
-                        .and_then(|m| m.checked_add(u64::from(d - b'0')))
-                    {
-                        Some(m) => magnitude = m,
-                        None => overflow = true,
-                    }
-                    i += 1;
-                }
-            }
-            _ => return Err(Invalid::ExpectedDigit),
+                _ => (char::from_u32(cp), at + 6),
+            };
+            let mut buf = [0u8; 4];
+            let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
+            let n = c.encode_utf8(&mut buf).len();
+            out.block(&buf, n);
+            return Ok(next);
         }
-        let mut integer = true;
-        if s.get(i) == Some(&b'.') {
-            i = fraction_digits(s, i + 1)?;
-            integer = false;
-        }
-        if let Some(b'e' | b'E') = s.get(i) {
+        _ => return Err(Invalid::Escape),
+    };
+    out.byte(byte);
+    Ok(at + 2)
+}
+
+/// The number at `s[start]` (`-` or a digit); returns the index after it.
+#[inline(never)]
+fn number(s: &[u8], start: usize, buf: &mut Vec<u8>, at: usize) -> Result<(usize, usize), Invalid> {
+    let out = &mut Out { buf, at };
+    let mut i = start;
+    let negative = s[i] == b'-';
+    if negative {
+        i += 1;
+    }
+    let mut magnitude: u64 = 0;
+    let mut overflow = false;
+    match s.get(i) {
+        Some(b'0') => {
             i += 1;
-            if let Some(b'+' | b'-') = s.get(i) {
+            if s.get(i).is_some_and(u8::is_ascii_digit) {
+                return Err(Invalid::LeadingZero);
+            }
+        }
+        Some(b'1'..=b'9') => {
+            while let Some(&d) = s.get(i) {
+                if !d.is_ascii_digit() {
+                    break;
+                }
+                match magnitude
+                    .checked_mul(10)
+                    .and_then(|m| m.checked_add(u64::from(d - b'0')))
+                {
+                    Some(m) => magnitude = m,
+                    None => overflow = true,
+                }
                 i += 1;
             }
-            i = fraction_digits(s, i)?;
-            integer = false;
         }
-        self.i = i;
-
-        if integer && !overflow {
-            if !negative {
-                put_uint(magnitude, out);
-                return Ok(());
-            }
-            // -0 stays a float so its sign survives, as serde_json and JavaScript read it.
-            if magnitude != 0 && magnitude <= 1 << 63 {
-                put_negative(0i64.wrapping_sub(magnitude as i64), out);
-                return Ok(());
-            }
-        }
-        // The slice holds only ASCII digits, signs, '.', 'e' and 'E', so this cannot fail.
-        let text = std::str::from_utf8(&s[start..i]).map_err(|_| Invalid::NumberText)?;
-        let f: f64 = text.parse().map_err(|_| Invalid::NumberText)?;
-        // Infinity has no JSON spelling: a record carrying it would break JSON encoders downstream
-        // (fluentd's to_json raises), so such a line is kept whole as text instead.
-        if !f.is_finite() {
-            return Err(Invalid::NumberRange);
-        }
-        out.push(0xcb);
-        out.extend_from_slice(&f.to_bits().to_be_bytes());
-        Ok(())
+        _ => return Err(Invalid::ExpectedDigit),
     }
+    let mut integer = true;
+    if s.get(i) == Some(&b'.') {
+        i = fraction_digits(s, i + 1)?;
+        integer = false;
+    }
+    if let Some(b'e' | b'E') = s.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = s.get(i) {
+            i += 1;
+        }
+        i = fraction_digits(s, i)?;
+        integer = false;
+    }
+
+    if integer && !overflow {
+        if !negative {
+            put_uint(magnitude, out);
+            return Ok((i, out.at));
+        }
+        // -0 stays a float so its sign survives, as serde_json and JavaScript read it.
+        if magnitude != 0 && magnitude <= 1 << 63 {
+            put_negative(0i64.wrapping_sub(magnitude as i64), out);
+            return Ok((i, out.at));
+        }
+    }
+    // The slice holds only ASCII digits, signs, '.', 'e' and 'E', so this cannot fail.
+    let text = std::str::from_utf8(&s[start..i]).map_err(|_| Invalid::NumberText)?;
+    let f: f64 = text.parse().map_err(|_| Invalid::NumberText)?;
+    // Infinity has no JSON spelling: a record carrying it would break JSON encoders downstream
+    // (fluentd's to_json raises), so such a line is kept whole as text instead.
+    if !f.is_finite() {
+        return Err(Invalid::NumberRange);
+    }
+    put_tagged(0xcb, &f.to_bits().to_be_bytes(), out);
+    Ok((i, out.at))
 }
 
 /// At least one digit from `i`; returns the index after the last one.
@@ -618,53 +754,90 @@ fn hex4(s: &[u8], at: usize) -> Result<u32, Invalid> {
 /// Appends `s[start..stop]`. Most keys and values are short: copying them as one fixed 16- or
 /// 32-byte block and cutting back compiles to a few vector moves instead of a `memcpy` call.
 #[inline(always)]
-fn copy_run(s: &[u8], start: usize, stop: usize, out: &mut Vec<u8>) {
+fn copy_run(s: &[u8], start: usize, stop: usize, out: &mut Out) {
     let n = stop - start;
-    let at = out.len();
     let rest = &s[start..];
     if n <= 16 {
         if let Some(block) = rest.first_chunk::<16>() {
-            out.extend_from_slice(block);
-            out.truncate(at + n);
+            out.block(block, n);
             return;
         }
     } else if n <= 32 {
         if let Some(block) = rest.first_chunk::<32>() {
-            out.extend_from_slice(block);
-            out.truncate(at + n);
+            out.block(block, n);
             return;
         }
     }
-    out.extend_from_slice(&rest[..n]);
+    out.slice(&rest[..n]);
 }
 
-const LO: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
-const HI: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+/// Whether `block` holds a `"`, `\` or control byte. Written as one OR per kind of byte with no
+/// early exit, which LLVM compiles to a vector compare and a `pmovmskb` each (SSE2 on x86-64, NEON
+/// on aarch64) instead of a byte loop.
+#[inline(always)]
+fn has_special(block: &[u8; 16]) -> bool {
+    let (mut quote, mut backslash, mut control) = (0u8, 0u8, 0u8);
+    for &c in block {
+        quote |= u8::from(c == b'"');
+        backslash |= u8::from(c == b'\\');
+        control |= u8::from(c < 0x20);
+    }
+    quote | backslash | control != 0
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
 
 /// Bit 7 of each byte of `x` that is `"`, `\` or below 0x20 is set, and possibly of some bytes
 /// above such a byte, never below one: a byte matches when its high bit survives
 /// `(v - 1) & !v` on the byte XORed with the target (zero test) or `(x - 0x20) & !x` (below-0x20
 /// test), and borrows only run upward from a true match. So the lowest flag is always a real one.
-#[inline]
-fn special_mask(x: u128) -> u128 {
-    let quote = x ^ (LO * u128::from(b'"'));
-    let backslash = x ^ (LO * u128::from(b'\\'));
+#[inline(always)]
+fn special_bits(x: u64) -> u64 {
+    let quote = x ^ (LO * u64::from(b'"'));
+    let backslash = x ^ (LO * u64::from(b'\\'));
     ((quote.wrapping_sub(LO) & !quote)
         | (backslash.wrapping_sub(LO) & !backslash)
         | (x.wrapping_sub(LO * 0x20) & !x))
         & HI
 }
 
+/// Index of the first `"`, `\` or control byte of `block`, or 16. Found with word arithmetic on
+/// the bytes rather than from the vector compare, whose result LLVM moves to a general register
+/// by way of memory: that store and reload would sit on the chain from one string's start to the
+/// next (where a string ends is where parsing resumes), and that chain, not the instruction
+/// count, bounds how fast short strings go.
+#[inline(always)]
+fn first_special(block: &[u8; 16]) -> usize {
+    let (lo, hi) = block.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+    let lo = special_bits(u64::from_le_bytes(*lo));
+    if lo != 0 {
+        return (lo.trailing_zeros() / 8) as usize;
+    }
+    let hi = hi
+        .first_chunk::<8>()
+        .map_or(HI, |hi| special_bits(u64::from_le_bytes(*hi)));
+    8 + (hi.trailing_zeros() / 8) as usize
+}
+
 /// Index of the first `"`, `\` or control byte at or after `i`, or `s.len()`.
 ///
 /// Sixteen bytes at a time: most keys and values are shorter, so the loop usually exits on its
 /// first test and the exit branch stays predictable.
-#[inline]
+#[inline(always)]
 fn find_special(s: &[u8], mut i: usize) -> usize {
+    // A third of keys and values end within eight bytes: word arithmetic alone finds that end
+    // sooner than a vector compare whose result has to reach a general register.
+    if let Some(word) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let bits = special_bits(u64::from_le_bytes(*word));
+        if bits != 0 {
+            return i + (bits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while let Some(block) = s.get(i..).and_then(<[u8]>::first_chunk::<16>) {
-        let found = special_mask(u128::from_le_bytes(*block));
-        if found != 0 {
-            return i + (found.trailing_zeros() / 8) as usize;
+        if has_special(block) {
+            return i + first_special(block);
         }
         i += 16;
     }
@@ -672,8 +845,7 @@ fn find_special(s: &[u8], mut i: usize) -> usize {
     let rest = s.get(i..).unwrap_or_default();
     let mut block = [b'"'; 16];
     block[..rest.len()].copy_from_slice(rest);
-    let found = special_mask(u128::from_le_bytes(block));
-    i + (found.trailing_zeros() / 8) as usize
+    i + first_special(&block)
 }
 
 fn str_header_len(len: usize) -> usize {
@@ -707,85 +879,94 @@ fn write_str_header(len: usize, h: &mut [u8]) {
 }
 
 #[inline]
-fn put_str_header(len: usize, out: &mut Vec<u8>) {
-    if len < 32 {
-        out.push(0xa0 | len as u8);
-    } else {
-        let mut h = [0u8; 5];
-        let n = str_header_len(len);
-        write_str_header(len, &mut h[..n]);
-        out.extend_from_slice(&h[..n]);
-    }
+fn put_str_header(len: usize, out: &mut Out) {
+    let mut h = [0u8; 5];
+    let n = str_header_len(len);
+    write_str_header(len, &mut h[..n]);
+    out.block(&h, n);
 }
 
-/// Closes a str whose body was written after `reserved` header bytes at `hdr`: shifts the body
-/// down if the minimal header is shorter, writes it, and returns where the body now starts.
-fn finish_str(out: &mut Vec<u8>, hdr: usize, reserved: usize) -> usize {
+/// Closes a str whose body was written to `buf[hdr + reserved..end]` after `reserved` header
+/// bytes: shifts the body down if the minimal header is shorter and writes it. Returns where the
+/// body and the str now end.
+fn finish_str(buf: &mut [u8], hdr: usize, reserved: usize, end: usize) -> (usize, usize) {
     let body = hdr + reserved;
-    let len = out.len() - body;
+    let len = end - body;
     let need = str_header_len(len);
     if need < reserved {
-        out.copy_within(body.., hdr + need);
-        out.truncate(hdr + need + len);
+        buf.copy_within(body..end, hdr + need);
     }
-    write_str_header(len, &mut out[hdr..hdr + need]);
-    hdr + need
+    write_str_header(len, &mut buf[hdr..hdr + need]);
+    (hdr + need, hdr + need + len)
 }
 
 /// Turns the one-byte fixmap/fixarray placeholder at `hdr` into the minimal header for `count`,
 /// shifting the elements up when a 16/32 form is needed (the count is known only at the end).
-fn finish_container(out: &mut Vec<u8>, hdr: usize, count: usize, fix: u8, tag16: u8) {
+#[inline]
+fn finish_container(out: &mut Out, hdr: usize, count: usize, fix: u8, tag16: u8) {
     if count < 16 {
-        out[hdr] = fix | count as u8;
-        return;
-    }
-    let old_len = out.len();
-    if count <= 0xffff {
-        out.resize(old_len + 2, 0);
-        out.copy_within(hdr + 1..old_len, hdr + 3);
-        out[hdr] = tag16;
-        out[hdr + 1..hdr + 3].copy_from_slice(&(count as u16).to_be_bytes());
+        out.buf[hdr] = fix | count as u8;
     } else {
-        // Each element takes at least two bytes of the line, which is at most MAX_MSGPACK_LEN.
-        out.resize(old_len + 4, 0);
-        out.copy_within(hdr + 1..old_len, hdr + 5);
-        out[hdr] = tag16 + 1;
-        out[hdr + 1..hdr + 5].copy_from_slice(&(count as u32).to_be_bytes());
+        out.at = widen_container(out.buf, out.at, hdr, count, tag16);
     }
 }
 
-fn put_uint(v: u64, out: &mut Vec<u8>) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if v <= 0xff {
-        out.extend_from_slice(&[0xcc, v as u8]);
-    } else if v <= 0xffff {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= 0xffff_ffff {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
+/// Returns the new end of the output.
+#[inline(never)]
+fn widen_container(buf: &mut Vec<u8>, at: usize, hdr: usize, count: usize, tag16: u8) -> usize {
+    let out = &mut Out { buf, at };
+    let old_end = out.at;
+    let mut h = [tag16, 0, 0, 0, 0];
+    let n = if count <= 0xffff {
+        h[1..3].copy_from_slice(&(count as u16).to_be_bytes());
+        3
     } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
+        // Each element takes at least two bytes of the line, which is at most MAX_MSGPACK_LEN.
+        h[0] = tag16 + 1;
+        h[1..5].copy_from_slice(&(count as u32).to_be_bytes());
+        5
+    };
+    out.block(&[0; 4], n - 1);
+    out.buf.copy_within(hdr + 1..old_end, hdr + n);
+    out.buf[hdr..hdr + n].copy_from_slice(&h[..n]);
+    out.at
+}
+
+/// A tag byte and up to eight bytes of payload.
+#[inline]
+fn put_tagged(tag: u8, payload: &[u8], out: &mut Out) {
+    let mut b = [0u8; 9];
+    b[0] = tag;
+    b[1..1 + payload.len()].copy_from_slice(payload);
+    out.block(&b, 1 + payload.len());
+}
+
+fn put_uint(v: u64, out: &mut Out) {
+    if v < 0x80 {
+        out.byte(v as u8);
+    } else if v <= 0xff {
+        put_tagged(0xcc, &[v as u8], out);
+    } else if v <= 0xffff {
+        put_tagged(0xcd, &(v as u16).to_be_bytes(), out);
+    } else if v <= 0xffff_ffff {
+        put_tagged(0xce, &(v as u32).to_be_bytes(), out);
+    } else {
+        put_tagged(0xcf, &v.to_be_bytes(), out);
     }
 }
 
 /// `v` is negative: the signed family is used only below zero, so each value has one encoding.
-fn put_negative(v: i64, out: &mut Vec<u8>) {
+fn put_negative(v: i64, out: &mut Out) {
     if v >= -32 {
-        out.push(v as u8);
+        out.byte(v as u8);
     } else if v >= i64::from(i8::MIN) {
-        out.extend_from_slice(&[0xd0, v as u8]);
+        put_tagged(0xd0, &[v as u8], out);
     } else if v >= i64::from(i16::MIN) {
-        out.push(0xd1);
-        out.extend_from_slice(&(v as i16).to_be_bytes());
+        put_tagged(0xd1, &(v as i16).to_be_bytes(), out);
     } else if v >= i64::from(i32::MIN) {
-        out.push(0xd2);
-        out.extend_from_slice(&(v as i32).to_be_bytes());
+        put_tagged(0xd2, &(v as i32).to_be_bytes(), out);
     } else {
-        out.push(0xd3);
-        out.extend_from_slice(&v.to_be_bytes());
+        put_tagged(0xd3, &v.to_be_bytes(), out);
     }
 }
 
@@ -831,7 +1012,9 @@ fn append_lossy_str(bytes: &[u8], cap: usize, out: &mut Vec<u8>) {
             out.extend_from_slice(FFFD);
         }
     }
-    finish_str(out, hdr, reserved);
+    let end = out.len();
+    let (_, end) = finish_str(out, hdr, reserved, end);
+    out.truncate(end);
 }
 
 #[cfg(test)]
@@ -1886,6 +2069,52 @@ mod tests {
                 secs: 1752660776,
                 nanos: 525_137_000
             }
+        );
+    }
+
+    /// Splits and transcodes a generated corpus (`gen corpus --out FILE`, path in `PERF_CORPUS`,
+    /// default /tmp/perf-corpus.log) as the forwarder does, `PERF_ROUNDS` times (default 5),
+    /// reporting the best and median rate. Under callgrind with `PERF_ROUNDS=1` the instruction
+    /// count per corpus byte is deterministic, where wall time on a shared machine is not.
+    #[test]
+    #[ignore = "cost measurement; run with --release --ignored --nocapture, or under callgrind"]
+    fn transcode_corpus_cost() {
+        let path = std::env::var("PERF_CORPUS").unwrap_or_else(|_| "/tmp/perf-corpus.log".into());
+        let data = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (cargo run --example gen -- corpus)"));
+        let rounds: usize = std::env::var("PERF_ROUNDS").map_or(5, |r| r.parse().unwrap());
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut rates: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let mut splitter = crate::lines::Splitter::new(1 << 20);
+                let (mut json, mut other) = (0usize, 0usize);
+                let start = std::time::Instant::now();
+                let mut offset = 0u64;
+                for chunk in data.chunks(64 * 1024) {
+                    splitter.feed(chunk, offset, |piece, _| match piece {
+                        crate::lines::Piece::Line(line) => {
+                            match append_entry(line, NOW, &mut out) {
+                                Kind::Json => json += 1,
+                                Kind::Fallback => other += 1,
+                            }
+                        }
+                        crate::lines::Piece::TooLong { .. } => other += 1,
+                    });
+                    offset += chunk.len() as u64;
+                    std::hint::black_box(&out);
+                    out.clear();
+                }
+                let secs = start.elapsed().as_secs_f64();
+                assert!(json > 0 && other == 0, "{json} json, {other} other lines");
+                data.len() as f64 / 1e6 / secs
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "corpus: {} B, {rounds} rounds: best {:.0} MB/s, median {:.0} MB/s",
+            data.len(),
+            rates[rounds - 1],
+            rates[rounds / 2]
         );
     }
 
