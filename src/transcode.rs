@@ -595,16 +595,35 @@ fn escaped_string(
     let hdr = out.at;
     let reserved = str_header_len(s.len() - start);
     out.block(&[0; 5], reserved);
-    let mut run = start;
+    copy_run(s, start, stop, out);
     loop {
-        copy_run(s, run, stop, out);
         match s.get(stop) {
             Some(b'"') => break,
-            Some(b'\\') => run = escape(s, stop, out)?,
+            Some(b'\\') => stop = escape(s, stop, out)?,
             Some(_) => return Err(Invalid::ControlChar),
             None => return Err(Invalid::Unterminated),
         }
-        stop = find_special(s, run);
+        // The plain run to the next special byte. Runs between escapes are short, so it goes a
+        // word at a time, each word written whole and the output advanced past its plain bytes:
+        // one load serves both the search and the copy.
+        loop {
+            let Some(word) = s.get(stop..).and_then(<[u8]>::first_chunk::<8>) else {
+                let run = stop;
+                stop = find_special(s, run);
+                copy_run(s, run, stop, out);
+                break;
+            };
+            let bits = special_bits(u64::from_le_bytes(*word));
+            if bits == 0 {
+                out.block(word, 8);
+                stop += 8;
+                continue;
+            }
+            let n = (bits.trailing_zeros() / 8) as usize;
+            out.block(word, n);
+            stop += n;
+            break;
+        }
     }
     let (body, end) = finish_str(out.buf, hdr, reserved, out.at);
     Ok((body, stop + 1, end))
