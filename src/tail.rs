@@ -304,6 +304,7 @@ impl Tail {
             } else {
                 self.rescan_dir();
             }
+            self.settle();
         }
         Ok(())
     }
@@ -395,13 +396,41 @@ impl Tail {
     }
 
     /// Opens `e` and queues it behind the files already held.
-    fn follow(&mut self, e: &Entry) {
+    /// Returns false when the directory changed between listing and opening (lumberjack renamed
+    /// `audit.log` or replaced a backup by its gzip in between): the caller stops queueing and
+    /// lists again, so no file is skipped and the order stays right.
+    fn follow(&mut self, e: &Entry) -> bool {
         match self.open(e) {
+            Ok(h) if !e.gz && (h.id.dev, h.id.ino) != (e.dev, e.ino) => {
+                debug!("{} changed while being opened; listing again", e.name);
+                self.rescan = true;
+                false
+            }
             Ok(h) => {
                 info!("following {}", self.dir.join(&h.name).display());
                 self.queue.push_back(h);
+                true
             }
-            Err(err) => warn!("cannot open {}: {err}", self.dir.join(&e.name).display()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                debug!("{} vanished while being opened; listing again", e.name);
+                self.rescan = true;
+                false
+            }
+            Err(err) => {
+                warn!("cannot open {}: {err}", self.dir.join(&e.name).display());
+                true
+            }
+        }
+    }
+
+    /// Lists the directory again while the last listing raced with a rotation.
+    fn settle(&mut self) {
+        for _ in 0..10 {
+            if !self.rescan {
+                return;
+            }
+            self.rescan = false;
+            self.rescan_dir();
         }
     }
 
@@ -435,6 +464,19 @@ impl Tail {
 
     fn startup(&mut self) {
         self.started = true;
+        let pos = self.pending_position.take();
+        // A rotation racing the first listing leaves nothing queued: list again from scratch.
+        for _ in 0..10 {
+            self.rescan = false;
+            self.startup_once(pos.as_ref());
+            if !(self.rescan && self.queue.is_empty()) {
+                break;
+            }
+        }
+        self.settle();
+    }
+
+    fn startup_once(&mut self, pos: Option<&Position>) {
         let entries = match self.list() {
             Ok(e) => e,
             Err(e) => {
@@ -443,10 +485,9 @@ impl Tail {
                 return;
             }
         };
-        let pos = self.pending_position.take();
         let mut first = None;
         let mut offset = 0;
-        if let Some(p) = &pos {
+        if let Some(p) = pos {
             let fp_matches =
                 |e: &Entry| self.entry_fingerprint(e, Some(p.id.fp.len)) == Some(p.id.fp);
             let by_inode = entries
@@ -499,7 +540,9 @@ impl Tail {
             {
                 continue;
             }
-            self.follow(e);
+            if !self.follow(e) {
+                break;
+            }
         }
         let no_position_tail = pos.is_none() && !self.read_from_head;
         if let Some(h) = self.queue.front_mut() {
@@ -602,7 +645,9 @@ impl Tail {
             {
                 continue;
             }
-            self.follow(e);
+            if !self.follow(e) {
+                break;
+            }
         }
     }
 

@@ -1080,9 +1080,9 @@ fn harness_port_listening_reads_proc_net_tcp() {
     let port = l.local_addr().unwrap().port();
     assert!(port_listening(port));
     drop(l);
-    assert!(!port_listening(port));
-    let p = free_port();
-    assert!(!port_listening(p));
+    // Other tests run in parallel and may take the freed port at once, so the negative case
+    // uses a port nothing on this machine listens on (tcpmux).
+    assert!(!port_listening(1));
 }
 
 // 16 -----------------------------------------------------------------------------------------
