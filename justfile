@@ -20,9 +20,30 @@ bench *ARGS:
     cargo build --release
     cargo run --release --example bench -- {{ARGS}}
 
-# Everything CI runs: formatting, unit tests and the end-to-end tests that start the binary
-# against real sockets, files and (for the tunnel tests) real proxies.
-test:
+# Formatting, unit tests and the end-to-end tests that start the binary against real sockets,
+# files and (for the tunnel tests) real proxies.
+#
+# Everything CI runs
+test: deps
     cargo fmt --check
     cargo build --release --examples
     cargo test --release -- --test-threads 4
+
+# The tools the end-to-end tests start: real proxies (tinyproxy, socat, stunnel4), openssl for
+# test certificates, and python3-msgpack as the independent decoder.
+#
+# Install the end-to-end tests' tools with apt-get when missing (root or sudo)
+deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    for c in tinyproxy socat stunnel4 openssl; do command -v "$c" >/dev/null || missing+=("$c"); done
+    /usr/bin/python3 -c 'import msgpack' 2>/dev/null || missing+=(python3 python3-msgpack)
+    [ ${#missing[@]} -eq 0 ] && exit 0
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    if ! command -v apt-get >/dev/null; then
+        echo "just test needs: ${missing[*]}; install them with your package manager" >&2; exit 1
+    fi
+    echo "installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
