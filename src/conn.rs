@@ -378,12 +378,13 @@ impl Conn {
                 deadline,
             } => {
                 flush_out(&mut link.t, &mut out).map_err(|e| self.describe(&e, &link.t))?;
-                if let Err(e) = read_some(&mut link.t, &mut rbuf, handshake::MAX_MESSAGE) {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        return Err(hs.closed().to_string());
-                    }
-                    return Err(self.describe(&e, &link.t));
-                }
+                // A refusing server writes its PONG and closes: the PONG (with its reason) may
+                // arrive together with the EOF, so read what came before judging the close.
+                let eof = match read_some(&mut link.t, &mut rbuf, handshake::MAX_MESSAGE) {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
+                    Err(e) => return Err(self.describe(&e, &link.t)),
+                };
                 loop {
                     let (used, step) = hs
                         .feed(&rbuf)
@@ -409,6 +410,9 @@ impl Conn {
                             return Ok((self.ready(link, outbox), true));
                         }
                     }
+                }
+                if eof {
+                    return Err(hs.closed().to_string());
                 }
                 if now >= deadline {
                     return Err(format!(
