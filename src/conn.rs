@@ -143,11 +143,7 @@ impl Conn {
         if let Some(t) = self.cfg.tls.as_mut() {
             t.client = client;
         }
-        // A fixed configuration deserves a prompt retry rather than the rest of a long backoff.
-        if let State::Down { retry_at } = &mut self.state {
-            *retry_at = (*retry_at).min(Instant::now() + BACKOFF_START);
-            self.attempts = 0;
-        }
+        self.retry_soon();
     }
 
     /// New TLS material for the mTLS proxy, for the next connection.
@@ -155,6 +151,11 @@ impl Conn {
         if let Route::Mtls { tls, .. } = &mut self.cfg.route {
             *tls = client;
         }
+        self.retry_soon();
+    }
+
+    /// A fixed configuration deserves a prompt retry rather than the rest of a long backoff.
+    fn retry_soon(&mut self) {
         if let State::Down { retry_at } = &mut self.state {
             *retry_at = (*retry_at).min(Instant::now() + BACKOFF_START);
             self.attempts = 0;

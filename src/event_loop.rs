@@ -85,33 +85,17 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("register inotify: {e}"))?;
 
     // Certificate rotation without restart: the next connection uses the new material.
-    let cert_watch = if args.plaintext {
-        None
-    } else {
-        let w = config::Watch::new(&[&args.tls.ca, &args.tls.cert, &args.tls.key])
-            .map_err(|e| format!("inotify for certificates: {e}"))?;
-        registry
-            .register(
-                &mut SourceFd(&w.inotify().as_raw_fd()),
-                CERTS,
-                Interest::READABLE,
-            )
-            .map_err(|e| format!("register inotify: {e}"))?;
-        Some(w)
+    let mut cert_watch = match args.plaintext {
+        true => None,
+        false => Some(watch(
+            &registry,
+            &[&args.tls.ca, &args.tls.cert, &args.tls.key],
+            CERTS,
+        )?),
     };
-    let mut cert_watch = cert_watch;
     let mut proxy_watch = match &args.proxy {
         Some(Proxy::Mtls { ca, cert, key, .. }) => {
-            let w = config::Watch::new(&[ca, cert, key])
-                .map_err(|e| format!("inotify for proxy certificates: {e}"))?;
-            registry
-                .register(
-                    &mut SourceFd(&w.inotify().as_raw_fd()),
-                    PROXY_CERTS,
-                    Interest::READABLE,
-                )
-                .map_err(|e| format!("register inotify: {e}"))?;
-            Some(w)
+            Some(watch(&registry, &[ca, cert, key], PROXY_CERTS)?)
         }
         _ => None,
     };
@@ -231,8 +215,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             let max_line_u64 = args.max_line_size;
             let et = transcode::now_event_time();
             loop {
-                let buffered = tail.buffered() + builder.allocated() + outbox.bytes();
-                stats.peak = stats.peak.max(buffered);
+                stats.peak = stats.peak.max(buffered(&tail, &builder, &outbox));
                 if outbox.bytes() + builder.allocated() >= window {
                     break;
                 }
@@ -242,8 +225,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                 }
                 // A read can grow the partial line by as much as it reads and the chunk by about
                 // three times that (short JSON numbers become 9-byte floats).
-                let room =
-                    limit.saturating_sub(tail.buffered() + builder.allocated() + outbox.bytes());
+                let room = limit.saturating_sub(buffered(&tail, &builder, &outbox));
                 let max = READ_MAX.min(room / 4).min(builder.room() / 3);
                 if max < MIN_READ {
                     break;
@@ -286,9 +268,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         }
 
         conn.drive(&registry, &mut outbox, Instant::now());
-        stats.peak = stats
-            .peak
-            .max(tail.buffered() + builder.allocated() + outbox.bytes());
+        stats.peak = stats.peak.max(buffered(&tail, &builder, &outbox));
 
         let now = Instant::now();
         if now >= next_flush && store.is_behind(outbox.committed()) {
@@ -316,6 +296,29 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Watches the directories of certificate files, registered with the loop under `token`.
+fn watch(
+    registry: &mio::Registry,
+    files: &[&std::path::Path],
+    token: Token,
+) -> Result<config::Watch, String> {
+    let w = config::Watch::new(files).map_err(|e| format!("inotify for certificates: {e}"))?;
+    registry
+        .register(
+            &mut SourceFd(&w.inotify().as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("register inotify: {e}"))?;
+    Ok(w)
+}
+
+/// Bytes held in memory, the figure `--mem-buf-limit` bounds: the read buffer and partial line,
+/// the chunk being built, and every unacked chunk.
+fn buffered(tail: &Tail, builder: &Builder, outbox: &Outbox) -> usize {
+    tail.buffered() + builder.allocated() + outbox.bytes()
 }
 
 fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: &mut SplitMix) {
@@ -353,14 +356,14 @@ fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
 }
 
 fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats: &Stats) {
-    let buffered = tail.buffered() + builder.allocated() + outbox.bytes();
+    let now_buffered = buffered(tail, builder, outbox);
     info!(
         "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} cpu_s={:.2}",
         outbox.acked_total.records,
         outbox.acked_total.source_bytes,
         tail.lag_bytes(),
         conn.reconnects,
-        buffered,
+        now_buffered,
         stats.peak,
         stats.malformed,
         stats.skipped_long,

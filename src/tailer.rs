@@ -26,7 +26,7 @@ use crate::handshake;
 use crate::msgpack::{self, Limits, Scanner};
 use crate::sys;
 use crate::tls;
-use crate::transport::{tls_failure, TlsFailure};
+use crate::transport::{flush_tls, tls_failure, tls_write, TlsFailure};
 
 pub struct TailerArgs {
     /// `host:port`; host may be a name, an IPv4 address or a bracketed IPv6 address.
@@ -70,9 +70,6 @@ const MAX_DECOMPRESSED: usize = 256 << 20;
 const MAX_PENDING_ACKS: usize = 1 << 20;
 /// Buffer capacity kept between messages; more is returned to the allocator.
 const KEEP_CAPACITY: usize = 1 << 20;
-/// Plaintext handed to rustls per write: at most one write's worth of records waits inside
-/// rustls, the rest stays in the client's own (capped) buffer.
-const TLS_WRITE_STEP: usize = 16 << 10;
 /// Unread input discarded before closing a socket, so the close is a FIN rather than a RST that
 /// could destroy a PONG or acks still in flight; bounded so a flooding client costs little.
 const DRAIN_ON_CLOSE: usize = 256 << 10;
@@ -789,38 +786,6 @@ impl Client {
             Verdict::Fail(why) => warn!("tailer: client {} disconnected: {why}", self.peer),
         }
     }
-}
-
-/// Encrypts at most one step of `buf`; `WouldBlock` while earlier records still wait for the
-/// socket, so rustls never holds more than one step.
-fn tls_write(conn: &mut ServerConnection, sock: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
-    flush_tls(conn, sock)?;
-    if conn.wants_write() {
-        return Err(io::ErrorKind::WouldBlock.into());
-    }
-    let n = conn.writer().write(&buf[..buf.len().min(TLS_WRITE_STEP)])?;
-    flush_tls(conn, sock)?;
-    Ok(n)
-}
-
-/// Writes queued TLS records until done or the socket is full (not an error: interest then
-/// includes WRITABLE because `wants_write` stays true).
-fn flush_tls(conn: &mut ServerConnection, sock: &mut TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        match conn.write_tls(sock) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "connection accepted no bytes",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl<W: Write> Sink<W> {

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
-use rustls::ClientConnection;
+use rustls::{ClientConnection, ConnectionCommon};
 
 /// How many bytes of what the tunnel delivered first we keep, to describe a peer that answered
 /// with something other than TLS.
@@ -292,13 +292,14 @@ fn tls_read(
     }
 }
 
-fn tls_write(
-    conn: &mut ClientConnection,
-    lower: &mut (impl Read + Write),
+/// Writes `buf` into a TLS connection (client or server side) over `lower`. Keeps at most one
+/// write's worth of records inside rustls: when the socket is full, say so instead of buffering
+/// the whole outbox a second time.
+pub fn tls_write<D>(
+    conn: &mut ConnectionCommon<D>,
+    lower: &mut impl Write,
     buf: &[u8],
 ) -> io::Result<usize> {
-    // Keep at most one write's worth of records inside rustls: when the socket is full, say so
-    // instead of buffering the whole outbox a second time.
     flush_tls(conn, lower)?;
     if conn.wants_write() {
         return Err(io::ErrorKind::WouldBlock.into());
@@ -312,7 +313,9 @@ fn tls_write(
     }
 }
 
-fn flush_tls(conn: &mut ClientConnection, lower: &mut (impl Read + Write)) -> io::Result<()> {
+/// Writes queued TLS records until done or `lower` would block (not an error: the caller's
+/// interest includes WRITABLE while `wants_write` stays true).
+pub fn flush_tls<D>(conn: &mut ConnectionCommon<D>, lower: &mut impl Write) -> io::Result<()> {
     while conn.wants_write() {
         match conn.write_tls(lower) {
             Ok(0) => {
@@ -323,6 +326,7 @@ fn flush_tls(conn: &mut ClientConnection, lower: &mut (impl Read + Write)) -> io
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
