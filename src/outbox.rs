@@ -298,6 +298,7 @@ mod tests {
         Position {
             id: FileId::default(),
             offset: off,
+            done: false,
             name: "audit.log".into(),
         }
     }

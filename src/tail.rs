@@ -14,7 +14,7 @@ use flate2::read::MultiGzDecoder;
 use log::{debug, error, info, warn};
 
 use crate::lines::{Piece, Splitter};
-use crate::offsets::{FileId, Fingerprint, Position, FINGERPRINT_BYTES};
+use crate::offsets::{self, FileId, Fingerprint, Position, Start, FINGERPRINT_BYTES};
 use crate::sys::{Inotify, InotifyEvent};
 
 const READ_BUF: usize = 256 * 1024;
@@ -118,6 +118,8 @@ pub struct Tail {
     queue: VecDeque<Held>,
     splitter: Splitter,
     known: VecDeque<Fingerprint>,
+    /// The end of the last finished file with a strong fingerprint (identity rule 3).
+    anchor: Option<Position>,
     rescan: bool,
     waiting_logged: bool,
     started: bool,
@@ -163,6 +165,7 @@ impl Tail {
             queue: VecDeque::new(),
             splitter: Splitter::new(max_line),
             known: VecDeque::new(),
+            anchor: None,
             rescan: false,
             waiting_logged: false,
             started: false,
@@ -183,12 +186,18 @@ impl Tail {
         self.wd.is_none()
     }
 
-    /// The position to commit once everything handed out so far is acked.
+    /// The position to commit once everything handed out so far is acked: where reading
+    /// stands, or the end of the last finished file while the current one cannot be told apart
+    /// from others yet (identity rule 3).
     pub fn position(&self) -> Option<Position> {
-        self.queue.front().map(|h| Position {
-            id: h.id,
-            offset: self.splitter.safe_offset(),
-            name: h.name.clone(),
+        self.queue.front().map(|h| {
+            let current = Position {
+                id: h.id,
+                offset: self.splitter.safe_offset(),
+                done: false,
+                name: h.name.clone(),
+            };
+            offsets::committable(current, self.anchor.as_ref())
         })
     }
 
@@ -434,12 +443,13 @@ impl Tail {
         }
     }
 
-    /// The fingerprint of an entry, or `None` when it cannot be read yet (a gzip being written).
-    fn entry_fingerprint(&self, e: &Entry, len: Option<u32>) -> Option<Fingerprint> {
+    /// The first bytes of an entry (decompressed for gzip), up to the fingerprint size, or `None`
+    /// when it cannot be read yet (a gzip being written).
+    fn entry_head(&self, e: &Entry) -> Option<Vec<u8>> {
         let path = self.dir.join(&e.name);
         let f = File::open(path).ok()?;
         let mut buf = [0u8; FINGERPRINT_BYTES];
-        let want = len.map(|l| l as usize).unwrap_or(FINGERPRINT_BYTES);
+        let want = FINGERPRINT_BYTES;
         let mut n = 0;
         if e.gz {
             let mut d = MultiGzDecoder::new(BufReader::new(f));
@@ -459,7 +469,7 @@ impl Tail {
                 }
             }
         }
-        Some(Fingerprint::of(&buf[..n]))
+        Some(buf[..n].to_vec())
     }
 
     fn startup(&mut self) {
@@ -488,37 +498,24 @@ impl Tail {
         let mut first = None;
         let mut offset = 0;
         if let Some(p) = pos {
-            let fp_matches =
-                |e: &Entry| self.entry_fingerprint(e, Some(p.id.fp.len)) == Some(p.id.fp);
-            let by_inode = entries
-                .iter()
-                .position(|e| !e.gz && e.dev == p.id.dev && e.ino == p.id.ino && fp_matches(e));
-            let by_content = || {
-                if p.id.fp.is_empty() {
-                    None
-                } else {
-                    entries.iter().position(fp_matches)
-                }
-            };
-            match by_inode.or_else(by_content) {
-                Some(i) => {
+            let heads: Vec<Option<Vec<u8>>> = entries.iter().map(|e| self.entry_head(e)).collect();
+            let heads: Vec<Option<&[u8]>> = heads.iter().map(|h| h.as_deref()).collect();
+            match offsets::place(p, &heads, &self.dir.display().to_string()) {
+                Start::Resume { index, offset: o } => {
                     info!(
-                        "resuming {} at offset {} (position file named {})",
-                        entries[i].name, p.offset, p.name
+                        "resuming {} at offset {o} (position file named {})",
+                        entries[index].name, p.name
                     );
-                    first = Some(i);
-                    offset = p.offset;
+                    first = Some(index);
+                    offset = o;
                 }
-                None => {
-                    error!(
-                        "position file names {} (inode {}) at offset {}, but no file in {} has that identity any more: \
-                         whatever it held past that offset was lost; reading every remaining file from its start",
-                        p.name,
-                        p.id.ino,
-                        p.offset,
-                        self.dir.display()
-                    );
-                    first = if entries.is_empty() { None } else { Some(0) };
+                Start::Reread { index, why, lost } => {
+                    if lost {
+                        error!("{why}");
+                    } else {
+                        warn!("{why} (lines may be sent twice)");
+                    }
+                    first = (index < entries.len()).then_some(index);
                 }
             }
         } else if let Some(i) = entries.iter().position(|e| e.ts_ms.is_none()) {
@@ -600,7 +597,8 @@ impl Tail {
             return;
         }
         let held = |e: &Entry, q: &VecDeque<Held>| {
-            q.iter().any(|h| h.id.dev == e.dev && h.id.ino == e.ino)
+            q.iter()
+                .any(|h| !h.is_gz() && offsets::held_open(&h.id, e.dev, e.ino))
         };
         // Everything after the newest file we hold is newer than it. If that file is gone from
         // the directory (rotated and deleted), compare times instead: a newer backup was renamed
@@ -609,11 +607,14 @@ impl Tail {
         // only after renaming the previous one. Backup names are not used for this: their clock
         // is the writer's, not the file system's.
         let newest = self.queue.back().map(|h| h.id).unwrap_or_default();
+        let newest_plain = matches!(self.queue.back().map(|h| &h.source), Some(Source::Plain(_)));
         let anchor = entries.iter().position(|e| {
-            (!e.gz && e.dev == newest.dev && e.ino == newest.ino)
+            (!e.gz && newest_plain && offsets::held_open(&newest, e.dev, e.ino))
                 || (e.gz
                     && !newest.fp.is_empty()
-                    && self.entry_fingerprint(e, Some(newest.fp.len)) == Some(newest.fp))
+                    && self
+                        .entry_head(e)
+                        .is_some_and(|h| offsets::head_matches(&h, &newest.fp)))
         });
         let newest_mtime_ns = match self.queue.back().map(|h| &h.source) {
             Some(Source::Plain(f)) => f
@@ -633,15 +634,18 @@ impl Tail {
             if !newer {
                 continue;
             }
-            let Some(fp) = self.entry_fingerprint(e, None) else {
+            let Some(fp) = self.entry_head(e).map(|h| Fingerprint::of(&h)) else {
                 debug!(
                     "{} is not readable yet; looking again when it is closed",
                     e.name
                 );
                 continue;
             };
-            if !fp.is_empty()
-                && (self.known.contains(&fp) || self.queue.iter().any(|h| h.id.fp == fp))
+            if self.known.iter().any(|k| offsets::suppresses(k, &fp))
+                || self
+                    .queue
+                    .iter()
+                    .any(|h| offsets::suppresses(&h.id.fp, &fp))
             {
                 continue;
             }
@@ -688,11 +692,17 @@ impl Tail {
             let (id, name) = (h.id, h.name.clone());
             self.splitter.finish(|p, end| emit(p, &id, &name, end));
             if let Some(done) = self.queue.pop_front() {
-                if !done.id.fp.is_empty() {
+                if done.id.fp.is_strong() {
                     if self.known.len() == KNOWN_FPS {
                         self.known.pop_front();
                     }
                     self.known.push_back(done.id.fp);
+                    self.anchor = Some(Position {
+                        id: done.id,
+                        offset: done.offset,
+                        done: true,
+                        name: done.name.clone(),
+                    });
                 }
                 debug!("finished {} at offset {}", done.name, done.offset);
             }
@@ -865,7 +875,7 @@ mod tests {
     fn resumes_in_gzipped_backup_after_restart() {
         let d = tmp("gz");
         let log = d.0.join("audit.log");
-        append(&log, "x1\nx2\nx3\n");
+        append(&log, &(event("x1") + &event("x2") + &event("x3")));
         let mut t = Tail::new(&log, true, 1024, None).unwrap();
         let mut pos = None;
         let mut n = 0;
@@ -876,6 +886,7 @@ mod tests {
                     pos = Some(Position {
                         id: *id,
                         offset: end,
+                        done: false,
                         name: name.to_string(),
                     });
                 }
@@ -885,15 +896,12 @@ mod tests {
         drop(t);
         let b1 = d.0.join("audit-2025-01-01T00-00-00.000.log");
         fs::rename(&log, &b1).unwrap();
-        let gz = d.0.join("audit-2025-01-01T00-00-00.000.log.gz");
-        let mut enc =
-            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
-        enc.write_all(&fs::read(&b1).unwrap()).unwrap();
-        enc.finish().unwrap();
-        fs::remove_file(&b1).unwrap();
-        append(&log, "y1\n");
+        gzip(&b1);
+        append(&log, &event("y1"));
         let mut t = Tail::new(&log, true, 1024, pos).unwrap();
-        assert_eq!(drain(&mut t), ["x2", "x3", "y1"]);
+        let got = drain(&mut t);
+        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
+        assert_eq!(ids, ["x2", "x3", "y1"]);
     }
 
     #[test]
@@ -910,5 +918,70 @@ mod tests {
             .unwrap();
         append(&log, "3\n");
         assert_eq!(drain(&mut t), ["3"]);
+    }
+
+    /// A line long enough that a file of one has a strong fingerprint, unique per `tag`.
+    fn event(tag: &str) -> String {
+        format!(
+            "{{\"auditID\":\"{tag}\",\"pad\":\"{}\"}}\n",
+            "x".repeat(300)
+        )
+    }
+
+    fn gzip(src: &Path) {
+        let gz = PathBuf::from(format!("{}.gz", src.display()));
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(&fs::read(src).unwrap()).unwrap();
+        enc.finish().unwrap();
+        fs::remove_file(src).unwrap();
+    }
+
+    /// Issue 7's loss: the position taken right after a rotation named the new, empty
+    /// audit.log (empty fingerprint, matching any file); after the next rotation and gzip while
+    /// we were down, the reused inode made start-up resume at offset 0 of the newest file.
+    #[test]
+    fn position_right_after_rotation_survives_rotation_gzip_and_inode_reuse() {
+        let d = tmp("rotpos");
+        let log = d.0.join("audit.log");
+        append(&log, &(event("A1") + &event("A2")));
+        let mut t = Tail::new(&log, true, 1 << 20, None).unwrap();
+        assert_eq!(drain(&mut t).len(), 2);
+        fs::rename(&log, d.0.join("audit-2025-01-01T00-00-00.000.log")).unwrap();
+        File::create(&log).unwrap();
+        assert_eq!(drain(&mut t).len(), 0);
+        let saved = t.position().unwrap();
+        assert!(
+            saved.id.fp.is_strong() && saved.done,
+            "the position after the rotation must be the finished file's end: {saved:?}"
+        );
+        drop(t);
+        append(&log, &(event("B1") + &event("B2")));
+        let b = d.0.join("audit-2025-01-01T00-00-01.000.log");
+        fs::rename(&log, &b).unwrap();
+        gzip(&b);
+        append(&log, &event("C1"));
+        let mut t = Tail::new(&log, true, 1 << 20, Some(saved)).unwrap();
+        let got = drain(&mut t);
+        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
+        assert_eq!(ids, ["B1", "B2", "C1"]);
+    }
+
+    /// A weak position (nothing strong was ever read) re-reads rather than skips.
+    #[test]
+    fn weak_position_rereads_from_the_oldest_candidate() {
+        let d = tmp("weak");
+        let log = d.0.join("audit.log");
+        File::create(&log).unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, None).unwrap();
+        assert!(drain(&mut t).is_empty());
+        let saved = t.position().unwrap();
+        assert!(saved.id.fp.is_empty());
+        drop(t);
+        append(&log, "b1\n");
+        fs::rename(&log, d.0.join("audit-2025-01-01T00-00-01.000.log")).unwrap();
+        append(&log, "c1\n");
+        let mut t = Tail::new(&log, true, 1 << 20, Some(saved)).unwrap();
+        assert_eq!(drain(&mut t), ["b1", "c1"]);
     }
 }
