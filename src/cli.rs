@@ -50,6 +50,10 @@ OPTIONS:
         the in-flight window).
     --max-line-size SIZE          [AUDIT_MAX_LINE_SIZE] default: 10M
         The longest audit line (one event) handled; greater than 0.
+    --max-held-bytes SIZE         [AUDIT_MAX_HELD_BYTES] default: 1G
+        Disk space of rotated files kube-apiserver already deleted that are kept open
+        until their lines are delivered. Past it the oldest such file is released with an
+        ERROR naming it and the bytes never delivered; greater than 0.
     --connect-timeout DURATION    [AUDIT_CONNECT_TIMEOUT] default: 10s
         How long one connection attempt may take, proxy and TLS handshakes included;
         greater than 0.
@@ -178,6 +182,8 @@ const DEFAULT_AUDIT_LOG_PATH: &str = "/auditlog/audit.log";
 const POSITION_FILE_NAME: &str = ".audit-forwarder.pos";
 const DEFAULT_TAG: &str = "audit";
 const DEFAULT_MEM_BUF_LIMIT: u64 = 200_000_000;
+/// Ten of kube-apiserver's customary 100 MB audit files.
+const DEFAULT_MAX_HELD_BYTES: u64 = 1_000_000_000;
 const DEFAULT_MAX_LINE_SIZE: u64 = 10_000_000;
 const DEFAULT_LOG_LEVEL: LevelFilter = LevelFilter::Info;
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -237,6 +243,8 @@ pub struct ForwardArgs {
     pub tag: String,
     pub read_from_head: bool,
     pub max_line_size: u64,
+    /// Bytes of deleted files kept open for delivery before the oldest is given up.
+    pub max_held_bytes: u64,
     pub ack_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
@@ -452,6 +460,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let mut tag = None;
     let mut read_from_head = None;
     let mut max_line_size = None;
+    let mut max_held_bytes = None;
     let mut ack_timeout = None;
     let mut shutdown_timeout = None;
     let mut stats_interval = None;
@@ -487,6 +496,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("tag") => tag = Some(parser.value()?),
             Long("read-from-head") => read_from_head = Some(bool_value(&mut parser)),
             Long("max-line-size") => max_line_size = Some(parser.value()?),
+            Long("max-held-bytes") => max_held_bytes = Some(parser.value()?),
             Long("ack-timeout") => ack_timeout = Some(parser.value()?),
             Long("shutdown-timeout") => shutdown_timeout = Some(parser.value()?),
             Long("stats-interval") => stats_interval = Some(parser.value()?),
@@ -645,6 +655,8 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         resolve(read_from_head, "read-from-head", env, text(parse_bool))?.is_none_or(|s| s.value);
     let max_line_size = resolve(max_line_size, "max-line-size", env, text(positive_size))?
         .unwrap_or_else(|| Setting::default("max-line-size", DEFAULT_MAX_LINE_SIZE));
+    let max_held_bytes = resolve(max_held_bytes, "max-held-bytes", env, text(positive_size))?
+        .map_or(DEFAULT_MAX_HELD_BYTES, |s| s.value);
     let ack_timeout = resolve(ack_timeout, "ack-timeout", env, text(positive_duration))?
         .map_or(DEFAULT_ACK_TIMEOUT, |s| s.value);
     let shutdown_timeout = resolve(
@@ -695,6 +707,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         tag,
         read_from_head,
         max_line_size: max_line_size.value,
+        max_held_bytes,
         ack_timeout,
         shutdown_timeout,
         stats_interval,
@@ -1475,6 +1488,7 @@ mod tests {
             tag: "audit".to_string(),
             read_from_head: true,
             max_line_size: 10_000_000,
+            max_held_bytes: 1_000_000_000,
             ack_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(60),
@@ -1586,6 +1600,7 @@ mod tests {
         ("tag", "k8s.audit", |f| f.tag = "k8s.audit".to_string()),
         ("read-from-head", "FALSE", |f| f.read_from_head = false),
         ("max-line-size", "1.5m", |f| f.max_line_size = 1_500_000),
+        ("max-held-bytes", "300M", |f| f.max_held_bytes = 300_000_000),
         ("ack-timeout", "2.5s", |f| {
             f.ack_timeout = Duration::from_millis(2500)
         }),
@@ -2450,6 +2465,7 @@ mod tests {
             ("tag", "default: audit"),
             ("mem-buf-limit", "default: 200M"),
             ("max-line-size", "default: 10M"),
+            ("max-held-bytes", "default: 1G"),
             ("ack-timeout", "default: 60s"),
             ("backoff-timer", "default: 10s"),
             ("shutdown-timeout", "default: 10s"),

@@ -60,6 +60,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         &args.audit_log_path,
         args.read_from_head,
         max_line,
+        args.max_held_bytes,
         position.clone(),
     )
     .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
@@ -156,7 +157,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             .flatten()
             .min()
             .unwrap_or(now + Duration::from_secs(1));
-        if tail.waiting_for_dir() {
+        if tail.needs_tick() {
             wake = wake.min(next_dir_retry);
         }
         let timeout = wake.saturating_duration_since(now);
@@ -206,7 +207,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             }
         }
         let now = Instant::now();
-        if tail.waiting_for_dir() && now >= next_dir_retry {
+        if tail.needs_tick() && now >= next_dir_retry {
             tail.tick();
             next_dir_retry = now + DIR_RETRY;
         }

@@ -21,6 +21,8 @@ const READ_BUF: usize = 256 * 1024;
 /// Fingerprints of finished files, so a backup we already read (or its gzipped copy) is never
 /// mistaken for a new file. Far more than any `--audit-log-maxbackup` in practice.
 const KNOWN_FPS: usize = 1024;
+/// A failure that repeats (a file we cannot open) is logged again at most this often.
+const REMIND_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 enum Source {
     Plain(File),
@@ -39,6 +41,21 @@ struct Held {
 impl Held {
     fn is_gz(&self) -> bool {
         matches!(self.source, Source::Gz(_))
+    }
+
+    fn file(&self) -> &File {
+        match &self.source {
+            Source::Plain(f) => f,
+            Source::Gz(d) => d.get_ref().get_ref(),
+        }
+    }
+
+    /// Bytes on disk that only our descriptor keeps alive: the whole file once it is unlinked.
+    fn orphaned_bytes(&self) -> u64 {
+        match self.file().metadata() {
+            Ok(m) if m.nlink() == 0 => m.len(),
+            _ => 0,
+        }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -113,6 +130,8 @@ pub struct Tail {
     prefix: String,
     ext: String,
     read_from_head: bool,
+    /// `--max-held-bytes`: the most disk space deleted files may keep while we hold them.
+    max_held: u64,
     inotify: Inotify,
     wd: Option<i32>,
     queue: VecDeque<Held>,
@@ -122,6 +141,9 @@ pub struct Tail {
     anchor: Option<Position>,
     rescan: bool,
     waiting_logged: bool,
+    /// A file we need could not be opened (EMFILE, EACCES): listing again on the next tick.
+    open_failed: bool,
+    last_open_error: Option<(String, std::time::Instant)>,
     started: bool,
     pending_position: Option<Position>,
     buf: Vec<u8>,
@@ -133,6 +155,7 @@ impl Tail {
         path: &Path,
         read_from_head: bool,
         max_line: usize,
+        max_held: u64,
         position: Option<Position>,
     ) -> io::Result<Tail> {
         let dir = match path.parent() {
@@ -160,6 +183,7 @@ impl Tail {
             prefix: format!("{stem}-"),
             ext,
             read_from_head,
+            max_held,
             inotify: Inotify::new()?,
             wd: None,
             queue: VecDeque::new(),
@@ -168,6 +192,8 @@ impl Tail {
             anchor: None,
             rescan: false,
             waiting_logged: false,
+            open_failed: false,
+            last_open_error: None,
             started: false,
             pending_position: position,
             buf: vec![0; READ_BUF],
@@ -181,9 +207,10 @@ impl Tail {
         &self.inotify
     }
 
-    /// Whether the directory is not there yet (the caller retries `tick` on a timer).
-    pub fn waiting_for_dir(&self) -> bool {
-        self.wd.is_none()
+    /// Whether the directory is not there yet or a file could not be opened: the caller
+    /// retries `tick` on a timer.
+    pub fn needs_tick(&self) -> bool {
+        self.wd.is_none() || self.open_failed
     }
 
     /// The position to commit once everything handed out so far is acked: where reading
@@ -227,11 +254,95 @@ impl Tail {
             .sum()
     }
 
-    /// Called on a timer while the directory is missing.
+    /// Called on a timer while [`Tail::needs_tick`].
     pub fn tick(&mut self) {
         if self.wd.is_none() {
             self.try_start();
+        } else if self.open_failed {
+            self.open_failed = false;
+            if !self.started {
+                self.startup();
+            } else {
+                self.rescan_dir();
+                self.settle();
+            }
         }
+        self.limit_held();
+    }
+
+    /// `--max-held-bytes`: gives up the oldest deleted files we hold while the space they keep
+    /// on disk exceeds the limit, so a receiver that is down for long cannot fill the node's
+    /// disk behind kube-apiserver's `--audit-log-maxbackup`.
+    fn limit_held(&mut self) {
+        let sizes: Vec<u64> = self.queue.iter().map(Held::orphaned_bytes).collect();
+        let mut total: u64 = sizes.iter().sum();
+        let mut i = 0;
+        let mut removed = 0;
+        while total > self.max_held && i < sizes.len() {
+            if sizes[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let at = i - removed;
+            let Some(h) = self.queue.remove(at) else {
+                break;
+            };
+            let done = if at == 0 {
+                self.splitter.safe_offset()
+            } else {
+                h.offset
+            };
+            let unread = if h.is_gz() {
+                Some("the rest of its decompressed content".to_string())
+            } else {
+                let n = sizes[i].saturating_sub(done);
+                (n > 0).then(|| format!("{n} bytes"))
+            };
+            match unread {
+                Some(unread) => error!(
+                    "releasing {} (inode {}; deleted by the log rotation, still held for \
+                     delivery): the deleted files held keep {total} bytes on disk, more than \
+                     --max-held-bytes {}; {unread} of it from offset {done} were never read and \
+                     will never be delivered",
+                    h.name, h.id.ino, self.max_held
+                ),
+                None => debug!("releasing {}: read to its end, deleted", h.name),
+            }
+            total -= sizes[i];
+            removed += 1;
+            i += 1;
+            if at == 0 {
+                if let Some(next) = self.queue.front() {
+                    self.splitter.reset(next.offset);
+                }
+            }
+        }
+    }
+
+    /// A file we need cannot be opened.
+    fn open_error(&mut self, name: &str, err: &io::Error) {
+        let text = format!(
+            "cannot open {}: {err}; retrying",
+            self.dir.join(name).display()
+        );
+        self.retry_later(text);
+    }
+
+    /// Logs a failure that the next tick retries (opening or listing): at once, then again
+    /// only when it changes or as a reminder.
+    fn retry_later(&mut self, text: String) {
+        let now = std::time::Instant::now();
+        let repeat = self
+            .last_open_error
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && now.duration_since(*at) < REMIND_EVERY);
+        if repeat {
+            debug!("{text}");
+        } else {
+            warn!("{text}");
+            self.last_open_error = Some((text, now));
+        }
+        self.open_failed = true;
     }
 
     fn try_start(&mut self) {
@@ -315,6 +426,7 @@ impl Tail {
             }
             self.settle();
         }
+        self.limit_held();
         Ok(())
     }
 
@@ -426,8 +538,9 @@ impl Tail {
                 false
             }
             Err(err) => {
-                warn!("cannot open {}: {err}", self.dir.join(&e.name).display());
-                true
+                // Stop here so the order stays right; the next tick lists and opens again.
+                self.open_error(&e.name, &err);
+                false
             }
         }
     }
@@ -483,6 +596,12 @@ impl Tail {
                 break;
             }
         }
+        if self.open_failed && self.queue.is_empty() {
+            // Nothing could be opened: start over with the same position on the next tick.
+            self.started = false;
+            self.pending_position = pos;
+            return;
+        }
         self.settle();
     }
 
@@ -490,8 +609,7 @@ impl Tail {
         let entries = match self.list() {
             Ok(e) => e,
             Err(e) => {
-                error!("cannot list {}: {e}", self.dir.display());
-                self.started = false;
+                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
                 return;
             }
         };
@@ -567,7 +685,7 @@ impl Tail {
         let entries = match self.list() {
             Ok(e) => e,
             Err(e) => {
-                warn!("cannot list {}: {e}", self.dir.display());
+                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
                 return;
             }
         };
@@ -591,7 +709,7 @@ impl Tail {
                         self.splitter.reset(0);
                         self.queue.push_back(h);
                     }
-                    Err(err) => warn!("cannot open {}: {err}", self.path.display()),
+                    Err(err) => self.open_error(&e.name, &err),
                 }
             }
             return;
@@ -856,7 +974,7 @@ mod tests {
         let d = tmp("rot");
         let log = d.0.join("audit.log");
         append(&log, "a1\na2\n");
-        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, None).unwrap();
         assert_eq!(drain(&mut t), ["a1", "a2"]);
         append(&log, "a3\n");
         let b1 = d.0.join("audit-2025-01-01T00-00-00.000.log");
@@ -876,7 +994,7 @@ mod tests {
         let d = tmp("gz");
         let log = d.0.join("audit.log");
         append(&log, &(event("x1") + &event("x2") + &event("x3")));
-        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, None).unwrap();
         let mut pos = None;
         let mut n = 0;
         t.read(usize::MAX, |p, id, name, end| {
@@ -898,7 +1016,7 @@ mod tests {
         fs::rename(&log, &b1).unwrap();
         gzip(&b1);
         append(&log, &event("y1"));
-        let mut t = Tail::new(&log, true, 1024, pos).unwrap();
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, pos).unwrap();
         let got = drain(&mut t);
         let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
         assert_eq!(ids, ["x2", "x3", "y1"]);
@@ -909,7 +1027,7 @@ mod tests {
         let d = tmp("trunc");
         let log = d.0.join("audit.log");
         append(&log, "one\ntwo\n");
-        let mut t = Tail::new(&log, true, 1024, None).unwrap();
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, None).unwrap();
         assert_eq!(drain(&mut t), ["one", "two"]);
         fs::OpenOptions::new()
             .write(true)
@@ -945,7 +1063,7 @@ mod tests {
         let d = tmp("rotpos");
         let log = d.0.join("audit.log");
         append(&log, &(event("A1") + &event("A2")));
-        let mut t = Tail::new(&log, true, 1 << 20, None).unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
         assert_eq!(drain(&mut t).len(), 2);
         fs::rename(&log, d.0.join("audit-2025-01-01T00-00-00.000.log")).unwrap();
         File::create(&log).unwrap();
@@ -961,7 +1079,7 @@ mod tests {
         fs::rename(&log, &b).unwrap();
         gzip(&b);
         append(&log, &event("C1"));
-        let mut t = Tail::new(&log, true, 1 << 20, Some(saved)).unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
         let got = drain(&mut t);
         let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
         assert_eq!(ids, ["B1", "B2", "C1"]);
@@ -973,7 +1091,7 @@ mod tests {
         let d = tmp("weak");
         let log = d.0.join("audit.log");
         File::create(&log).unwrap();
-        let mut t = Tail::new(&log, true, 1 << 20, None).unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
         assert!(drain(&mut t).is_empty());
         let saved = t.position().unwrap();
         assert!(saved.id.fp.is_empty());
@@ -981,7 +1099,38 @@ mod tests {
         append(&log, "b1\n");
         fs::rename(&log, d.0.join("audit-2025-01-01T00-00-01.000.log")).unwrap();
         append(&log, "c1\n");
-        let mut t = Tail::new(&log, true, 1 << 20, Some(saved)).unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
         assert_eq!(drain(&mut t), ["b1", "c1"]);
+    }
+
+    /// `--max-held-bytes`: deleted files we hold count against the limit and the oldest is let
+    /// go first; files still linked in the directory never count.
+    #[test]
+    fn held_deleted_files_are_bounded_oldest_released_first() {
+        let d = tmp("held");
+        let log = d.0.join("audit.log");
+        let lines = |tag: &str| {
+            (0..3)
+                .map(|i| event(&format!("{tag}{i}")))
+                .collect::<String>()
+        };
+        append(&log, &lines("A"));
+        let size = fs::metadata(&log).unwrap().len();
+        let mut t = Tail::new(&log, true, 1 << 20, size + size / 2, None).unwrap();
+        let b1 = d.0.join("audit-2025-01-01T00-00-00.000.log");
+        fs::rename(&log, &b1).unwrap();
+        append(&log, &lines("B"));
+        let b2 = d.0.join("audit-2025-01-01T00-00-01.000.log");
+        fs::rename(&log, &b2).unwrap();
+        append(&log, &lines("C"));
+        t.on_inotify().unwrap();
+        assert_eq!(t.queue.len(), 3, "A, B and C are held");
+        fs::remove_file(&b1).unwrap();
+        t.on_inotify().unwrap();
+        assert_eq!(t.queue.len(), 3, "one deleted file is within the limit");
+        fs::remove_file(&b2).unwrap();
+        let got = drain(&mut t);
+        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
+        assert_eq!(ids, ["B0", "B1", "B2", "C0", "C1", "C2"]);
     }
 }

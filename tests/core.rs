@@ -1139,3 +1139,152 @@ fn t16_positioned_file_gone_while_stopped_is_reported_not_skipped_silently() {
     assert_delivered(&expected, &tailer.records(), false);
     fwd.term_ok();
 }
+
+// 17 -----------------------------------------------------------------------------------------
+
+/// Open descriptors of `pid` that point at deleted files in `dir`.
+fn deleted_files_held(pid: i32, dir: &std::path::Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .filter(|t| t.starts_with(&prefix) && t.ends_with("(deleted)"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_nofile(pid: i32, limit: u64) {
+    let st = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success(), "prlimit --nofile={limit} failed");
+}
+
+/// Issue 7: a file that cannot be opened when it appears (here EMFILE) used to be skipped for
+/// good after one warning; it must be retried until it opens, losing nothing.
+#[test]
+fn t17_file_that_cannot_be_opened_is_retried_not_skipped() {
+    let dir = TempDir::new("t17");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let a = audit_events(0..300);
+    w.write_lines(&a);
+    // No receiver yet: nothing is acked, so every file stays needed.
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "300ms"]));
+    assert!(
+        fwd.wait_log("following", DELIVERY),
+        "forwarder did not start"
+    );
+    thread::sleep(Duration::from_millis(300));
+    // Descriptors 0-2 are taken, so every new open, socket and pipe fails with EMFILE (the
+    // ones already open stay usable).
+    set_nofile(fwd.pid(), 3);
+    let b = audit_events(300..600);
+    w.write_lines(&b);
+    w.rotate_file();
+    let c = audit_events(600..900);
+    w.write_lines(&c);
+    w.rotate_file();
+    let d = audit_events(900..1000);
+    w.write_lines(&d);
+    assert!(
+        fwd.wait_log("Too many open files", DELIVERY),
+        "the opens did not fail; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    thread::sleep(Duration::from_millis(1500));
+    set_nofile(fwd.pid(), 1024);
+    let tailer = Tailer::start(port);
+    let expected: Vec<String> = [a, b, c, d].concat();
+    expect_all(
+        &tailer,
+        &mut fwd,
+        &expected,
+        "after the descriptors came back",
+    );
+    // Listing the directory needs a descriptor too, so that is what fails first.
+    stderr_shows(
+        &fwd,
+        &["too many open files", "retrying"],
+        &["cannot open", "cannot list"],
+        "the failed open",
+    );
+    fwd.term_ok();
+}
+
+// 18 -----------------------------------------------------------------------------------------
+
+/// Issue 7: while the receiver is unreachable, deleted backups used to stay open without bound
+/// (the node's disk filled behind `--audit-log-maxbackup`). `--max-held-bytes` bounds them: the
+/// oldest is released with an ERROR naming it and the bytes never delivered, and delivery goes
+/// on with the rest.
+#[test]
+fn t18_held_deleted_backups_are_bounded_by_max_held_bytes() {
+    let dir = TempDir::new("t18");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    // A small memory limit so reading stops early and most of each file stays unread.
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--max-line-size",
+            "64K",
+            "--mem-buf-limit",
+            "1300K",
+            "--max-held-bytes",
+            "1M",
+            "--backoff-timer",
+            "300ms",
+        ],
+    ));
+    let a = audit_events(0..2000);
+    w.write_lines(&a);
+    thread::sleep(Duration::from_millis(500));
+    let mut rotated = Vec::new();
+    for k in 0..4u64 {
+        rotated.push(w.rotate_file());
+        w.write_lines(&audit_events(2000 + k * 2000..4000 + k * 2000));
+        thread::sleep(Duration::from_millis(300));
+    }
+    let last = audit_events(10_000..10_100);
+    w.write_lines(&last);
+    thread::sleep(Duration::from_millis(500));
+    // lumberjack's maxbackup: the backups go while we cannot deliver them.
+    for r in &rotated {
+        fs::remove_file(r).unwrap();
+    }
+    assert!(
+        fwd.wait_log("--max-held-bytes", DELIVERY),
+        "no error about releasing held files; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let held = deleted_files_held(fwd.pid(), dir.path());
+    assert!(
+        held.len() <= 1,
+        "deleted files still held beyond --max-held-bytes 1M (each ~2 MB): {held:?}"
+    );
+    let line = fwd
+        .stderr_text()
+        .lines()
+        .find(|l| l.contains("--max-held-bytes"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("ERROR") && line.contains("bytes") && line.contains("never"),
+        "the error must say how much was never delivered: {line}"
+    );
+    // The current audit.log is never released: everything in it arrives.
+    let tailer = Tailer::start(port);
+    let mut cov = Coverage::new(&last);
+    assert!(
+        tailer.wait_all(&mut cov, DELIVERY),
+        "the lines of the current audit.log did not all arrive"
+    );
+    fwd.term_ok();
+}
