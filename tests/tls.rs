@@ -22,16 +22,7 @@ const LOG_WAIT: Duration = Duration::from_secs(15);
 
 /// Waits until every expected record reached the tailer; stops early if the forwarder died.
 fn expect_all(t: &Tailer, f: &mut Forwarder, expected: &[String], what: &str) {
-    let mut cov = Coverage::new(expected);
-    let deadline = Instant::now() + DELIVERY;
-    while !t.wait_all(&mut cov, Duration::from_millis(500)) {
-        f.assert_alive(what);
-        if Instant::now() >= deadline {
-            // The report of assert_delivered says exactly which records are missing.
-            assert_delivered(expected, &t.records(), true);
-            panic!("{what}: not everything arrived within {DELIVERY:?}");
-        }
-    }
+    expect_all_within(t, f, expected, what, DELIVERY);
 }
 
 /// Every record of `expected` arrived exactly once and in order, and nothing else arrived. The

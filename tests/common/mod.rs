@@ -661,6 +661,13 @@ impl AuditWriter {
     /// audit-<UTC 2006-01-02T15-04-05.000>.log, create a new empty audit.log (0600).
     /// Stamps are made strictly increasing so fast rotations never collide.
     pub fn rotate_file(&mut self) -> PathBuf {
+        self.rotate_file_with(|_| {})
+    }
+
+    /// [`rotate_file`](Self::rotate_file) with `between(backup)` run after the rename and
+    /// before the new audit.log is created: e.g. a gzip that frees the backup's inode so the
+    /// new audit.log can get it (the file system reuses freed inode numbers).
+    pub fn rotate_file_with(&mut self, between: impl FnOnce(&Path)) -> PathBuf {
         let stamp = now_ms().max(self.last_stamp_ms + 1);
         self.last_stamp_ms = stamp;
         let backup = self
@@ -669,6 +676,11 @@ impl AuditWriter {
         let log = self.log_path();
         fs::rename(&log, &backup)
             .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", log.display(), backup.display()));
+        // Our handle keeps the backup's inode alive: close it (by swapping in a read-only
+        // handle of the directory, never written) before `between` can free the inode.
+        self.file =
+            File::open(&self.dir).unwrap_or_else(|e| panic!("open {}: {e}", self.dir.display()));
+        between(&backup);
         self.file = open_new_log(&log);
         self.offset = 0;
         backup
@@ -1434,6 +1446,26 @@ impl Coverage {
 
     pub fn is_complete(&self) -> bool {
         self.remaining.is_empty()
+    }
+}
+
+/// Waits until every expected record reached the tailer; stops early if the forwarder died;
+/// after `within`, fails with [`assert_delivered`]'s report of what is missing.
+pub fn expect_all_within(
+    t: &Tailer,
+    f: &mut Forwarder,
+    expected: &[String],
+    what: &str,
+    within: Duration,
+) {
+    let mut cov = Coverage::new(expected);
+    let deadline = Instant::now() + within;
+    while !t.wait_all(&mut cov, ms(500)) {
+        f.assert_alive(what);
+        if Instant::now() >= deadline {
+            assert_delivered(expected, &t.records(), true);
+            panic!("{what}: not everything arrived within {within:?}");
+        }
     }
 }
 
