@@ -438,6 +438,9 @@ impl Conn {
                 interest,
             } => {
                 if let Err(e) = read_acks(&mut link.t, &mut rbuf, outbox, &mut self.attempts) {
+                    if matches!(e, ReadError::Io(_)) {
+                        outbox.dropped_by_peer();
+                    }
                     return Err(self.describe_str(e, &link.t));
                 }
                 if let Some((sent, id)) = outbox.oldest_unacked_sent() {
@@ -448,9 +451,13 @@ impl Conn {
                         ));
                     }
                 }
-                let done = outbox
-                    .write_to(&mut link.t, now)
-                    .map_err(|e| format!("write: {}", self.describe(&e, &link.t)))?;
+                let done = match outbox.write_to(&mut link.t, now) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        outbox.dropped_by_peer();
+                        return Err(format!("write: {}", self.describe(&e, &link.t)));
+                    }
+                };
                 // Interest comes from state: wait for WRITABLE only while a write is stuck.
                 let want = if done && !link.t.wants_write() {
                     Interest::READABLE

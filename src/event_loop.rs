@@ -39,6 +39,7 @@ const DIR_RETRY: Duration = Duration::from_secs(1);
 
 struct Stats {
     malformed: u64,
+    rejected: u64,
     skipped_long: u64,
     peak: usize,
     last_malformed_log: Option<Instant>,
@@ -125,9 +126,11 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
     let mut builder = Builder::new(&args.tag, chunk_target);
     let gzip = matches!(args.compress, Compress::Gzip);
-    let mut outbox = Outbox::new(position);
+    let mut outbox = Outbox::new(position, &args.tag, chunk_target);
+    let rejected_path = rejected_file(&args.position_file);
     let mut stats = Stats {
         malformed: 0,
+        rejected: 0,
         skipped_long: 0,
         peak: 0,
         last_malformed_log: None,
@@ -232,7 +235,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                     break;
                 }
                 let progress = tail
-                    .read(max, |piece, _id, name, _end| match piece {
+                    .read(max, |piece, _id, name, end| match piece {
                         Piece::Line(line) => {
                             builder.records += 1;
                             builder.source_bytes += line.len() as u64 + 1;
@@ -240,6 +243,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                                 stats.malformed += 1;
                                 note_malformed(&mut stats, name, line);
                             }
+                            builder.mark(name, end.saturating_sub(line.len() as u64 + 1), end);
                         }
                         Piece::TooLong { start, len } => {
                             stats.skipped_long += 1;
@@ -269,6 +273,10 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         }
 
         conn.drive(&registry, &mut outbox, Instant::now());
+        for r in outbox.take_rejected() {
+            stats.rejected += 1;
+            set_aside(&rejected_path, &r);
+        }
         stats.peak = stats.peak.max(buffered(&tail, &builder, &outbox));
 
         let now = Instant::now();
@@ -297,6 +305,37 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Where records the receiver would not take are kept: beside the position file.
+fn rejected_file(position_file: &std::path::Path) -> std::path::PathBuf {
+    let name = position_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".pos").unwrap_or(&name);
+    position_file.with_file_name(format!("{stem}.rejected"))
+}
+
+/// Logs a record the receiver would not take and appends it to the rejected-records file, so
+/// nothing is thrown away unseen.
+fn set_aside(path: &std::path::Path, r: &crate::outbox::Rejected) {
+    use std::io::Write;
+    let kept = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&r.json));
+    let kept = match kept {
+        Ok(()) => format!("kept in {}", path.display()),
+        Err(e) => format!("NOT kept: writing {} failed: {e}", path.display()),
+    };
+    error!(
+        "{} offset {}: the receiver keeps dropping the connection over this record of {} bytes \
+         (likely a receiver limit such as fluent-bit's Buffer_Max_Size or fluentd's \
+         chunk_size_limit); skipping it so delivery goes on; {kept}",
+        r.file, r.start, r.len
+    );
 }
 
 /// Watches the directories of certificate files, registered with the loop under `token`.
@@ -359,7 +398,7 @@ fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
 fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats: &Stats) {
     let now_buffered = buffered(tail, builder, outbox);
     info!(
-        "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} cpu_s={:.2}",
+        "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} rejected={} cpu_s={:.2}",
         outbox.acked_total.records,
         outbox.acked_total.source_bytes,
         tail.lag_bytes(),
@@ -368,6 +407,7 @@ fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats
         stats.peak,
         stats.malformed,
         stats.skipped_long,
+        stats.rejected,
         sys::cpu_seconds()
     );
 }

@@ -1,23 +1,62 @@
 //! Chunks between the file and the receiver: building -> queued -> written -> acked. The committed
 //! position is the end of the longest acked prefix, so a crash at any moment resends at most the
 //! unacked window and never skips data the receiver has not confirmed.
+//!
+//! Also what keeps one record from blocking everything behind it: a record larger than the chunk
+//! target travels in a chunk of its own, and a chunk the receiver keeps dropping the connection
+//! over ([`Outbox::dropped_by_peer`]) is split in halves until the one record it cannot take is
+//! alone; that record is then set aside as [`Rejected`] (the caller logs it and writes it to the
+//! rejected-records file) and delivery moves on.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::time::Instant;
 
 use crate::forward;
+use crate::msgpack;
 use crate::offsets::Position;
+
+/// Connections the receiver dropped in a row while the same chunk was the oldest one written
+/// and unacked, before that chunk is taken apart. A receiver that restarts now and then hits one
+/// chunk once, not three times running.
+pub const DROPS_BEFORE_ISOLATING: u32 = 3;
+
+/// Where one record came from: the byte range of its line in the file, and where its entry ends
+/// in the chunk's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub entry_end: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A record the receiver would not take, set aside so delivery can go on.
+#[derive(Debug)]
+pub struct Rejected {
+    pub file: String,
+    /// The line's byte range in `file`.
+    pub start: u64,
+    pub len: u64,
+    /// The record as one JSON line (the audit event as read).
+    pub json: Vec<u8>,
+}
 
 pub struct Chunk {
     pub id: [u8; 24],
     /// The complete PackedForward message; empty for a position marker.
     frame: Vec<u8>,
+    /// Where the entries sit in `frame` (gzipped for CompressedPackedForward).
+    entries_at: std::ops::Range<usize>,
+    gzip: bool,
     pub records: u64,
     /// Source bytes (lines with their newlines) the chunk covers, for the stats.
     pub source_bytes: u64,
-    /// Where the file position may move once this chunk and all before it are acked.
-    pub end: Position,
+    /// Where the file position may move once this chunk and all before it are acked; `None`
+    /// for the first parts of a split chunk, which must not move it past records still unacked.
+    pub end: Option<Position>,
+    /// The file the records came from and each record's place in it.
+    file: String,
+    marks: Vec<Mark>,
     acked: bool,
     sent_at: Option<Instant>,
 }
@@ -40,6 +79,9 @@ pub struct Builder {
     pub source_bytes: u64,
     /// Set by the caller after each read batch.
     pub end: Option<Position>,
+    /// The file the records come from (a chunk never spans files) and each record's place.
+    file: String,
+    marks: Vec<Mark>,
 }
 
 impl Builder {
@@ -51,9 +93,24 @@ impl Builder {
             records: 0,
             source_bytes: 0,
             end: None,
+            file: String::new(),
+            marks: Vec::new(),
         };
         b.start(tag);
         b
+    }
+
+    /// Notes that the entry just appended is the line `start..end` of `file`.
+    pub fn mark(&mut self, file: &str, start: u64, end: u64) {
+        if self.marks.is_empty() && self.file != file {
+            self.file.clear();
+            self.file.push_str(file);
+        }
+        self.marks.push(Mark {
+            entry_end: self.entries_len(),
+            start,
+            end,
+        });
     }
 
     fn start(&mut self, tag: &str) {
@@ -88,10 +145,28 @@ impl Builder {
     }
 }
 
+/// PackedForward `[tag, bin(entries), {"chunk", "size"}]` from a copy of the entries: only for
+/// the rare chunk that is split.
+fn packed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> (Vec<u8>, usize) {
+    let mut frame = Vec::with_capacity(entries.len() + 128);
+    frame.push(0x93);
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_str(&mut frame, tag);
+    let _ = rmp::encode::write_bin_len(&mut frame, entries.len() as u32);
+    let at = frame.len();
+    frame.extend_from_slice(entries);
+    let _ = rmp::encode::write_map_len(&mut frame, 2);
+    let _ = rmp::encode::write_str(&mut frame, "chunk");
+    let _ = rmp::encode::write_str(&mut frame, std::str::from_utf8(id).unwrap_or(""));
+    let _ = rmp::encode::write_str(&mut frame, "size");
+    let _ = rmp::encode::write_uint(&mut frame, records);
+    (frame, at)
+}
+
 /// CompressedPackedForward: `[tag, bin(gzip(entries)), {"chunk", "size", "compressed": "gzip"}]`.
 /// Level 1: audit JSON compresses about 8:1 even so, and higher levels cost several times the CPU
-/// for a few percent.
-fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> Vec<u8> {
+/// for a few percent. Returns the frame and where the gzipped entries start in it.
+fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> (Vec<u8>, usize) {
     use flate2::write::GzEncoder;
     let mut frame = Vec::with_capacity(entries.len() / 6 + 128);
     frame.push(0x93);
@@ -102,6 +177,9 @@ fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> V
     let mut enc = GzEncoder::new(frame, flate2::Compression::new(1));
     let _ = enc.write_all(entries);
     let mut frame = enc.finish().unwrap_or_default();
+    if frame.len() < header {
+        return (frame, 0);
+    }
     let len = (frame.len() - header) as u32;
     frame[header - 4..header].copy_from_slice(&len.to_be_bytes());
     let _ = rmp::encode::write_map_len(&mut frame, 3);
@@ -111,7 +189,7 @@ fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> V
     let _ = rmp::encode::write_uint(&mut frame, records);
     let _ = rmp::encode::write_str(&mut frame, "compressed");
     let _ = rmp::encode::write_str(&mut frame, "gzip");
-    frame
+    (frame, header)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -134,10 +212,18 @@ pub struct Outbox {
     bytes: usize,
     committed: Option<Position>,
     pub acked_total: Acked,
+    tag: String,
+    /// The largest entries a chunk should carry; a bigger record gets a chunk of its own.
+    target: usize,
+    /// The chunk the receiver dropped the connection over, and how many times in a row.
+    suspect: Option<([u8; 24], u32)>,
+    rejected: Vec<Rejected>,
+    /// Makes the ids of split parts unique.
+    splits: u64,
 }
 
 impl Outbox {
-    pub fn new(committed: Option<Position>) -> Outbox {
+    pub fn new(committed: Option<Position>, tag: &str, target: usize) -> Outbox {
         Outbox {
             chunks: VecDeque::new(),
             next: 0,
@@ -145,7 +231,17 @@ impl Outbox {
             bytes: 0,
             committed,
             acked_total: Acked::default(),
+            tag: tag.to_string(),
+            target,
+            suspect: None,
+            rejected: Vec::new(),
+            splits: 0,
         }
+    }
+
+    /// Records set aside since the last call, for the caller to log and keep.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Bytes held by unacked chunks.
@@ -163,17 +259,38 @@ impl Outbox {
     }
 
     /// Turns the builder into a chunk. A builder with no records still carries a position
-    /// (skipped lines, a finished file); it is kept in order and counts as acked at once.
+    /// (skipped lines, a finished file); it is kept in order and counts as acked at once. A
+    /// record larger than the chunk target is put in a chunk of its own.
     pub fn seal(&mut self, b: &mut Builder, tag: &str, gzip: bool, random: [u8; 16]) {
         let Some(end) = b.end.take() else { return };
+        let marks = std::mem::take(&mut b.marks);
+        if marks.len() > 1 && has_oversized(&marks, self.target) {
+            let entries = b.frame[b.header..].to_vec();
+            b.frame.truncate(b.header);
+            b.records = 0;
+            b.source_bytes = 0;
+            let parts = parts_isolating(&marks, self.target);
+            let last = parts.len() - 1;
+            for (i, range) in parts.into_iter().enumerate() {
+                // Only the last part may move the position: it covers the builder's end.
+                let part_end = (i == last).then(|| end.clone());
+                self.push_part(&entries, &marks, range, &b.file, part_end, gzip, random);
+            }
+            self.advance_commit();
+            return;
+        }
         let id = forward::new_chunk_id(random);
         let mut frame = Vec::new();
+        let mut entries_at = 0..0;
         if b.records > 0 && gzip {
-            frame = compressed_frame(tag, &b.frame[b.header..], b.records, &id);
+            let at;
+            (frame, at) = compressed_frame(tag, &b.frame[b.header..], b.records, &id);
+            entries_at = at..at + gzip_len(&frame, at);
             b.frame.truncate(b.header);
         } else if b.records > 0 {
             let len = b.entries_len() as u32;
             b.frame[b.header - 4..b.header].copy_from_slice(&len.to_be_bytes());
+            entries_at = b.header..b.header + len as usize;
             // Writing into a Vec cannot fail.
             let _ = rmp::encode::write_map_len(&mut b.frame, 2);
             let _ = rmp::encode::write_str(&mut b.frame, "chunk");
@@ -189,14 +306,169 @@ impl Outbox {
         self.chunks.push_back(Chunk {
             id,
             frame,
+            entries_at,
+            gzip,
             records: b.records,
             source_bytes: b.source_bytes,
-            end,
+            end: Some(end),
+            file: b.file.clone(),
+            marks,
             acked: b.records == 0,
             sent_at: None,
         });
         b.records = 0;
         b.source_bytes = 0;
+        self.advance_commit();
+    }
+
+    /// Queues the records `range` of `entries` (described by `marks`) as a chunk of their own.
+    #[allow(clippy::too_many_arguments)]
+    fn push_part(
+        &mut self,
+        entries: &[u8],
+        marks: &[Mark],
+        range: std::ops::Range<usize>,
+        file: &str,
+        end: Option<Position>,
+        gzip: bool,
+        random: [u8; 16],
+    ) -> usize {
+        let from = if range.start == 0 {
+            0
+        } else {
+            marks[range.start - 1].entry_end
+        };
+        let to = marks[range.end - 1].entry_end;
+        let base = from;
+        let part_marks: Vec<Mark> = marks[range.clone()]
+            .iter()
+            .map(|m| Mark {
+                entry_end: m.entry_end - base,
+                ..*m
+            })
+            .collect();
+        self.splits += 1;
+        let mut random = random;
+        for (r, s) in random.iter_mut().zip(self.splits.to_le_bytes()) {
+            *r ^= s;
+        }
+        let id = forward::new_chunk_id(random);
+        let records = range.len() as u64;
+        let (frame, at) = if gzip {
+            compressed_frame(&self.tag, &entries[from..to], records, &id)
+        } else {
+            packed_frame(&self.tag, &entries[from..to], records, &id)
+        };
+        let entries_at = if gzip {
+            at..at + gzip_len(&frame, at)
+        } else {
+            at..at + (to - from)
+        };
+        let source_bytes = part_marks.iter().map(|m| m.end - m.start).sum();
+        self.bytes += frame.capacity();
+        let chunk = Chunk {
+            id,
+            frame,
+            entries_at,
+            gzip,
+            records,
+            source_bytes,
+            end,
+            file: file.to_string(),
+            marks: part_marks,
+            acked: false,
+            sent_at: None,
+        };
+        self.chunks.push_back(chunk);
+        self.chunks.len() - 1
+    }
+
+    /// The receiver closed or reset the connection. When that happens for the third time in a
+    /// row while the same chunk was the oldest unacked one and had gone out (at least in part),
+    /// the chunk is what it cannot take: split it in halves, or set its one record aside.
+    pub fn dropped_by_peer(&mut self) {
+        let Some(i) = self.chunks.iter().position(|c| !c.acked) else {
+            return;
+        };
+        let written = i < self.next || (i == self.next && self.write_off > 0);
+        if !written {
+            return;
+        }
+        let id = self.chunks[i].id;
+        let count = match self.suspect {
+            Some((s, n)) if s == id => n + 1,
+            _ => 1,
+        };
+        if count < DROPS_BEFORE_ISOLATING {
+            self.suspect = Some((id, count));
+            return;
+        }
+        self.suspect = None;
+        // The connection is gone: everything unacked goes out again on the next one.
+        self.rewind();
+        let Some(c) = self.chunks.remove(i) else {
+            return;
+        };
+        self.bytes -= c.frame.capacity();
+        let entries = match chunk_entries(&c) {
+            Ok(e) => e,
+            Err(e) => {
+                // Cannot happen for frames we built; keep the chunk rather than lose it.
+                log::error!("chunk {} cannot be taken apart: {e}", c.id_str());
+                self.bytes += c.frame.capacity();
+                self.chunks.insert(i, c);
+                return;
+            }
+        };
+        if c.marks.len() > 1 {
+            let mid = c.marks.len() / 2;
+            let tail: Vec<Chunk> = self.chunks.drain(i..).collect();
+            let random = *c.id.first_chunk::<16>().unwrap_or(&[0; 16]);
+            self.push_part(&entries, &c.marks, 0..mid, &c.file, None, c.gzip, random);
+            let n = c.marks.len();
+            self.push_part(
+                &entries,
+                &c.marks,
+                mid..n,
+                &c.file,
+                c.end.clone(),
+                c.gzip,
+                random,
+            );
+            self.chunks.extend(tail);
+            log::warn!(
+                "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
+                 chunk {} ({} records from {}); splitting it to find the record it cannot take",
+                c.id_str(),
+                c.records,
+                c.file
+            );
+            return;
+        }
+        let m = c.marks.first().copied().unwrap_or(Mark {
+            entry_end: 0,
+            start: 0,
+            end: 0,
+        });
+        self.rejected.push(Rejected {
+            file: c.file.clone(),
+            start: m.start,
+            len: m.end - m.start,
+            json: record_json(&entries),
+        });
+        // Set aside, it counts as done: the position may move past it.
+        self.chunks.insert(
+            i,
+            Chunk {
+                frame: Vec::new(),
+                entries_at: 0..0,
+                records: 0,
+                source_bytes: 0,
+                marks: Vec::new(),
+                acked: true,
+                ..c
+            },
+        );
         self.advance_commit();
     }
 
@@ -264,6 +536,9 @@ impl Outbox {
             return Err(AckError::Unknown(String::from_utf8_lossy(id).into_owned()));
         };
         c.acked = true;
+        if self.suspect.is_some_and(|(s, _)| s[..] == *id) {
+            self.suspect = None;
+        }
         Ok(self.advance_commit())
     }
 
@@ -276,7 +551,9 @@ impl Outbox {
             self.bytes -= c.frame.capacity();
             done.records += c.records;
             done.source_bytes += c.source_bytes;
-            self.committed = Some(c.end);
+            if let Some(end) = c.end {
+                self.committed = Some(end);
+            }
             if self.next > 0 {
                 self.next -= 1;
             } else {
@@ -287,6 +564,70 @@ impl Outbox {
         self.acked_total.source_bytes += done.source_bytes;
         done
     }
+}
+
+/// Whether a record's entry is larger than `target`.
+fn has_oversized(marks: &[Mark], target: usize) -> bool {
+    let mut from = 0;
+    marks.iter().any(|m| {
+        let big = m.entry_end - from > target;
+        from = m.entry_end;
+        big
+    })
+}
+
+/// Record ranges such that every record over `target` is alone and the others stay together.
+fn parts_isolating(marks: &[Mark], target: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut from, mut part_start) = (0, 0);
+    for (i, m) in marks.iter().enumerate() {
+        if m.entry_end - from > target {
+            if part_start < i {
+                parts.push(part_start..i);
+            }
+            parts.push(i..i + 1);
+            part_start = i + 1;
+        }
+        from = m.entry_end;
+    }
+    if part_start < marks.len() {
+        parts.push(part_start..marks.len());
+    }
+    parts
+}
+
+/// Length of the bin payload whose header ends at `at` (its 4-byte length precedes it).
+fn gzip_len(frame: &[u8], at: usize) -> usize {
+    frame
+        .get(at.wrapping_sub(4)..at)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b| u32::from_be_bytes(b) as usize)
+}
+
+/// The chunk's entries as sent, uncompressed.
+fn chunk_entries(c: &Chunk) -> io::Result<Vec<u8>> {
+    let raw = c.frame.get(c.entries_at.clone()).unwrap_or_default();
+    if !c.gzip {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(raw), &mut out)?;
+    Ok(out)
+}
+
+/// The record of one `[time, record]` entry as a JSON line.
+fn record_json(entry: &[u8]) -> Vec<u8> {
+    let mut r = msgpack::Reader::new(entry);
+    let mut out = Vec::new();
+    let ok = r.array_len().is_ok()
+        && r.skip().is_ok()
+        && msgpack::write_json(r.remaining(), &mut out).is_ok();
+    if !ok {
+        out.clear();
+        out.extend_from_slice(b"{\"log\":\"(record could not be decoded)\"}");
+    }
+    out.push(b'\n');
+    out
 }
 
 #[cfg(test)]
@@ -336,7 +677,7 @@ mod tests {
 
     #[test]
     fn commits_only_the_acked_prefix_and_resends_in_order() {
-        let mut o = Outbox::new(None);
+        let mut o = Outbox::new(None, "audit", 1 << 20);
         add(&mut o, 1, 1, 10);
         add(&mut o, 2, 1, 20);
         add(&mut o, 0, 0, 25); // a skipped over-long line: no records, just a position
@@ -373,7 +714,7 @@ mod tests {
 
     #[test]
     fn partial_writes_resume_where_they_stopped() {
-        let mut o = Outbox::new(None);
+        let mut o = Outbox::new(None, "audit", 1 << 20);
         add(&mut o, 1, 1, 10);
         add(&mut o, 2, 1, 20);
         let whole: Vec<u8> = o.chunks.iter().flat_map(|c| c.frame.clone()).collect();
@@ -390,5 +731,171 @@ mod tests {
         assert_eq!(w.out, whole);
         assert!(rounds > 5);
         assert!(o.oldest_unacked_sent().is_some());
+    }
+
+    /// A builder holding one record per `sizes` entry: `{"n": i, "pad": "x..."}` lines of about
+    /// that many bytes, from file offset 0 on.
+    fn builder_with(sizes: &[usize]) -> Builder {
+        let mut b = Builder::new("audit", 1 << 16);
+        let mut off = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(n));
+            crate::transcode::append_entry(
+                line.as_bytes(),
+                crate::transcode::now_event_time(),
+                b.entries(),
+            );
+            b.records += 1;
+            b.source_bytes += line.len() as u64 + 1;
+            b.mark("audit.log", off, off + line.len() as u64 + 1);
+            off += line.len() as u64 + 1;
+        }
+        b.end = Some(pos(off));
+        b
+    }
+
+    fn record_numbers(o: &Outbox) -> Vec<Vec<u64>> {
+        o.chunks
+            .iter()
+            .filter(|c| c.records > 0)
+            .map(|c| {
+                let entries = chunk_entries(c).unwrap();
+                let mut r = msgpack::Reader::new(&entries);
+                let mut out = Vec::new();
+                while !r.is_empty() {
+                    let entry = r.skip().unwrap();
+                    let json = record_json(entry);
+                    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                    out.push(v["n"].as_u64().unwrap());
+                }
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_over_the_target_travels_alone() {
+        for gzip in [false, true] {
+            let mut o = Outbox::new(None, "audit", 1000);
+            let mut b = builder_with(&[10, 20, 5000, 30, 40, 3000]);
+            o.seal(&mut b, "audit", gzip, [1; 16]);
+            assert_eq!(
+                record_numbers(&o),
+                [vec![0, 1], vec![2], vec![3, 4], vec![5]],
+                "gzip {gzip}"
+            );
+            // Only the last part may move the position.
+            let ends: Vec<Option<u64>> = o
+                .chunks
+                .iter()
+                .map(|c| c.end.as_ref().map(|p| p.offset))
+                .collect();
+            let total = b.source_bytes;
+            assert_eq!(ends[..3], [None, None, None], "gzip {gzip}");
+            assert!(ends[3].is_some() && total == 0, "gzip {gzip}: {ends:?}");
+            let ids: std::collections::HashSet<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
+            assert_eq!(ids.len(), 4, "chunk ids must differ");
+        }
+    }
+
+    /// Writes everything, then reports a dropped connection (the receiver reset on it).
+    fn send_and_drop(o: &mut Outbox) {
+        o.rewind();
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: usize::MAX,
+        };
+        o.write_to(&mut w, Instant::now()).unwrap();
+        o.dropped_by_peer();
+    }
+
+    #[test]
+    fn a_chunk_the_receiver_keeps_dropping_is_split_down_to_the_record_it_rejects() {
+        for gzip in [false, true] {
+            let mut o = Outbox::new(None, "audit", 1 << 20);
+            let mut b = builder_with(&[10, 20, 30, 40]);
+            o.seal(&mut b, "audit", gzip, [2; 16]);
+            // Twice is not enough: a receiver restarting now and then is not a verdict.
+            send_and_drop(&mut o);
+            send_and_drop(&mut o);
+            assert_eq!(record_numbers(&o), [vec![0, 1, 2, 3]]);
+            send_and_drop(&mut o);
+            assert_eq!(record_numbers(&o), [vec![0, 1], vec![2, 3]], "gzip {gzip}");
+            // The receiver takes [0, 1] and keeps dropping [2, 3], then [2].
+            o.rewind();
+            let mut w = Trickle {
+                out: Vec::new(),
+                budget: usize::MAX,
+            };
+            o.write_to(&mut w, Instant::now()).unwrap();
+            let first = o.chunks[0].id;
+            o.ack(&first).unwrap();
+            assert_eq!(
+                o.committed(),
+                None,
+                "a first half must not move the position"
+            );
+            for _ in 0..3 {
+                send_and_drop(&mut o);
+            }
+            assert_eq!(record_numbers(&o), [vec![2], vec![3]]);
+            for _ in 0..3 {
+                send_and_drop(&mut o);
+            }
+            assert_eq!(record_numbers(&o), [vec![3]]);
+            let rejected = o.take_rejected();
+            assert_eq!(rejected.len(), 1);
+            let v: serde_json::Value = serde_json::from_slice(&rejected[0].json).unwrap();
+            assert_eq!(v["n"], 2);
+            assert_eq!(
+                (rejected[0].file.as_str(), rejected[0].start),
+                ("audit.log", 64)
+            );
+            assert!(rejected[0].json.ends_with(b"\n"));
+            // The last record goes through and the position reaches the end.
+            o.rewind();
+            o.write_to(&mut w, Instant::now()).unwrap();
+            let last = o.chunks.iter().find(|c| !c.acked).unwrap().id;
+            o.ack(&last).unwrap();
+            assert_eq!(o.committed().map(|p| p.offset), Some(27 + 37 + 47 + 57));
+            assert_eq!(o.unacked(), 0);
+            assert_eq!(
+                o.acked_total.records, 3,
+                "the rejected record is not counted as acked"
+            );
+        }
+    }
+
+    #[test]
+    fn drops_before_a_chunk_went_out_or_after_its_ack_do_not_count() {
+        let mut o = Outbox::new(None, "audit", 1 << 20);
+        let mut b = builder_with(&[10, 20]);
+        o.seal(&mut b, "audit", false, [3; 16]);
+        for _ in 0..5 {
+            // Connection lost before anything was written (the receiver is down).
+            o.rewind();
+            o.dropped_by_peer();
+        }
+        assert_eq!(record_numbers(&o), [vec![0, 1]]);
+        send_and_drop(&mut o);
+        send_and_drop(&mut o);
+        // An ack of the suspect clears it.
+        o.rewind();
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: usize::MAX,
+        };
+        o.write_to(&mut w, Instant::now()).unwrap();
+        let id = o.chunks[0].id;
+        o.ack(&id).unwrap();
+        let mut b = builder_with(&[10, 20]);
+        o.seal(&mut b, "audit", false, [4; 16]);
+        send_and_drop(&mut o);
+        send_and_drop(&mut o);
+        assert_eq!(
+            record_numbers(&o),
+            [vec![0, 1]],
+            "two drops on the new chunk only"
+        );
     }
 }

@@ -1279,3 +1279,83 @@ fn t18_held_deleted_backups_are_bounded_by_max_held_bytes() {
     );
     fwd.term_ok();
 }
+
+// 19 -----------------------------------------------------------------------------------------
+
+/// Issue 7: one valid but huge event (a large RequestResponse body) that the receiver cannot
+/// take (fluent-bit resets the connection past its Buffer_Max_Size) used to be resent forever,
+/// blocking everything behind it. It must be isolated, logged with file, offset and size, kept
+/// in the rejected-records file, counted, and delivery must go on.
+#[test]
+fn t19_record_the_receiver_cannot_take_is_set_aside_not_blocking() {
+    let dir = TempDir::new("t19");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let rx = FakeReceiver::start(port, FakeMode::AckUpTo(1 << 20), None);
+    let mut lines = audit_events(0..2000);
+    // 2 MB of body inside an otherwise normal event.
+    let big = lines[1000].replacen(
+        "{\"kind\":\"Event\"",
+        &format!("{{\"kind\":\"Event\",\"body\":\"{}\"", "b".repeat(2 << 20)),
+        1,
+    );
+    assert_ne!(big, lines[1000], "the generator's events start with kind");
+    let big_offset: u64 = lines[..1000].iter().map(|l| l.len() as u64 + 1).sum();
+    lines[1000] = big.clone();
+    w.write_lines(&lines);
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--backoff-timer", "300ms", "--stats-interval", "1s"],
+    ));
+    let mut expected = lines.clone();
+    expected.remove(1000);
+    let deadline = Instant::now() + DELIVERY;
+    let mut cov = Coverage::new(&expected);
+    while !cov.is_complete() {
+        fwd.assert_alive("delivering around the rejected record");
+        cov = Coverage::new(&expected);
+        cov.feed_all(&rx.records());
+        if Instant::now() >= deadline {
+            assert_delivered(&expected, &rx.records(), true);
+            panic!("not everything arrived; {}", rx.summary());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        rx.resets() >= 3,
+        "the receiver never reset: {}",
+        rx.summary()
+    );
+    let text = fwd.stderr_text();
+    let error = text
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("keeps dropping"))
+        .unwrap_or_else(|| panic!("no ERROR about the rejected record; stderr:\n{text}"));
+    assert!(
+        error.contains("audit.log")
+            && error.contains(&format!("offset {big_offset}"))
+            && error.contains(&format!("{} bytes", big.len() + 1))
+            && error.contains("Buffer_Max_Size"),
+        "the error must name file, offset {big_offset}, size {} and the likely cause: {error}",
+        big.len() + 1
+    );
+    let kept = fs::read_to_string(dir.join(".audit-forwarder.rejected"))
+        .expect("rejected-records file beside the position file");
+    let kept: Vec<Value> = kept
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("rejected record is one JSON line"))
+        .collect();
+    let want: Value = serde_json::from_str(&big).unwrap();
+    assert_eq!(
+        kept,
+        vec![want],
+        "the rejected file must hold exactly the big event"
+    );
+    fwd.term_ok();
+    assert_eq!(
+        last_stats(&fwd).get("rejected"),
+        Some(&1),
+        "stats must count it"
+    );
+}

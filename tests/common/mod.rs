@@ -1884,6 +1884,9 @@ pub enum FakeMode {
     WrongAck,
     /// Decode every frame, keep its records, ack it.
     Ack,
+    /// As `Ack`, but like fluent-bit's `in_forward` with its `Buffer_Max_Size`: once more than
+    /// this many bytes of one message are buffered, reset the connection (RST, no ack).
+    AckUpTo(usize),
 }
 
 #[derive(Default)]
@@ -1892,6 +1895,7 @@ struct FakeShared {
     frames: AtomicUsize,
     bytes: AtomicU64,
     closed_after_wrong_ack: AtomicUsize,
+    resets: AtomicUsize,
     records: Mutex<Vec<Value>>,
     first_frame: Mutex<Option<Vec<u8>>>,
     errors: Mutex<Vec<String>>,
@@ -1973,6 +1977,11 @@ impl FakeReceiver {
 
     pub fn bytes(&self) -> u64 {
         self.shared.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Connections reset because a message exceeded `FakeMode::AckUpTo`'s limit.
+    pub fn resets(&self) -> usize {
+        self.shared.resets.load(Ordering::SeqCst)
     }
 
     pub fn closed_after_wrong_ack(&self) -> usize {
@@ -2059,9 +2068,21 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
         if let Some(r) = rate {
             thread::sleep(Duration::from_nanos(n as u64 * 1_000_000_000 / r.max(1)));
         }
+        let limit = match mode {
+            FakeMode::AckUpTo(l) => l,
+            _ => usize::MAX,
+        };
         loop {
             let (msg, used) = match mp_decode(&buf) {
+                Ok(Some((_, used))) if used > limit => {
+                    reset(&s, sh);
+                    return;
+                }
                 Ok(Some(x)) => x,
+                Ok(None) if buf.len() > limit => {
+                    reset(&s, sh);
+                    return;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     lock(&sh.errors).push(format!("undecodable bytes from forwarder: {e}"));
@@ -2090,7 +2111,7 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                     Some(WRONG_ACK.to_vec())
                 }
                 FakeMode::WrongAck => None,
-                FakeMode::Ack => {
+                FakeMode::Ack | FakeMode::AckUpTo(_) => {
                     lock(&sh.records).extend(frame.records);
                     Some(encode_ack(&frame.chunk))
                 }
@@ -2102,6 +2123,26 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
             }
         }
     }
+}
+
+/// Closes with an RST, as fluent-bit does when a message exceeds its buffer.
+fn reset(s: &TcpStream, sh: &FakeShared) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    sh.resets.fetch_add(1, Ordering::SeqCst);
 }
 
 // ---------------------------------------------------------------------------------------------
