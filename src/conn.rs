@@ -156,6 +156,8 @@ pub struct Conn {
     last_skip: Option<String>,
     resolver: Resolver,
     plan: Plan,
+    /// The address of the attempt's socket, named in the log line of its failure.
+    peer: Option<String>,
     rng: u64,
 }
 
@@ -176,6 +178,7 @@ impl Conn {
             last_skip: None,
             resolver,
             plan: Plan::default(),
+            peer: None,
             rng: seed | 1,
         }
     }
@@ -229,7 +232,7 @@ impl Conn {
     /// Spurious calls are harmless.
     pub fn drive(&mut self, registry: &Registry, outbox: &mut Outbox, now: Instant) {
         if let Err(reason) = self.step(registry, outbox, now) {
-            self.fail(registry, reason, now);
+            self.fail(reason, now);
         }
     }
 
@@ -598,6 +601,7 @@ impl Conn {
                 )
                 .map_err(|e| format!("register socket: {e}"))?;
             debug!("connecting to {} via {}", self.cfg.target, link.peer);
+            self.peer = Some(link.peer.clone());
             return Ok(State::Connecting {
                 link,
                 deadline: now + self.cfg.connect_timeout,
@@ -824,23 +828,11 @@ impl Conn {
         }
     }
 
-    fn fail(&mut self, registry: &Registry, reason: String, now: Instant) {
-        let old = std::mem::replace(&mut self.state, State::Down { retry_at: now });
-        let mut old_peer = None;
-        match old {
-            State::Connecting { mut link, .. }
-            | State::ProxyTls { mut link, .. }
-            | State::Proxying { mut link, .. }
-            | State::Tls { mut link, .. }
-            | State::Handshake { mut link, .. }
-            | State::Ready { mut link, .. } => {
-                let _ = registry.deregister(&mut link.t.sock);
-                old_peer = Some(link.peer);
-            }
-            State::Down { .. } | State::Resolving { .. } => {}
-        }
+    fn fail(&mut self, reason: String, now: Instant) {
+        // `step` took the state out before the transition that failed, so its socket is gone
+        // already (closing the descriptor removes it from epoll); only its address is left.
         let delay = self.next_backoff();
-        let at = outbox_hint(&old_peer);
+        let at = peer_hint(&self.peer.take());
         if self.last_failure.as_deref() == Some(reason.as_str()) {
             debug!(
                 "{}{at}: {reason}; retrying in {:.1}s",
@@ -895,8 +887,8 @@ impl Conn {
     }
 }
 
-/// The resolved address when it says more than the target does.
-fn outbox_hint(peer: &Option<String>) -> String {
+/// The resolved address, which the target (a name) does not show.
+fn peer_hint(peer: &Option<String>) -> String {
     match peer {
         Some(p) => format!(" ({p})"),
         None => String::new(),
