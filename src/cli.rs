@@ -58,7 +58,8 @@ OPTIONS:
         How long one connection attempt may take, proxy and TLS handshakes included;
         greater than 0.
     --ack-timeout DURATION        [AUDIT_ACK_TIMEOUT] default: 60s
-        How long to wait for the ack of a chunk; greater than 0.
+        How long to wait for the ack of a chunk, and for a receiver that stopped reading
+        to take more bytes; greater than 0.
     --backoff-timer DURATION      [AUDIT_BACKOFF_TIMER] default: 10s
         The longest wait between reconnection attempts; greater than 0.
     --shutdown-timeout DURATION   [AUDIT_SHUTDOWN_TIMEOUT] default: 10s

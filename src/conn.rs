@@ -1,16 +1,19 @@
 //! The connection to the receiver as an explicit state machine, advanced only by readiness
 //! events and timers:
-//! `Down` (backoff) -> `Connecting` -> [`ProxyTls` -> ] [`Proxying` (HTTP CONNECT) -> ] `Tls` ->
-//! `Handshake` (shared key) -> `Ready`. Through a konnectivity Unix socket the CONNECT goes
-//! straight over the socket; through an mTLS proxy it goes inside TLS to the proxy, and the TLS
-//! to the receiver then runs inside that.
-//! Any fault (connect error, TLS failure, rejected handshake, EOF, socket error, ack timeout, an
-//! ack for a chunk we did not send) drops the socket and goes back to `Down` with exponential
-//! backoff and jitter; the outbox then resends every unacked chunk in order on the next
-//! connection.
+//! `Down` (backoff) -> `Resolving` -> `Connecting` -> [`ProxyTls` -> ] [`Proxying` (HTTP
+//! CONNECT) -> ] `Tls` -> `Handshake` (shared key) -> `Ready`. Through a konnectivity Unix socket
+//! the CONNECT goes straight over the socket; through an mTLS proxy it goes inside TLS to the
+//! proxy, and the TLS to the receiver then runs inside that.
+//! Names are resolved on the resolver thread (`resolve`), never on the loop, at every attempt;
+//! the attempt then tries every address in turn: the next one when a connect fails or times
+//! out, and, through a proxy, the next receiver address when the proxy refuses a CONNECT.
+//! Any other fault (TLS failure, rejected handshake, EOF, socket error, ack timeout, no write
+//! progress, an ack for a chunk we did not send), or the last address failing, drops the socket
+//! and goes back to `Down` with exponential backoff and jitter; the outbox then resends every
+//! unacked chunk in order on the next connection.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,7 @@ use crate::forward;
 use crate::handshake;
 use crate::outbox::{AckError, Outbox};
 use crate::proxy;
+use crate::resolve::{Resolver, Ticket};
 use crate::sys;
 use crate::tls;
 use crate::transport::{tls_failure, Socket, Transport};
@@ -41,6 +45,12 @@ struct Link {
 enum State {
     Down {
         retry_at: Instant,
+    },
+    /// Waiting for the resolver thread; it wakes the loop when the answer is there.
+    Resolving {
+        ticket: Ticket,
+        want: Want,
+        deadline: Instant,
     },
     Connecting {
         link: Link,
@@ -74,7 +84,32 @@ enum State {
         link: Link,
         rbuf: Vec<u8>,
         interest: Interest,
+        /// Since when bytes have been waiting with none written: a receiver that stops reading
+        /// in the middle of a chunk is never asked for an ack, so this is its timeout.
+        stalled_since: Option<Instant>,
     },
+}
+
+/// Which name a lookup is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// The socket's peer: the receiver, or the mTLS proxy.
+    Dial,
+    /// The receiver, asked of the proxy with CONNECT.
+    Via,
+}
+
+/// The addresses of one connection attempt, tried in turn before backing off.
+#[derive(Default)]
+struct Plan {
+    /// The receiver's addresses (direct) or the mTLS proxy's; unused with the konnectivity socket.
+    dial: Vec<SocketAddr>,
+    dial_at: usize,
+    /// The receiver's addresses for CONNECT (proxied routes only).
+    via: Vec<SocketAddr>,
+    via_at: usize,
+    /// Why each address tried before the current one failed.
+    failed: Vec<String>,
 }
 
 /// TLS to the receiver; replaced (by the event loop) when the certificate files change.
@@ -117,13 +152,19 @@ pub struct Conn {
     /// The last failure, so a fault that repeats on every attempt is logged once at warn and
     /// then at debug until something changes.
     last_failure: Option<String>,
+    /// The last "address failed, trying the next" line, deduplicated like `last_failure`.
+    last_skip: Option<String>,
+    resolver: Resolver,
+    plan: Plan,
+    /// The address of the attempt's socket, named in the log line of its failure.
+    peer: Option<String>,
     rng: u64,
 }
 
 type Step = Result<(), String>;
 
 impl Conn {
-    pub fn new(cfg: Settings, token: Token, seed: u64) -> Conn {
+    pub fn new(cfg: Settings, token: Token, seed: u64, resolver: Resolver) -> Conn {
         Conn {
             cfg,
             state: State::Down {
@@ -134,6 +175,10 @@ impl Conn {
             reconnects: 0,
             connected_once: false,
             last_failure: None,
+            last_skip: None,
+            resolver,
+            plan: Plan::default(),
+            peer: None,
             rng: seed | 1,
         }
     }
@@ -166,14 +211,19 @@ impl Conn {
     pub fn deadline(&self, outbox: &Outbox) -> Option<Instant> {
         match &self.state {
             State::Down { retry_at } => Some(*retry_at),
-            State::Connecting { deadline, .. }
+            State::Resolving { deadline, .. }
+            | State::Connecting { deadline, .. }
             | State::ProxyTls { deadline, .. }
             | State::Proxying { deadline, .. }
             | State::Tls { deadline, .. }
             | State::Handshake { deadline, .. } => Some(*deadline),
-            State::Ready { .. } => outbox
+            State::Ready { stalled_since, .. } => outbox
                 .oldest_unacked_sent()
-                .map(|(t, _)| t + self.cfg.ack_timeout),
+                .map(|(t, _)| t)
+                .into_iter()
+                .chain(*stalled_since)
+                .min()
+                .map(|t| t + self.cfg.ack_timeout),
         }
     }
 
@@ -182,7 +232,7 @@ impl Conn {
     /// Spurious calls are harmless.
     pub fn drive(&mut self, registry: &Registry, outbox: &mut Outbox, now: Instant) {
         if let Err(reason) = self.step(registry, outbox, now) {
-            self.fail(registry, reason, now);
+            self.fail(reason, now);
         }
     }
 
@@ -211,57 +261,58 @@ impl Conn {
                 if now < retry_at {
                     return Ok((State::Down { retry_at }, false));
                 }
-                let (sock, peer) = match &self.cfg.route {
-                    Route::Direct => {
-                        let addr = resolve(&target.host, target.port)?;
-                        let s = TcpStream::connect(addr)
-                            .map_err(|e| format!("connect to {addr}: {e}"))?;
-                        (Socket::Tcp(s), addr.to_string())
-                    }
-                    Route::Uds(path) => {
-                        let s = UnixStream::connect(path).map_err(|e| {
-                            format!("connect to konnectivity socket {} (--konnectivity-uds-socket): {e}", path.display())
-                        })?;
-                        (Socket::Unix(s), format!("proxy {}", path.display()))
-                    }
-                    Route::Mtls { host, port, .. } => {
-                        let addr = resolve(host, *port)?;
-                        let s = TcpStream::connect(addr)
-                            .map_err(|e| format!("connect to proxy {addr} (--proxy-host): {e}"))?;
-                        (Socket::Tcp(s), format!("proxy {addr}"))
-                    }
-                };
-                let mut link = Link {
-                    t: Transport::new(sock),
-                    peer,
-                };
-                registry
-                    .register(
-                        &mut link.t.sock,
-                        self.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| format!("register socket: {e}"))?;
-                debug!("connecting to {target} via {}", link.peer);
-                Ok((
-                    State::Connecting {
-                        link,
-                        deadline: now + self.cfg.connect_timeout,
-                    },
-                    true,
-                ))
+                self.plan = Plan::default();
+                Ok((self.next_lookup(registry, now)?, true))
             }
-            State::Connecting { mut link, deadline } => {
-                match link.t.sock.connected() {
-                    Ok(true) => {}
-                    Ok(false) if now >= deadline => {
+            State::Resolving {
+                ticket,
+                want,
+                deadline,
+            } => {
+                let answer = self.resolver.answer(ticket);
+                let (host, _) = self.name_of(want);
+                let addrs = match answer {
+                    Some(Ok(addrs)) if addrs.is_empty() => {
+                        return Err(format!("resolve {host}: no addresses"))
+                    }
+                    Some(Ok(addrs)) => addrs,
+                    Some(Err(e)) => return Err(e),
+                    None if now >= deadline => {
                         return Err(format!(
-                            "connect to {}: timed out after {:?}",
-                            link.peer, self.cfg.connect_timeout
+                            "resolve {host}: no answer within {:?} (--connect-timeout)",
+                            self.cfg.connect_timeout
                         ))
                     }
+                    None => {
+                        let state = State::Resolving {
+                            ticket,
+                            want,
+                            deadline,
+                        };
+                        return Ok((state, false));
+                    }
+                };
+                debug!("{host} resolves to {addrs:?}");
+                match want {
+                    Want::Dial => self.plan.dial = addrs,
+                    Want::Via => self.plan.via = addrs,
+                }
+                Ok((self.next_lookup(registry, now)?, true))
+            }
+            State::Connecting { mut link, deadline } => {
+                let failed = match link.t.sock.connected() {
+                    Ok(true) => None,
+                    Ok(false) if now >= deadline => Some(format!(
+                        "connect to {}: timed out after {:?}",
+                        link.peer, self.cfg.connect_timeout
+                    )),
                     Ok(false) => return Ok((State::Connecting { link, deadline }, false)),
-                    Err(e) => return Err(format!("connect to {}: {e}", link.peer)),
+                    Err(e) => Some(format!("connect to {}: {e}", link.peer)),
+                };
+                if let Some(reason) = failed {
+                    let _ = registry.deregister(&mut link.t.sock);
+                    self.next_dial(reason)?;
+                    return Ok((self.dial(registry, now)?, true));
                 }
                 if let Socket::Tcp(s) = &link.t.sock {
                     let _ = s.set_nodelay(true);
@@ -324,7 +375,13 @@ impl Conn {
                         link.t.open_tunnel(&rbuf[header_len..]);
                         Ok((self.start_tls(link, now)?, true))
                     }
-                    proxy::Parsed::Refused(e) => Err(e.to_string()),
+                    // Another address of the receiver may be reachable from the proxy: ask for it
+                    // on a new tunnel.
+                    proxy::Parsed::Refused(e) => {
+                        let _ = registry.deregister(&mut link.t.sock);
+                        self.next_via(e.to_string())?;
+                        Ok((self.dial(registry, now)?, true))
+                    }
                     proxy::Parsed::NeedMore if eof => Err(format!(
                         "{}{}",
                         parser.finish(&rbuf),
@@ -436,7 +493,9 @@ impl Conn {
                 mut link,
                 mut rbuf,
                 interest,
+                stalled_since,
             } => {
+                let sent_before = link.t.bytes_sent();
                 if let Err(e) = read_acks(&mut link.t, &mut rbuf, outbox, &mut self.attempts) {
                     if matches!(e, ReadError::Io(_)) {
                         outbox.dropped_by_peer();
@@ -458,11 +517,26 @@ impl Conn {
                         return Err(format!("write: {}", self.describe(&e, &link.t)));
                     }
                 };
+                let waiting = !done || link.t.wants_write();
+                let stalled_since = match (waiting, link.t.bytes_sent() != sent_before) {
+                    (false, _) => None,
+                    (true, true) => Some(now),
+                    (true, false) => Some(stalled_since.unwrap_or(now)),
+                };
+                if let Some(since) = stalled_since {
+                    if now >= since + self.cfg.ack_timeout {
+                        return Err(format!(
+                            "write timeout: the receiver took no bytes for {:?} (--ack-timeout) \
+                             with more waiting (it stopped reading)",
+                            self.cfg.ack_timeout
+                        ));
+                    }
+                }
                 // Interest comes from state: wait for WRITABLE only while a write is stuck.
-                let want = if done && !link.t.wants_write() {
-                    Interest::READABLE
-                } else {
+                let want = if waiting {
                     Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
                 };
                 if want != interest {
                     registry
@@ -474,6 +548,7 @@ impl Conn {
                         link,
                         rbuf,
                         interest: want,
+                        stalled_since,
                     },
                     false,
                 ))
@@ -481,10 +556,140 @@ impl Conn {
         }
     }
 
+    /// The name and port a lookup is for.
+    fn name_of(&self, want: Want) -> (&str, u16) {
+        match (want, &self.cfg.route) {
+            (Want::Dial, Route::Mtls { host, port, .. }) => (host, *port),
+            _ => (&self.cfg.target.host, self.cfg.target.port),
+        }
+    }
+
+    /// Asks for the next name this attempt needs, or dials once every name is resolved.
+    fn next_lookup(&mut self, registry: &Registry, now: Instant) -> Result<State, String> {
+        let proxied = !matches!(self.cfg.route, Route::Direct);
+        let dials_a_name = !matches!(self.cfg.route, Route::Uds(_));
+        let want = if dials_a_name && self.plan.dial.is_empty() {
+            Want::Dial
+        } else if proxied && self.plan.via.is_empty() {
+            Want::Via
+        } else {
+            return self.dial(registry, now);
+        };
+        let (host, port) = self.name_of(want);
+        let host = host.to_string();
+        let ticket = self.resolver.ask(&host, port);
+        Ok(State::Resolving {
+            ticket,
+            want,
+            deadline: now + self.cfg.connect_timeout,
+        })
+    }
+
+    /// Starts a nonblocking connect to the current address of the plan, going on to the next
+    /// address when one fails at once.
+    fn dial(&mut self, registry: &Registry, now: Instant) -> Result<State, String> {
+        loop {
+            let (sock, peer) = match self.open() {
+                Ok(s) => s,
+                Err(reason) => {
+                    self.next_dial(reason)?;
+                    continue;
+                }
+            };
+            let mut link = Link {
+                t: Transport::new(sock),
+                peer,
+            };
+            registry
+                .register(
+                    &mut link.t.sock,
+                    self.token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|e| format!("register socket: {e}"))?;
+            debug!("connecting to {} via {}", self.cfg.target, link.peer);
+            self.peer = Some(link.peer.clone());
+            return Ok(State::Connecting {
+                link,
+                deadline: now + self.cfg.connect_timeout,
+            });
+        }
+    }
+
+    fn open(&self) -> Result<(Socket, String), String> {
+        let addr = self.plan.dial.get(self.plan.dial_at).copied();
+        match (&self.cfg.route, addr) {
+            (Route::Uds(path), _) => {
+                let s = UnixStream::connect(path).map_err(|e| {
+                    format!(
+                        "connect to konnectivity socket {} (--konnectivity-uds-socket): {e}",
+                        path.display()
+                    )
+                })?;
+                Ok((Socket::Unix(s), format!("proxy {}", path.display())))
+            }
+            (Route::Direct, Some(addr)) => {
+                let s = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+                Ok((Socket::Tcp(s), addr.to_string()))
+            }
+            (Route::Mtls { .. }, Some(addr)) => {
+                let s = TcpStream::connect(addr)
+                    .map_err(|e| format!("connect to proxy {addr} (--proxy-host): {e}"))?;
+                Ok((Socket::Tcp(s), format!("proxy {addr}")))
+            }
+            // next_lookup dials only once the name is resolved to at least one address.
+            (_, None) => Err("no address to connect to".to_string()),
+        }
+    }
+
+    /// The current address could not be connected to: on to the next one, or the attempt's
+    /// failure when none is left.
+    fn next_dial(&mut self, reason: String) -> Result<(), String> {
+        let p = &mut self.plan;
+        if matches!(self.cfg.route, Route::Uds(_)) || p.dial_at + 1 >= p.dial.len() {
+            return Err(p.summary(reason));
+        }
+        p.dial_at += 1;
+        let next = p.dial[p.dial_at];
+        self.skip(reason, next);
+        Ok(())
+    }
+
+    /// The proxy refused the CONNECT to the current receiver address: on to the next one
+    /// through the same proxy address, or the attempt's failure when none is left.
+    fn next_via(&mut self, reason: String) -> Result<(), String> {
+        let p = &mut self.plan;
+        if p.via_at + 1 >= p.via.len() {
+            return Err(p.summary(reason));
+        }
+        p.via_at += 1;
+        let next = p.via[p.via_at];
+        self.skip(reason, next);
+        Ok(())
+    }
+
+    /// Logs an address that failed, once at warn while the same failure repeats.
+    fn skip(&mut self, reason: String, next: SocketAddr) {
+        let line = format!(
+            "{}: {reason}; trying the next address {next}",
+            self.cfg.target
+        );
+        if self.last_skip.as_deref() == Some(line.as_str()) {
+            debug!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.last_skip = Some(line);
+        self.plan.failed.push(reason);
+    }
+
     /// Sends `CONNECT <ip>:<port>`: proxies resolve names on their own side, so the target is
-    /// always resolved here and sent as an address.
+    /// resolved here (`Want::Via`) and sent as an address.
     fn start_connect(&mut self, link: Link, now: Instant) -> Result<State, String> {
-        let addr = resolve(&self.cfg.target.host, self.cfg.target.port)?;
+        // next_lookup dials a proxy only once the receiver's name is resolved.
+        let Some(addr) = self.plan.via.get(self.plan.via_at).copied() else {
+            return Err(format!("no address of {} to CONNECT to", self.cfg.target));
+        };
         Ok(State::Proxying {
             link,
             out: proxy::connect_request(addr),
@@ -585,6 +790,7 @@ impl Conn {
             link,
             rbuf: Vec::new(),
             interest: Interest::READABLE | Interest::WRITABLE,
+            stalled_since: None,
         }
     }
 
@@ -629,23 +835,11 @@ impl Conn {
         }
     }
 
-    fn fail(&mut self, registry: &Registry, reason: String, now: Instant) {
-        let old = std::mem::replace(&mut self.state, State::Down { retry_at: now });
-        let mut old_peer = None;
-        match old {
-            State::Connecting { mut link, .. }
-            | State::ProxyTls { mut link, .. }
-            | State::Proxying { mut link, .. }
-            | State::Tls { mut link, .. }
-            | State::Handshake { mut link, .. }
-            | State::Ready { mut link, .. } => {
-                let _ = registry.deregister(&mut link.t.sock);
-                old_peer = Some(link.peer);
-            }
-            State::Down { .. } => {}
-        }
+    fn fail(&mut self, reason: String, now: Instant) {
+        // `step` took the state out before the transition that failed, so its socket is gone
+        // already (closing the descriptor removes it from epoll); only its address is left.
         let delay = self.next_backoff();
-        let at = outbox_hint(&old_peer);
+        let at = peer_hint(&self.peer.take());
         if self.last_failure.as_deref() == Some(reason.as_str()) {
             debug!(
                 "{}{at}: {reason}; retrying in {:.1}s",
@@ -700,20 +894,22 @@ impl Conn {
     }
 }
 
-/// The resolved address when it says more than the target does.
-fn outbox_hint(peer: &Option<String>) -> String {
+/// The resolved address, which the target (a name) does not show.
+fn peer_hint(peer: &Option<String>) -> String {
     match peer {
         Some(p) => format!(" ({p})"),
         None => String::new(),
     }
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host}: no addresses"))
+impl Plan {
+    /// The attempt's failure: the last address's reason, and the earlier ones.
+    fn summary(&self, reason: String) -> String {
+        if self.failed.is_empty() {
+            return reason;
+        }
+        format!("{reason} (before that: {})", self.failed.join("; "))
+    }
 }
 
 fn first_line(b: &[u8]) -> String {
@@ -822,4 +1018,195 @@ fn read_acks(
     }
     rbuf.drain(..used);
     res.map_err(ReadError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::tests::{woken, Gate};
+    use crate::resolve::Lookup;
+    use mio::{Events, Poll, Waker};
+    use std::net::TcpListener;
+
+    const CONN: Token = Token(1);
+    const WAKE: Token = Token(9);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn conn(poll: &Poll, host: &str, port: u16, lookup: Lookup) -> Conn {
+        let waker = Waker::new(poll.registry(), WAKE).unwrap();
+        let settings = Settings {
+            target: Target {
+                host: host.into(),
+                port,
+            },
+            route: Route::Direct,
+            backoff_max: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(60),
+            connect_timeout: CONNECT_TIMEOUT,
+            tls: None,
+            handshake: None,
+        };
+        Conn::new(settings, CONN, 1, Resolver::new(lookup, waker))
+    }
+
+    /// An address on 127.0.0.1 that refuses connections: bound by us, then released.
+    fn refusing() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn listening() -> (TcpListener, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    /// Runs the loop's rhythm (drive, then poll) until `done` holds or 10 s pass.
+    fn drive_until(
+        c: &mut Conn,
+        poll: &mut Poll,
+        outbox: &mut Outbox,
+        done: impl Fn(&State) -> bool,
+    ) -> bool {
+        let mut events = Events::with_capacity(8);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            c.drive(poll.registry(), outbox, Instant::now());
+            if done(&c.state) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+        }
+    }
+
+    fn ready(s: &State) -> bool {
+        matches!(s, State::Ready { .. })
+    }
+
+    /// The peer the listener sees, once the connection is in its queue.
+    fn accepted(l: &TcpListener) -> bool {
+        l.set_nonblocking(true).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_hanging_lookup_leaves_the_loop_free_and_every_address_is_tried() {
+        let mut poll = Poll::new().unwrap();
+        let gate = Gate::new();
+        let (listener, good) = listening();
+        let bad = refusing();
+        let mut c = conn(&poll, "receiver.test", good.port(), gate.lookup());
+        let mut outbox = Outbox::new(None, "audit", 1 << 20);
+
+        // The lookup hangs; drive returns at once, again and again, and the loop's timer is the
+        // resolution deadline.
+        let t0 = Instant::now();
+        for i in 0..3 {
+            c.drive(poll.registry(), &mut outbox, t0 + Duration::from_secs(i));
+            assert!(matches!(c.state, State::Resolving { .. }));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "drive waited for the lookup"
+        );
+        assert_eq!(c.deadline(&outbox), Some(t0 + CONNECT_TIMEOUT));
+        let asked = || gate.calls.lock().unwrap().clone();
+        let end = Instant::now() + Duration::from_secs(10);
+        while asked().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            asked(),
+            ["receiver.test"],
+            "one lookup, on the resolver thread"
+        );
+
+        // The answer wakes the loop; the first address refuses, the second is used.
+        gate.release(Ok(vec![bad, good]));
+        assert!(woken(&mut poll, WAKE), "the resolver did not wake the loop");
+        assert!(
+            drive_until(&mut c, &mut poll, &mut outbox, ready),
+            "never ready; last failure: {:?}",
+            c.last_failure
+        );
+        assert!(
+            accepted(&listener),
+            "the listening address got no connection"
+        );
+        assert_eq!(c.plan.failed.len(), 1, "{:?}", c.plan.failed);
+        assert!(
+            c.plan.failed[0].contains(&bad.to_string()),
+            "{:?}",
+            c.plan.failed
+        );
+    }
+
+    #[test]
+    fn a_lookup_slower_than_the_connect_timeout_backs_off_and_serves_the_next_attempt() {
+        let mut poll = Poll::new().unwrap();
+        let gate = Gate::new();
+        let (listener, good) = listening();
+        let mut c = conn(&poll, "slow.test", good.port(), gate.lookup());
+        let mut outbox = Outbox::new(None, "audit", 1 << 20);
+        let t0 = Instant::now();
+        c.drive(poll.registry(), &mut outbox, t0);
+        c.drive(poll.registry(), &mut outbox, t0 + CONNECT_TIMEOUT);
+        let Some(State::Down { retry_at }) = Some(&c.state) else {
+            panic!("still waiting after the connect timeout");
+        };
+        let retry_at = *retry_at;
+        let why = c.last_failure.clone().unwrap_or_default();
+        assert!(why.contains("resolve slow.test: no answer"), "{why}");
+
+        // The hung lookup finishes during the backoff; the next attempt uses its answer.
+        gate.release(Ok(vec![good]));
+        assert!(woken(&mut poll, WAKE));
+        c.drive(poll.registry(), &mut outbox, retry_at);
+        assert!(matches!(
+            c.state,
+            State::Connecting { .. } | State::Ready { .. }
+        ));
+        assert!(drive_until(&mut c, &mut poll, &mut outbox, ready));
+        assert!(accepted(&listener));
+        assert_eq!(gate.calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn when_every_address_fails_the_failure_names_each_of_them() {
+        let mut poll = Poll::new().unwrap();
+        let (a, b) = (refusing(), refusing());
+        let lookup: Lookup = Arc::new(move |_: &str, _| Ok(vec![a, b]));
+        let mut c = conn(&poll, "gone.test", a.port(), lookup);
+        let mut outbox = Outbox::new(None, "audit", 1 << 20);
+        let down = |s: &State| matches!(s, State::Down { .. });
+        c.drive(poll.registry(), &mut outbox, Instant::now());
+        assert!(drive_until(&mut c, &mut poll, &mut outbox, down));
+        let why = c.last_failure.clone().unwrap_or_default();
+        assert!(
+            why.contains(&a.to_string()) && why.contains(&b.to_string()),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_literal_address_is_dialed_without_a_lookup() {
+        let mut poll = Poll::new().unwrap();
+        let (listener, good) = listening();
+        let never: Lookup = Arc::new(|h: &str, _| panic!("looked up {h}"));
+        let mut c = conn(&poll, "127.0.0.1", good.port(), never);
+        let mut outbox = Outbox::new(None, "audit", 1 << 20);
+        assert!(drive_until(&mut c, &mut poll, &mut outbox, ready));
+        assert!(accepted(&listener));
+    }
 }

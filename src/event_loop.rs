@@ -17,6 +17,7 @@ use crate::conn::{self, Conn};
 use crate::lines::Piece;
 use crate::offsets::{self, Store};
 use crate::outbox::{Builder, Outbox};
+use crate::resolve::{self, Resolver};
 use crate::sys::{self, Signals};
 use crate::tail::{Progress, Tail};
 use crate::transcode::{self, Kind};
@@ -26,6 +27,8 @@ const INOTIFY: Token = Token(1);
 const CONN: Token = Token(2);
 const CERTS: Token = Token(3);
 const PROXY_CERTS: Token = Token(4);
+/// The resolver thread's wake-up: its answer is collected by `conn.drive`, run every turn.
+const RESOLVER: Token = Token(5);
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
 const CHUNK_TARGET: usize = 512 * 1024;
@@ -104,6 +107,8 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     let mut seed = [0u8; 16];
     sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
+    let waker = mio::Waker::new(&registry, RESOLVER).map_err(|e| format!("epoll: {e}"))?;
+    let resolver = Resolver::new(std::sync::Arc::new(resolve::system_lookup), waker);
     let mut conn = Conn::new(
         conn::Settings {
             target: args.target.clone(),
@@ -119,6 +124,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         },
         CONN,
         rng.next(),
+        resolver,
     );
     // Memory: the read buffer, a partial line and one chunk being built are fixed costs; the
     // window of chunks in flight gets what is left, and reading stops when it is full.

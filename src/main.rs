@@ -13,6 +13,7 @@ mod msgpack;
 mod offsets;
 mod outbox;
 mod proxy;
+mod resolve;
 mod sha512;
 mod sys;
 mod tail;

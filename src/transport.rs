@@ -106,6 +106,8 @@ pub struct Transport {
     /// The first bytes the tunnel delivered (recorded once `record_first` is set).
     pub first: Vec<u8>,
     record_first: bool,
+    /// Bytes the socket accepted, TLS records included.
+    sent: u64,
 }
 
 impl Transport {
@@ -117,6 +119,7 @@ impl Transport {
             pending: Vec::new(),
             first: Vec::new(),
             record_first: false,
+            sent: 0,
         }
     }
 
@@ -129,6 +132,12 @@ impl Transport {
             .extend_from_slice(&leftover[..leftover.len().min(FIRST_BYTES)]);
     }
 
+    /// Bytes written to the socket so far: the measure of write progress, which the plaintext
+    /// accepted by a TLS layer is not (rustls takes a record before the socket has room for it).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Whether any layer holds bytes it could not write yet.
     pub fn wants_write(&self) -> bool {
         self.outer.as_ref().is_some_and(|c| c.wants_write())
@@ -138,7 +147,10 @@ impl Transport {
     /// The receiver-TLS layer (if any) and the stream beneath it, borrowed together.
     fn split(&mut self) -> (Option<&mut ClientConnection>, Lower<'_>) {
         let lower = Lower {
-            sock: &mut self.sock,
+            sock: Counted {
+                sock: &mut self.sock,
+                sent: &mut self.sent,
+            },
             outer: self.outer.as_mut(),
             pending: &mut self.pending,
             first: &mut self.first,
@@ -152,7 +164,7 @@ impl Transport {
     pub fn handshake(&mut self) -> io::Result<bool> {
         let (inner, mut lower) = self.split();
         if let Some(outer) = lower.outer.as_deref_mut() {
-            pump(outer, &mut *lower.sock)?;
+            pump(outer, &mut lower.sock)?;
         }
         match inner {
             Some(inner) => {
@@ -188,7 +200,7 @@ impl Write for Transport {
 /// The stream a receiver-TLS layer (or the plaintext protocol) runs on: the socket itself or the
 /// plaintext side of the proxy's TLS.
 struct Lower<'a> {
-    sock: &'a mut Socket,
+    sock: Counted<'a>,
     outer: Option<&'a mut ClientConnection>,
     pending: &'a mut Vec<u8>,
     first: &'a mut Vec<u8>,
@@ -204,7 +216,7 @@ impl Read for Lower<'_> {
             return Ok(n);
         }
         let n = match self.outer.as_deref_mut() {
-            Some(outer) => tls_read(outer, &mut *self.sock, buf)?,
+            Some(outer) => tls_read(outer, &mut self.sock, buf)?,
             None => self.sock.read(buf)?,
         };
         if self.record_first && self.first.len() < FIRST_BYTES {
@@ -218,9 +230,32 @@ impl Read for Lower<'_> {
 impl Write for Lower<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.outer.as_deref_mut() {
-            Some(outer) => tls_write(outer, &mut *self.sock, buf),
+            Some(outer) => tls_write(outer, &mut self.sock, buf),
             None => self.sock.write(buf),
         }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The socket, counting what it accepts.
+struct Counted<'a> {
+    sock: &'a mut Socket,
+    sent: &'a mut u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.sock.write(buf)?;
+        *self.sent += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -1359,3 +1359,88 @@ fn t19_record_the_receiver_cannot_take_is_set_aside_not_blocking() {
         "stats must count it"
     );
 }
+
+// Issue 7, item 7 ----------------------------------------------------------------------------
+
+/// A target given by name goes through the resolver thread of the real binary (`localhost`
+/// comes from /etc/hosts; where it also resolves to ::1 first, the next address is tried).
+#[test]
+fn target_given_by_name_is_resolved_and_delivered_to() {
+    let dir = TempDir::new("byname");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..500);
+    w.write_lines(&lines);
+    let port = free_port();
+    let tailer = Tailer::start(port);
+    let mut args = fwd_args(&w.log_path(), port, &[]);
+    let target = args
+        .iter()
+        .position(|a| a == "--target")
+        .expect("fwd_args passes --target");
+    args[target + 1] = format!("localhost:{port}");
+    let mut fwd = Forwarder::start(args);
+    expect_all(&tailer, &mut fwd, &lines, "target given as localhost");
+    assert_delivered(&lines, &tailer.records(), false);
+    stderr_shows(
+        &fwd,
+        &["connected to", &format!("localhost:{port}")],
+        &[&format!(":{port})")],
+        "the connection naming the host and the address",
+    );
+    fwd.term_ok();
+}
+
+// Issue 7, item 8 ----------------------------------------------------------------------------
+
+/// A receiver that stops reading in the middle of a chunk, without closing, is never asked for
+/// an ack: the forwarder must time out on write progress, log it naming the receiver, reconnect
+/// and deliver everything once the receiver behaves again.
+#[test]
+fn receiver_that_stops_reading_mid_chunk_is_timed_out() {
+    let dir = TempDir::new("stall");
+    let mut w = AuditWriter::create(dir.path());
+    // 12 MiB records: the first chunk is larger than both sockets' buffers together (a few MiB
+    // on loopback), so writing stops halfway through it, where no ack is awaited.
+    let big = |seq: u64| {
+        let e = audit_event(seq);
+        format!("{{\"pad\":\"{}\",{}", "x".repeat(12 << 20), &e[1..])
+    };
+    let mut lines = vec![big(0)];
+    lines.extend(audit_events(1..200));
+    lines.push(big(200));
+    w.write_lines(&lines);
+    let port = free_port();
+    let fake = FakeReceiver::start(port, FakeMode::StallFirst, None);
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--ack-timeout",
+            "2s",
+            "--backoff-timer",
+            "1s",
+            "--max-line-size",
+            "16M",
+        ],
+    ));
+    let reconnected = wait_until(secs(30), || fwd.exited() || fake.connections() >= 2);
+    fwd.assert_alive("receiver that stopped reading");
+    assert!(
+        reconnected,
+        "the forwarder never gave up on the receiver that stopped reading: {}",
+        fake.summary()
+    );
+    let all = wait_until(DELIVERY, || {
+        fwd.exited() || fake.record_count() >= lines.len()
+    });
+    fwd.assert_alive("after the reconnect");
+    assert!(all, "not everything arrived: {}", fake.summary());
+    assert_delivered(&lines, &fake.records(), true);
+    stderr_shows(
+        &fwd,
+        &["timeout", &format!("127.0.0.1:{port}")],
+        &["no bytes", "stopped reading", "write"],
+        "the write timeout with the receiver's address",
+    );
+    fwd.term_ok();
+}

@@ -1887,6 +1887,9 @@ pub enum FakeMode {
     /// As `Ack`, but like fluent-bit's `in_forward` with its `Buffer_Max_Size`: once more than
     /// this many bytes of one message are buffered, reset the connection (RST, no ack).
     AckUpTo(usize),
+    /// On the first connection read a few KiB, then stop reading without closing (until
+    /// `stop()`); every later connection is served like `Ack`.
+    StallFirst,
 }
 
 #[derive(Default)]
@@ -1935,7 +1938,11 @@ impl FakeReceiver {
             while !st.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        sh.connections.fetch_add(1, Ordering::SeqCst);
+                        let nth = sh.connections.fetch_add(1, Ordering::SeqCst);
+                        let mode = match mode {
+                            FakeMode::StallFirst if nth > 0 => FakeMode::Ack,
+                            m => m,
+                        };
                         let (st2, sh2) = (st.clone(), sh.clone());
                         conns.push(thread::spawn(move || serve(s, mode, read_rate, &sh2, &st2)));
                     }
@@ -1992,6 +1999,11 @@ impl FakeReceiver {
         lock(&self.shared.records).clone()
     }
 
+    /// How many records arrived, without copying them.
+    pub fn record_count(&self) -> usize {
+        lock(&self.shared.records).len()
+    }
+
     pub fn first_frame(&self) -> Option<Vec<u8>> {
         lock(&self.shared.first_frame).clone()
     }
@@ -2031,6 +2043,10 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
         .and_then(|_| s.set_nodelay(true));
     if let Err(e) = setup {
         lock(&sh.errors).push(format!("socket setup: {e}"));
+        return;
+    }
+    if mode == FakeMode::StallFirst {
+        stall(&mut s, sh, stop);
         return;
     }
     let mut buf: Vec<u8> = Vec::new();
@@ -2111,7 +2127,7 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                     Some(WRONG_ACK.to_vec())
                 }
                 FakeMode::WrongAck => None,
-                FakeMode::Ack | FakeMode::AckUpTo(_) => {
+                FakeMode::Ack | FakeMode::AckUpTo(_) | FakeMode::StallFirst => {
                     lock(&sh.records).extend(frame.records);
                     Some(encode_ack(&frame.chunk))
                 }
@@ -2143,6 +2159,29 @@ fn reset(s: &TcpStream, sh: &FakeShared) {
         );
     }
     sh.resets.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Reads one buffer's worth, then holds the connection open without reading until `stop`: the
+/// forwarder's writes fill both sockets' buffers and then make no progress.
+fn stall(s: &mut TcpStream, sh: &FakeShared, stop: &AtomicBool) {
+    let mut tmp = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        match s.read(&mut tmp) {
+            Ok(n) => {
+                sh.bytes.fetch_add(n as u64, Ordering::SeqCst);
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(ms(50));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
