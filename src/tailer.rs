@@ -39,6 +39,25 @@ pub struct TailerArgs {
     pub shared_key: Option<SharedKey>,
     /// The hostname announced in the PONG; None: the machine's hostname.
     pub self_hostname: Option<String>,
+    pub limits: ClientLimits,
+}
+
+/// What clients may cost us, alone and together (`--max-clients`, `--client-timeout`,
+/// `--idle-timeout`, `--mem-budget`). Anyone who can connect is held to these: plain TCP is the
+/// default, and even a TLS client has sent nothing authenticated before its handshake ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_clients: usize,
+    /// The TLS and shared-key handshakes must be over this long after the connection was
+    /// accepted, each message complete this long after its first byte, and pending acks read
+    /// within this long.
+    pub client_timeout: Duration,
+    /// A connection with no message in progress is closed after this long without traffic.
+    pub idle_timeout: Duration,
+    /// Bytes of input buffers all clients together may hold, and the most that decompressing
+    /// one message may take besides.
+    pub mem_budget: usize,
 }
 
 /// What [`serve`] runs with: [`TailerArgs`] with the files already read.
@@ -46,6 +65,7 @@ pub struct Settings {
     pub discard: bool,
     pub tls: Option<ServerTls>,
     pub shared_key: Option<ServerKey>,
+    pub limits: ClientLimits,
 }
 
 /// The server's TLS configuration and the files it is rebuilt from when they change.
@@ -68,8 +88,18 @@ const READ_STEP: usize = 64 << 10;
 const MAX_DECOMPRESSED: usize = 256 << 20;
 /// Acks a client has not read yet; a client this far behind is not reading at all.
 const MAX_PENDING_ACKS: usize = 1 << 20;
-/// Buffer capacity kept between messages; more is returned to the allocator.
+/// Buffer capacity kept between messages; more is returned to the allocator. The forwarder's
+/// chunks are about 512 KiB, so its connection keeps reusing one buffer.
 const KEEP_CAPACITY: usize = 1 << 20;
+/// Longest JSON line printed for one record; a record that needs more is refused like an
+/// undecodable message. Kubernetes audit events stay far below it (the forwarder's default
+/// `--max-line-size` is 10 MB), and it bounds what a small hostile record can make us write.
+const MAX_RECORD_JSON: usize = MAX_MESSAGE;
+/// The first and the longest wait before `accept` is tried again after it failed.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How far ahead "no deadline" lies; the loop recomputes its deadlines at least this often.
+const NO_DEADLINE: Duration = Duration::from_secs(3600);
 /// Unread input discarded before closing a socket, so the close is a FIN rather than a RST that
 /// could destroy a PONG or acks still in flight; bounded so a flooding client costs little.
 const DRAIN_ON_CLOSE: usize = 256 << 10;
@@ -159,6 +189,7 @@ pub fn settings(args: &TailerArgs) -> Result<Settings, Error> {
         discard: args.discard,
         tls,
         shared_key,
+        limits: args.limits,
     })
 }
 
@@ -198,6 +229,11 @@ impl Settings {
         if self.discard {
             parts.push("discarding records".to_string());
         }
+        let l = &self.limits;
+        parts.push(format!(
+            "at most {} clients, client timeout {:?}, idle timeout {:?}, memory budget {} bytes",
+            l.max_clients, l.client_timeout, l.idle_timeout, l.mem_budget
+        ));
         parts.join(", ")
     }
 }
@@ -253,71 +289,138 @@ pub fn serve(
     settings: Settings,
     out: impl Write,
 ) -> Result<(), Error> {
-    let Settings {
-        discard,
-        mut tls,
-        shared_key,
-    } = settings;
-    listener.set_nonblocking(true).map_err(Error::Poll)?;
-    let mut listener = TcpListener::from_std(listener);
-    let mut poll = Poll::new().map_err(Error::Poll)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(Error::Poll)?;
-    // Certificate rotation without restart: Kubernetes swaps a mounted Secret's files under us,
-    // and the next connection must get the new ones.
-    let mut watch = match &tls {
-        None => None,
-        Some(t) => {
-            let mut files: Vec<&Path> = vec![&t.files.cert, &t.files.key];
-            if let Some(ca) = &t.files.client_ca {
-                files.push(ca);
-            }
-            let w = config::Watch::new(&files).map_err(Error::Inotify)?;
-            poll.registry()
-                .register(
-                    &mut SourceFd(&w.inotify().as_raw_fd()),
-                    CERTS,
-                    Interest::READABLE,
-                )
-                .map_err(Error::Inotify)?;
-            Some(w)
-        }
-    };
-    let mut events = Events::with_capacity(256);
-    let mut clients: Vec<Option<Client>> = Vec::new();
-    let mut sink = Sink {
-        out,
-        discard,
-        scratch: Vec::new(),
-        line: Vec::new(),
-        acks: Vec::new(),
-        read_buf: vec![0; READ_STEP].into_boxed_slice(),
-        records: 0,
-        bytes: 0,
-    };
-    let mut next_stats = Instant::now() + STATS_EVERY;
-    let mut logged = (0, 0);
-
+    let mut server = Server::new(listener, settings, out)?;
     loop {
-        let timeout = discard.then(|| next_stats.saturating_duration_since(Instant::now()));
-        match poll.poll(&mut events, timeout) {
+        server.turn()?;
+    }
+}
+
+/// Everything the event loop owns; one `turn` is one poll and what follows from it.
+struct Server<W> {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    /// The certificate files, when listening with TLS.
+    watch: Option<config::Watch>,
+    shared_key: Option<ServerKey>,
+    limits: ClientLimits,
+    /// Slot `i` is the client with token `FIRST_CLIENT + i`.
+    clients: Vec<Option<Client>>,
+    sink: Sink<W>,
+    /// No client deadline is earlier than this; `sweep` looks at them all then.
+    next_sweep: Instant,
+    /// Set while `accept` fails (EMFILE): the listener is edge-triggered, so the connections
+    /// already queued raise no new event and have to be fetched on a timer.
+    accept_retry: Option<Instant>,
+    accept_delay: Duration,
+    next_stats: Instant,
+    logged: (u64, u64),
+}
+
+impl<W: Write> Server<W> {
+    fn new(
+        listener: std::net::TcpListener,
+        settings: Settings,
+        out: W,
+    ) -> Result<Server<W>, Error> {
+        let Settings {
+            discard,
+            tls,
+            shared_key,
+            limits,
+        } = settings;
+        listener.set_nonblocking(true).map_err(Error::Poll)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new().map_err(Error::Poll)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        // Certificate rotation without restart: Kubernetes swaps a mounted Secret's files under
+        // us, and the next connection must get the new ones.
+        let watch = match &tls {
+            None => None,
+            Some(t) => {
+                let mut files: Vec<&Path> = vec![&t.files.cert, &t.files.key];
+                if let Some(ca) = &t.files.client_ca {
+                    files.push(ca);
+                }
+                let w = config::Watch::new(&files).map_err(Error::Inotify)?;
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&w.inotify().as_raw_fd()),
+                        CERTS,
+                        Interest::READABLE,
+                    )
+                    .map_err(Error::Inotify)?;
+                Some(w)
+            }
+        };
+        let now = Instant::now();
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(256),
+            listener,
+            tls,
+            watch,
+            shared_key,
+            limits,
+            clients: Vec::new(),
+            sink: Sink {
+                out,
+                discard,
+                scratch: Vec::new(),
+                line: Vec::new(),
+                acks: Vec::new(),
+                read_buf: vec![0; READ_STEP].into_boxed_slice(),
+                records: 0,
+                bytes: 0,
+                mem: Mem {
+                    used: 0,
+                    budget: limits.mem_budget,
+                },
+            },
+            next_sweep: now + NO_DEADLINE,
+            accept_retry: None,
+            accept_delay: ACCEPT_RETRY_FIRST,
+            next_stats: now + STATS_EVERY,
+            logged: (0, 0),
+        })
+    }
+
+    /// Waits for the next event or deadline and handles what is due.
+    fn turn(&mut self) -> Result<(), Error> {
+        let mut wake = self.next_sweep;
+        if let Some(at) = self.accept_retry {
+            wake = wake.min(at);
+        }
+        if self.sink.discard {
+            wake = wake.min(self.next_stats);
+        }
+        let timeout = wake.saturating_duration_since(Instant::now());
+        match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(Error::Poll(e)),
         }
+        let Server {
+            poll,
+            events,
+            clients,
+            sink,
+            limits,
+            next_sweep,
+            ..
+        } = self;
+        let mut accept = false;
         for event in events.iter() {
             match event.token() {
                 LISTENER => {
-                    let new = NewClient {
-                        tls: tls.as_ref().map(|t| &t.config),
-                        shared_key: shared_key.as_ref(),
-                    };
-                    accept_all(&listener, &poll, &mut clients, &new);
+                    accept = true;
                     continue;
                 }
                 CERTS => {
-                    if let (Some(w), Some(t)) = (watch.as_mut(), tls.as_mut()) {
+                    if let (Some(w), Some(t)) = (self.watch.as_mut(), self.tls.as_mut()) {
                         if w.changed() {
                             t.reload();
                         }
@@ -332,28 +435,92 @@ pub fn serve(
             };
             let mut verdict = Verdict::Keep;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                verdict = client.on_readable(&mut sink)?;
+                verdict = client.on_readable(sink)?;
             }
             if let Verdict::Keep = verdict {
                 verdict = client.write_pending();
             }
             if let Verdict::Keep = verdict {
-                verdict = client.update_interest(&poll, event.token());
+                verdict = client.update_interest(poll, event.token());
             }
             if let Verdict::Keep = verdict {
+                *next_sweep = (*next_sweep).min(client.deadline(limits).0);
                 continue;
             }
             if let Some(mut client) = clients[idx].take() {
-                client.close(&poll, verdict);
+                client.close(poll, verdict, &mut sink.mem);
             }
         }
-        if discard && Instant::now() >= next_stats {
-            if (sink.records, sink.bytes) != logged {
-                logged = (sink.records, sink.bytes);
-                info!("tailer: records={} bytes={}", sink.records, sink.bytes);
-            }
-            next_stats = Instant::now() + STATS_EVERY;
+        let now = Instant::now();
+        if accept || self.accept_retry.is_some_and(|at| now >= at) {
+            self.accept();
         }
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+        if self.sink.discard && now >= self.next_stats {
+            let counts = (self.sink.records, self.sink.bytes);
+            if counts != self.logged {
+                self.logged = counts;
+                info!("tailer: records={} bytes={}", counts.0, counts.1);
+            }
+            self.next_stats = now + STATS_EVERY;
+        }
+        Ok(())
+    }
+
+    /// Accepts what is queued; on failure retries on a timer, backing off up to a second.
+    fn accept(&mut self) {
+        let new = NewClient {
+            tls: self.tls.as_ref().map(|t| &t.config),
+            shared_key: self.shared_key.as_ref(),
+            limits: &self.limits,
+        };
+        match accept_all(&self.listener, &self.poll, &mut self.clients, &new) {
+            Ok(()) => {
+                if self.accept_retry.take().is_some() {
+                    info!("tailer: accepting connections again");
+                }
+                self.accept_delay = ACCEPT_RETRY_FIRST;
+            }
+            Err(e) => {
+                // One line per episode: the retries would otherwise log several times a second.
+                if self.accept_retry.is_none() {
+                    warn!(
+                        "tailer: accept failed: {e}; retrying every {}s at most until it works \
+                         (EMFILE: raise the open-files limit or lower --max-clients)",
+                        ACCEPT_RETRY_MAX.as_secs()
+                    );
+                }
+                let at = Instant::now() + self.accept_delay;
+                self.accept_retry = Some(at);
+                self.next_sweep = self.next_sweep.min(at);
+                self.accept_delay = (self.accept_delay * 2).min(ACCEPT_RETRY_MAX);
+            }
+        }
+        // A client accepted just now has its first deadline no sooner than this.
+        let first = self.limits.client_timeout.min(self.limits.idle_timeout);
+        self.next_sweep = self.next_sweep.min(Instant::now() + first);
+    }
+
+    /// Closes the clients whose deadline has passed and finds the next deadline.
+    fn sweep(&mut self, now: Instant) {
+        let mut next = now + NO_DEADLINE;
+        for slot in &mut self.clients {
+            let Some(client) = slot else {
+                continue;
+            };
+            let (at, wait) = client.deadline(&self.limits);
+            if at > now {
+                next = next.min(at);
+                continue;
+            }
+            let verdict = client.expired(wait, &self.limits);
+            if let Some(mut client) = slot.take() {
+                client.close(&self.poll, verdict, &mut self.sink.mem);
+            }
+        }
+        self.next_sweep = next;
     }
 }
 
@@ -361,26 +528,33 @@ pub fn serve(
 struct NewClient<'a> {
     tls: Option<&'a Arc<ServerConfig>>,
     shared_key: Option<&'a ServerKey>,
+    limits: &'a ClientLimits,
 }
 
+/// Accepts until the queue is empty. `Err` is a failing `accept` (EMFILE, ENFILE, ENOBUFS):
+/// the connection stays queued for the caller to retry.
 fn accept_all(
     listener: &TcpListener,
     poll: &Poll,
     clients: &mut Vec<Option<Client>>,
     new: &NewClient<'_>,
-) {
+) -> io::Result<()> {
     loop {
         let (mut stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // EMFILE and friends: the connection stays queued and is retried on the next
-                // readiness of the listener.
-                warn!("tailer: accept failed: {e}");
-                return;
-            }
+            Err(e) => return Err(e),
         };
+        let connected = clients.iter().filter(|c| c.is_some()).count();
+        if connected >= new.limits.max_clients {
+            // Closed before anything is read: the peer sees its connection end and retries.
+            warn!(
+                "tailer: client {peer} refused: {connected} clients are connected, as many as \
+                 --max-clients allows"
+            );
+            continue;
+        }
         // Acks are tiny writes the sender waits for; Nagle would hold them back.
         if let Err(e) = stream.set_nodelay(true) {
             warn!("tailer: client {peer}: TCP_NODELAY: {e}");
@@ -422,6 +596,7 @@ fn accept_all(
             continue;
         }
         info!("tailer: client {peer} connected");
+        let now = Instant::now();
         let mut client = Client {
             stream,
             tls,
@@ -433,6 +608,10 @@ fn accept_all(
             wpos: 0,
             eof: false,
             interest: Interest::READABLE,
+            connected: now,
+            active: now,
+            msg_started: None,
+            charged: 0,
         };
         let mut verdict = client.write_pending();
         if let Verdict::Keep = verdict {
@@ -440,7 +619,8 @@ fn accept_all(
         }
         match verdict {
             Verdict::Keep => clients[idx] = Some(client),
-            other => client.close(poll, other),
+            // Nothing was read yet, so nothing was charged to the budget.
+            other => client.close(poll, other, &mut Mem::default()),
         }
     }
 }
@@ -479,6 +659,30 @@ struct Client {
     /// The peer shut down its sending side; we stay only to deliver pending acks.
     eof: bool,
     interest: Interest,
+    connected: Instant,
+    /// When bytes last moved either way.
+    active: Instant,
+    /// When the first byte of the message at the start of `rbuf` arrived; None while `rbuf`
+    /// is empty.
+    msg_started: Option<Instant>,
+    /// The capacity of `rbuf` counted in `Mem::used`.
+    charged: usize,
+}
+
+/// The memory budget shared by all clients: the capacity of their input buffers.
+#[derive(Debug, Default)]
+struct Mem {
+    used: usize,
+    budget: usize,
+}
+
+/// What a client's next deadline waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Handshake,
+    Message,
+    Acks,
+    Idle,
 }
 
 /// Where records go, plus the buffers reused across messages.
@@ -492,6 +696,7 @@ struct Sink<W> {
     records: u64,
     /// Plaintext bytes received from all clients.
     bytes: u64,
+    mem: Mem,
 }
 
 impl Client {
@@ -505,6 +710,7 @@ impl Client {
 
     /// Drains the socket until WouldBlock, delivering complete messages as they pile up.
     fn on_readable<W: Write>(&mut self, sink: &mut Sink<W>) -> Result<Verdict, Error> {
+        let now = Instant::now();
         loop {
             if let Phase::Refused = self.phase {
                 // Whatever else arrives is never looked at; `close` discards it.
@@ -532,6 +738,20 @@ impl Client {
                     break;
                 }
                 Ok(n) => {
+                    self.active = now;
+                    if self.reserve(n, &mut sink.mem).is_err() {
+                        // Complete messages waiting in `rbuf` may free what is needed.
+                        let verdict = self.process(sink)?;
+                        if !matches!(verdict, Verdict::Keep) {
+                            return Ok(verdict);
+                        }
+                        if let Err(why) = self.reserve(n, &mut sink.mem) {
+                            return Ok(Verdict::Fail(why));
+                        }
+                    }
+                    if self.rbuf.is_empty() {
+                        self.msg_started = Some(now);
+                    }
                     self.rbuf.extend_from_slice(&sink.read_buf[..n]);
                     sink.bytes += n as u64;
                 }
@@ -608,6 +828,7 @@ impl Client {
                 Err(e) => return Ok(Verdict::Fail(format!("shared-key handshake: {e}"))),
             };
             self.rbuf.drain(..outcome.consumed);
+            self.message_done();
             self.wbuf.extend_from_slice(&outcome.pong);
             if outcome.accepted {
                 info!(
@@ -628,6 +849,8 @@ impl Client {
             // Not ours to read any more: whatever followed the refused PING is dropped.
             Phase::Refused => {
                 self.rbuf = Vec::new();
+                self.settle(&mut sink.mem);
+                self.msg_started = None;
                 Ok(Verdict::Keep)
             }
             Phase::AwaitPing(_) => Ok(Verdict::Keep),
@@ -661,11 +884,17 @@ impl Client {
                 }
             }
         }
-        self.rbuf.drain(..start);
+        if start > 0 {
+            self.rbuf.drain(..start);
+            self.message_done();
+        }
         // A single large message must not pin its buffers for the life of the connection.
         self.rbuf.shrink_to(KEEP_CAPACITY);
+        self.settle(&mut sink.mem);
         sink.scratch.clear();
         sink.scratch.shrink_to(KEEP_CAPACITY);
+        sink.line.clear();
+        sink.line.shrink_to(KEEP_CAPACITY);
         if printed {
             sink.out.flush().map_err(Error::Output)?;
         }
@@ -677,6 +906,79 @@ impl Client {
             )));
         }
         Ok(verdict)
+    }
+
+    /// Called when messages (or the PING) were consumed from the front of `rbuf`: whatever
+    /// follows is the start of the next message.
+    fn message_done(&mut self) {
+        self.msg_started = (!self.rbuf.is_empty()).then(Instant::now);
+    }
+
+    /// Makes room in `rbuf` for `n` more bytes, growing it the way `Vec` does but never past
+    /// what the memory budget has left; `Err` says why the room is not there.
+    fn reserve(&mut self, n: usize, mem: &mut Mem) -> Result<(), String> {
+        let need = self.rbuf.len() + n;
+        let cap = self.rbuf.capacity();
+        if need <= cap {
+            return Ok(());
+        }
+        let free = mem.budget.saturating_sub(mem.used);
+        let grow = need.max(cap * 2).max(READ_STEP).min(cap + free);
+        if grow < need {
+            return Err(format!(
+                "over the memory budget: its message needs {} more bytes of buffer, and                  {} of --mem-budget {} bytes are held by all clients",
+                need - cap,
+                mem.used,
+                mem.budget
+            ));
+        }
+        self.rbuf.reserve_exact(grow - self.rbuf.len());
+        self.settle(mem);
+        Ok(())
+    }
+
+    /// Brings the budget in line with the capacity `rbuf` has now.
+    fn settle(&mut self, mem: &mut Mem) {
+        let cap = self.rbuf.capacity();
+        mem.used = mem.used - self.charged + cap;
+        self.charged = cap;
+    }
+
+    /// Handshakes (TLS, shared key), started messages and unread acks are bounded by
+    /// `--client-timeout`; a connection with none of those by `--idle-timeout`.
+    fn deadline(&self, limits: &ClientLimits) -> (Instant, Wait) {
+        let handshaking = self.tls.as_ref().is_some_and(|c| c.is_handshaking())
+            || !matches!(self.phase, Phase::Data);
+        if handshaking {
+            (self.connected + limits.client_timeout, Wait::Handshake)
+        } else if let Some(at) = self.msg_started {
+            (at + limits.client_timeout, Wait::Message)
+        } else if self.output_pending() {
+            (self.active + limits.client_timeout, Wait::Acks)
+        } else {
+            (self.active + limits.idle_timeout, Wait::Idle)
+        }
+    }
+
+    /// Why the connection is closed when the deadline of `wait` has passed.
+    fn expired(&self, wait: Wait, limits: &ClientLimits) -> Verdict {
+        let t = limits.client_timeout;
+        match wait {
+            Wait::Handshake => Verdict::Fail(format!(
+                "did not complete its handshake within {t:?} (--client-timeout)"
+            )),
+            Wait::Message => Verdict::Fail(format!(
+                "sent {} bytes of a message but not the rest within {t:?} (--client-timeout)",
+                self.rbuf.len()
+            )),
+            Wait::Acks => Verdict::Fail(format!(
+                "did not read its acks for {t:?} (--client-timeout)"
+            )),
+            Wait::Idle => Verdict::Done(format!(
+                "idle for {:?} (--idle-timeout)",
+                limits.idle_timeout
+            )),
+        }
     }
 
     /// Whether plaintext may go out: not before the TLS handshake has authenticated the peer.
@@ -701,7 +1003,10 @@ impl Client {
             };
             match res {
                 Ok(0) => return Verdict::Fail("write: connection accepts no more bytes".into()),
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    self.active = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Verdict::Fail(format!("write: {e}")),
@@ -714,6 +1019,8 @@ impl Client {
         }
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
+            // A client that let a megabyte of acks pile up must not keep that buffer.
+            self.wbuf.shrink_to(READ_STEP);
             self.wpos = 0;
         }
         if !self.output_pending() {
@@ -750,7 +1057,9 @@ impl Client {
         Verdict::Keep
     }
 
-    fn close(&mut self, poll: &Poll, verdict: Verdict) {
+    fn close(&mut self, poll: &Poll, verdict: Verdict, mem: &mut Mem) {
+        self.rbuf = Vec::new();
+        self.settle(mem);
         // One last non-blocking attempt for acks of records already printed (the peer resends
         // whatever it does not see acked, so a failure here costs duplicates, not loss), and for
         // a TLS alert telling the client why it is refused.
@@ -799,9 +1108,13 @@ impl<W: Write> Sink<W> {
             line,
             acks,
             records,
+            mem,
             ..
         } = self;
-        let req = match forward::decode_request(msg, MAX_DECOMPRESSED, scratch) {
+        // Inflating is held to what the memory budget has left, so a compressed message
+        // cannot take more than the budget promises.
+        let cap = MAX_DECOMPRESSED.min(mem.budget.saturating_sub(mem.used));
+        let req = match forward::decode_request(msg, cap, scratch) {
             Ok(req) => req,
             Err(e) => return Ok(Err(format!("invalid Forward message: {e}"))),
         };
@@ -811,7 +1124,7 @@ impl<W: Write> Sink<W> {
                 continue;
             }
             line.clear();
-            if let Err(e) = msgpack::write_json(record, line) {
+            if let Err(e) = msgpack::write_json(record, MAX_RECORD_JSON, line) {
                 return Ok(Err(format!("record: {e}")));
             }
             line.push(b'\n');
@@ -871,11 +1184,20 @@ mod tests {
         }
     }
 
+    /// The defaults of the command line.
+    const LIMITS_DEFAULT: ClientLimits = ClientLimits {
+        max_clients: 256,
+        client_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(600),
+        mem_budget: 200_000_000,
+    };
+
     fn plain(discard: bool) -> Settings {
         Settings {
             discard,
             tls: None,
             shared_key: None,
+            limits: LIMITS_DEFAULT,
         }
     }
 
@@ -1217,6 +1539,7 @@ extendedKeyUsage = clientAuth
                 tls: Some(tls),
                 shared_key: shared_key.map(|k| SharedKey::Value(k.into())),
                 self_hostname: Some("test-tailer".into()),
+                limits: LIMITS_DEFAULT,
             })
             .unwrap()
         }
@@ -1380,6 +1703,7 @@ extendedKeyUsage = clientAuth
             tls: None,
             shared_key: None,
             self_hostname: None,
+            limits: LIMITS_DEFAULT,
         }
     }
 
