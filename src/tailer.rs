@@ -2100,4 +2100,322 @@ extendedKeyUsage = clientAuth
             );
         }
     }
+
+    // ---- hostile clients ----
+
+    fn limited(f: impl FnOnce(&mut ClientLimits)) -> Settings {
+        let mut settings = plain(false);
+        f(&mut settings.limits);
+        settings
+    }
+
+    /// Small generated events, so these tests need no sample files.
+    fn events(n: usize) -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| serde_json::json!({"kind": "Event", "seq": i, "verb": "get"}))
+            .collect()
+    }
+
+    /// A PackedForward message of one entry whose record is `record` (msgpack bytes as given).
+    fn raw_record(record: &[u8], chunk: &str) -> Vec<u8> {
+        let mut entries = Vec::new();
+        rmp::encode::write_array_len(&mut entries, 2).unwrap();
+        rmp::encode::write_uint(&mut entries, 1_700_000_000).unwrap();
+        entries.extend_from_slice(record);
+        let mut msg = Vec::new();
+        forward::encode_packed_forward("audit", &entries, 1, chunk, false, &mut msg);
+        msg
+    }
+
+    /// The peer address the server logs for this client.
+    fn peer_of(s: &StdStream) -> String {
+        s.local_addr().unwrap().to_string()
+    }
+
+    #[test]
+    fn nested_map_keys_print_linearly_and_oversized_records_are_refused() {
+        capture_logs();
+        let out = Shared::default();
+        let (addr, _server) = start(plain(false), out.clone());
+        // {"a": M22} where M0 is 1 and Mn is a map whose only key is Mn-1: 2 x 22 + 4 bytes
+        // that printed as megabytes when every level's key was escaped again.
+        let depth = 22;
+        let mut record = vec![0x81, 0xa1, b'a'];
+        record.extend(std::iter::repeat_n(0x81, depth));
+        record.push(0x01);
+        record.extend(std::iter::repeat_n(0x03, depth));
+        let mut c = connect(addr);
+        let ack = exchange(&mut c, &raw_record(&record, "bmVzdGVk")).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"bmVzdGVk"[..]));
+        let printed = out.0.lock().unwrap().len();
+        assert!(
+            printed < 8 * record.len(),
+            "{printed} bytes printed for a {}-byte record",
+            record.len()
+        );
+        let lines = out.lines();
+        let inner = lines[0]["a"].as_object().unwrap();
+        assert_eq!(inner.values().next(), Some(&serde_json::json!(3)));
+
+        // 12 million control characters: 72 MB of JSON, over the cap of one record. The client
+        // is dropped like one that sent an undecodable message, its chunk not acked.
+        let mut huge = vec![0x81, 0xa1, b'a'];
+        rmp::encode::write_str_len(&mut huge, 12_000_000).unwrap();
+        huge.resize(huge.len() + 12_000_000, 0x01);
+        let mut c2 = connect(addr);
+        let peer = peer_of(&c2);
+        assert_refused(
+            exchange(&mut c2, &raw_record(&huge, "aHVnZQ==")),
+            "huge record",
+        );
+        wait_log(
+            log::Level::Warn,
+            &[
+                &format!("client {peer} disconnected: record: "),
+                &format!("its JSON text exceeds the cap of {MAX_RECORD_JSON} bytes"),
+            ],
+        );
+        assert_eq!(
+            out.lines().len(),
+            1,
+            "nothing of the refused record printed"
+        );
+        // Others are still served.
+        let ack = exchange(&mut c, &packed(&events(2), "YWZ0ZXI=", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"YWZ0ZXI="[..]));
+    }
+
+    #[test]
+    fn stalled_and_idle_clients_are_closed_after_their_timeout() {
+        capture_logs();
+        let pki = Pki::new("timeouts");
+        let short = |mut s: Settings| {
+            s.limits.client_timeout = Duration::from_secs(1);
+            s.limits.idle_timeout = Duration::from_secs(2);
+            s
+        };
+        let (plain_addr, _a) = start(short(plain(false)), Shared::default());
+        let (key_addr, _b) = start(short(with_key(plain(false), "s3cret")), Shared::default());
+        let tls_settings = pki.settings(pki.server("server1.crt", None, false), None);
+        let (tls_addr, _c) = start(short(tls_settings), Shared::default());
+        let begun = Instant::now();
+
+        // Says nothing at all.
+        let mut idle = connect(plain_addr);
+        // Half a message, then nothing.
+        let mut half = connect(plain_addr);
+        let msg = packed(&events(3), "aGFsZg==", false);
+        half.write_all(&msg[..msg.len() / 2]).unwrap();
+        // Gets the HELO and never sends the PING.
+        let mut no_ping = connect(key_addr);
+        // Opens TCP to the TLS port and never starts TLS.
+        let mut no_tls = connect(tls_addr);
+        // Keeps sending complete messages, more slowly than the timeouts but never stalling.
+        let mut busy = connect(plain_addr);
+        let cases = [
+            (
+                &mut idle,
+                log::Level::Info,
+                "idle for 2s (--idle-timeout)",
+                2,
+            ),
+            (
+                &mut half,
+                log::Level::Warn,
+                "bytes of a message but not the rest within 1s (--client-timeout)",
+                1,
+            ),
+            (
+                &mut no_ping,
+                log::Level::Warn,
+                "did not complete its handshake within 1s (--client-timeout)",
+                1,
+            ),
+            (
+                &mut no_tls,
+                log::Level::Warn,
+                "did not complete its handshake within 1s (--client-timeout)",
+                1,
+            ),
+        ];
+        for i in 0..5 {
+            let id = format!("busy-{i}");
+            let ack = exchange(&mut busy, &packed(&events(1), &id, false)).unwrap();
+            assert_eq!(ack, Some(id.into_bytes()), "busy message {i}");
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        for (s, level, why, after) in cases {
+            let peer = peer_of(s);
+            read_until_closed(s);
+            assert!(begun.elapsed() >= Duration::from_secs(after), "{why}");
+            wait_log(level, &[&format!("client {peer} disconnected: "), why]);
+        }
+        let ack = exchange(&mut busy, &packed(&events(1), "c3RpbGw=", false)).unwrap();
+        assert_eq!(
+            ack.as_deref(),
+            Some(&b"c3RpbGw="[..]),
+            "the busy client was kept"
+        );
+    }
+
+    #[test]
+    fn connections_beyond_max_clients_are_refused() {
+        capture_logs();
+        let (addr, _server) = start(limited(|l| l.max_clients = 2), Shared::default());
+        let mut first = connect(addr);
+        let mut second = connect(addr);
+        for (i, c) in [&mut first, &mut second].into_iter().enumerate() {
+            let id = format!("client-{i}");
+            let ack = exchange(c, &packed(&events(1), &id, false)).unwrap();
+            assert_eq!(ack, Some(id.into_bytes()));
+        }
+        let mut third = connect(addr);
+        let peer = peer_of(&third);
+        assert_closed(&mut third);
+        wait_log(
+            log::Level::Warn,
+            &[&format!(
+                "client {peer} refused: 2 clients are connected, as many as --max-clients allows"
+            )],
+        );
+        let gone = peer_of(&first);
+        drop(first);
+        wait_log(log::Level::Info, &[&format!("client {gone} disconnected")]);
+        let mut fourth = connect(addr);
+        let ack = exchange(&mut fourth, &packed(&events(1), "NHRo", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"NHRo"[..]));
+    }
+
+    #[test]
+    fn memory_budget_drops_the_client_that_would_exceed_it() {
+        capture_logs();
+        let out = Shared::default();
+        let (addr, _server) = start(limited(|l| l.mem_budget = 8 << 20), out.clone());
+        let big = |n: usize, i: usize| serde_json::json!({"seq": i, "big": "x".repeat(n)});
+        // A holds 3 MiB of a 4 MiB message.
+        let mut a = connect(addr);
+        let a_msg = packed(&[big(4 << 20, 0)], "YQ==", false);
+        a.write_all(&a_msg[..3 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // B's 6 MiB message does not fit beside it.
+        let mut b = connect(addr);
+        b.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let peer = peer_of(&b);
+        let b_msg = packed(&[big(6 << 20, 1)], "Yg==", false);
+        assert_refused(exchange(&mut b, &b_msg), "the client over the budget");
+        wait_log(
+            log::Level::Warn,
+            &[
+                &format!("client {peer} disconnected: over the memory budget"),
+                "of --mem-budget 8388608 bytes are held by all clients",
+            ],
+        );
+        // A is unharmed and finishes its message.
+        a.write_all(&a_msg[3 << 20..]).unwrap();
+        assert_eq!(read_ack(&mut a), b"YQ==");
+        // With A's message done, the same 6 MiB fit.
+        let mut c = connect(addr);
+        let ack = exchange(&mut c, &b_msg).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"Yg=="[..]));
+        assert_eq!(out.lines(), [big(4 << 20, 0), big(6 << 20, 1)]);
+    }
+
+    #[test]
+    fn buffers_shrink_after_a_large_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let out = Shared::default();
+        let mut server = Server::new(listener, plain(false), out.clone()).unwrap();
+        let record = serde_json::json!({"big": "y".repeat(20 << 20)});
+        let plain_msg = packed(std::slice::from_ref(&record), "cGxhaW4=", false);
+        let gzip_msg = packed(std::slice::from_ref(&record), "Z3ppcA==", true);
+        let client = std::thread::spawn(move || {
+            let mut c = connect(addr);
+            for (msg, id) in [(plain_msg, "cGxhaW4="), (gzip_msg, "Z3ppcA==")] {
+                c.write_all(&msg).unwrap();
+                assert_eq!(read_ack(&mut c), id.as_bytes());
+            }
+            // Wakes the server's poll, so the loop below sees this thread finished.
+            drop(connect(addr));
+            c
+        });
+        while !client.is_finished() {
+            server.turn().unwrap();
+        }
+        let _open = client.join().unwrap();
+        assert_eq!(out.lines(), [record.clone(), record]);
+        let held = server.clients.iter().flatten().next().unwrap();
+        for (name, capacity) in [
+            ("input", held.rbuf.capacity()),
+            ("output line", server.sink.line.capacity()),
+            ("inflated entries", server.sink.scratch.capacity()),
+            ("acks", held.wbuf.capacity()),
+        ] {
+            assert!(
+                capacity <= KEEP_CAPACITY,
+                "{name} buffer kept {capacity} bytes"
+            );
+        }
+        assert_eq!(server.sink.mem.used, held.rbuf.capacity());
+    }
+
+    const EMFILE_CHILD: &str = "AUDIT_FORWARDER_TEST_EMFILE_CHILD";
+
+    #[test]
+    fn accept_is_retried_after_emfile() {
+        // The open-files limit is per process, so the test runs in a child process.
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "tailer::tests::emfile_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("1 passed"),
+            "child: {}\n{stdout}\n{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by accept_is_retried_after_emfile in a child process"]
+    fn emfile_child() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            return;
+        }
+        capture_logs();
+        sys::limit_open_files(64).unwrap();
+        let (addr, _server) = start(plain(false), Shared::default());
+        let mut served = connect(addr);
+        let ack = exchange(&mut served, &packed(&events(1), "YQ==", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"YQ=="[..]));
+        // Every descriptor taken but one, which the next client's socket gets: the server's
+        // accept then has none left.
+        let mut fill = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => fill.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("open /dev/null: {e}"),
+            }
+        }
+        fill.pop();
+        let mut late = connect(addr);
+        wait_log(
+            log::Level::Warn,
+            &["tailer: accept failed: Too many open files"],
+        );
+        // No new connection arrives to wake the listener; the retry must find this one.
+        drop(fill);
+        let ack = exchange(&mut late, &packed(&events(1), "bGF0ZQ==", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"bGF0ZQ=="[..]));
+        wait_log(log::Level::Info, &["tailer: accepting connections again"]);
+    }
 }
