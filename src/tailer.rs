@@ -1,9 +1,10 @@
 //! The receiving side (`audit-forwarder tailer`): a Fluent Forward server that prints each record
 //! it receives as one JSON line on stdout and acks a chunk only after its records reached stdout.
 //! Owns the listening socket and its clients (each optionally behind rustls and the Forward
-//! shared-key handshake), the stdout writer, and the reload of the server's TLS material when the
-//! files change. Decoding is `forward`'s job, the handshake's wire format `handshake`'s, and
-//! reading certificates `tls`'s.
+//! shared-key handshake), the limits every client is held to (connection count, timeouts, one
+//! memory budget for all input buffers, the size of a record's JSON), the stdout writer, and the
+//! reload of the server's TLS material when the files change. Decoding is `forward`'s job, the
+//! handshake's wire format `handshake`'s, and reading certificates `tls`'s.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -492,9 +493,7 @@ impl<W: Write> Server<W> {
                         ACCEPT_RETRY_MAX.as_secs()
                     );
                 }
-                let at = Instant::now() + self.accept_delay;
-                self.accept_retry = Some(at);
-                self.next_sweep = self.next_sweep.min(at);
+                self.accept_retry = Some(Instant::now() + self.accept_delay);
                 self.accept_delay = (self.accept_delay * 2).min(ACCEPT_RETRY_MAX);
             }
         }
