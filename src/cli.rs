@@ -148,6 +148,21 @@ OPTIONS:
         brackets ([::1]:24224); PORT 0 picks a free port.
     --discard[=BOOL]              [AUDIT_DISCARD] default: false
         Acknowledge records without printing them.
+    --max-clients N               [AUDIT_MAX_CLIENTS] default: 256
+        Connections served at once; a connection beyond it is closed when accepted, with
+        a warning naming the peer. Greater than 0.
+    --client-timeout DURATION     [AUDIT_CLIENT_TIMEOUT] default: 30s
+        A client must finish its TLS and shared-key handshakes within this time of
+        connecting, send each message in full within this time of its first byte, and
+        read its acks; otherwise it is disconnected with a warning. Greater than 0.
+    --idle-timeout DURATION       [AUDIT_IDLE_TIMEOUT] default: 10m
+        A connection with no message in progress is closed after this long without
+        traffic (a forwarder reconnects when it has records). Greater than 0.
+    --mem-budget SIZE             [AUDIT_MEM_BUDGET] default: 200M
+        Memory for the input buffers of all clients together: a client whose message
+        would take more is disconnected with a warning naming it. It also caps what
+        inflating one compressed message may take. At least 1M; a message is also
+        never larger than 64 MiB, nor one record's JSON line.
     --log-level LEVEL             [AUDIT_LOG_LEVEL] default: info
         One of error, warn, info, debug, trace.
     -h, --help                    Print this help.
@@ -177,6 +192,10 @@ SHARED KEY (Forward protocol handshake; none by default):
 VALUES:
     BOOL      true, false, 1 or 0, in any case. A boolean flag alone means true; a value is
               given only with '=': --discard=false.
+    SIZE      bytes, optionally with a fraction and a suffix K, M, G, KB, MB or GB in any
+              case, decimal: K = KB = 1000, M = MB = 1000^2, G = GB = 1000^3.
+    DURATION  Go syntax: one or more numbers, each with a unit ns, us (or µs), ms, s, m or h,
+              fractions allowed: 500ms, 1m30s, 2.5s, 1h.
 ";
 
 const DEFAULT_AUDIT_LOG_PATH: &str = "/auditlog/audit.log";
@@ -192,6 +211,12 @@ const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_CLIENTS: usize = 256;
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_MEM_BUDGET: u64 = 200_000_000;
+/// Below this the tailer could not buffer even the small messages of a single client.
+const MIN_MEM_BUDGET: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
 // TLS and proxy defaults are those of metal-stack/audit-forwarder, so that its deployments
 // (secrets mounted at these paths, the tailer's service name) work unchanged.
@@ -340,6 +365,10 @@ pub struct TailerArgs {
     pub tls: Option<TailerTls>,
     pub shared_key: Option<SharedKey>,
     pub self_hostname: Option<String>,
+    pub max_clients: usize,
+    pub client_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub mem_budget: u64,
 }
 
 /// The tailer's TLS server settings.
@@ -728,10 +757,18 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let mut shared_key = None;
     let mut shared_key_file = None;
     let mut self_hostname = None;
+    let mut max_clients = None;
+    let mut client_timeout = None;
+    let mut idle_timeout = None;
+    let mut mem_budget = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
             Long("listen") => listen = Some(parser.value()?),
+            Long("max-clients") => max_clients = Some(parser.value()?),
+            Long("client-timeout") => client_timeout = Some(parser.value()?),
+            Long("idle-timeout") => idle_timeout = Some(parser.value()?),
+            Long("mem-budget") => mem_budget = Some(parser.value()?),
             Long("discard") => discard = Some(bool_value(&mut parser)),
             Long("log-level") => log_level = Some(parser.value()?),
             Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
@@ -808,6 +845,27 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let shared_key = resolve_shared_key(shared_key, shared_key_file, env)?;
     let self_hostname =
         resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
+    let max_clients = resolve(max_clients, "max-clients", env, text(positive_count))?
+        .map_or(DEFAULT_MAX_CLIENTS, |s| s.value);
+    let client_timeout = resolve(
+        client_timeout,
+        "client-timeout",
+        env,
+        text(positive_duration),
+    )?
+    .map_or(DEFAULT_CLIENT_TIMEOUT, |s| s.value);
+    let idle_timeout = resolve(idle_timeout, "idle-timeout", env, text(positive_duration))?
+        .map_or(DEFAULT_IDLE_TIMEOUT, |s| s.value);
+    let mem_budget = match resolve(mem_budget, "mem-budget", env, text(parse_size))? {
+        None => DEFAULT_MEM_BUDGET,
+        Some(s) if s.value < MIN_MEM_BUDGET => {
+            return Err(UsageError(format!(
+                "{}: {} bytes is too small: it must be at least 1M ({MIN_MEM_BUDGET} bytes)",
+                s.label, s.value
+            )))
+        }
+        Some(s) => s.value,
+    };
     Ok(Command::Tailer(TailerArgs {
         listen,
         discard,
@@ -815,6 +873,10 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
         tls,
         shared_key,
         self_hostname,
+        max_clients,
+        client_timeout,
+        idle_timeout,
+        mem_budget,
     }))
 }
 
@@ -992,6 +1054,16 @@ fn positive_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {
         0 => Err(format!("must be greater than 0 (got {s:?})")),
         n => Ok(n),
+    }
+}
+
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(format!("must be greater than 0 (got {s:?})")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "invalid number {s:?} (use a whole number such as 100)"
+        )),
     }
 }
 
@@ -2484,6 +2556,10 @@ mod tests {
             ("shared-key", "default: none"),
             ("shared-key-file", "default: none"),
             ("self-hostname", "default: none"),
+            ("max-clients", "default: 256"),
+            ("client-timeout", "default: 30s"),
+            ("idle-timeout", "default: 10m"),
+            ("mem-budget", "default: 200M"),
         ];
         for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
             for &(flag, default) in flags {
@@ -2557,6 +2633,10 @@ mod tests {
                 tls: None,
                 shared_key: None,
                 self_hostname: None,
+                max_clients: 256,
+                client_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(600),
+                mem_budget: 200_000_000,
             }))
         };
         let cases: &[(Args, EnvTable, Result<Command, UsageError>)] = &[

@@ -73,6 +73,13 @@ fn main() -> ExitCode {
                 tls: args.tls.clone(),
                 shared_key: args.shared_key.clone(),
                 self_hostname: args.self_hostname.clone(),
+                limits: tailer::ClientLimits {
+                    max_clients: args.max_clients,
+                    client_timeout: args.client_timeout,
+                    idle_timeout: args.idle_timeout,
+                    // A budget beyond the address space cannot be reached anyway.
+                    mem_budget: usize::try_from(args.mem_budget).unwrap_or(usize::MAX),
+                },
             });
             match run {
                 Err(e) if e.is_config() => {

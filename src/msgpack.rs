@@ -71,6 +71,8 @@ pub enum Error {
         offset: usize,
         expected: &'static str,
     },
+    /// `write_json` would print more than `max` bytes (`offset` is where it stopped reading).
+    TooLarge { offset: usize, max: usize },
 }
 
 fn marker_name(b: u8) -> &'static str {
@@ -120,6 +122,12 @@ impl fmt::Display for Error {
             }
             Error::OutOfRange { offset, expected } => {
                 write!(f, "at byte {offset}: integer does not fit {expected}")
+            }
+            Error::TooLarge { offset, max } => {
+                write!(
+                    f,
+                    "at byte {offset}: its JSON text exceeds the cap of {max} bytes"
+                )
             }
         }
     }
@@ -532,6 +540,10 @@ fn shift(e: Error, by: usize) -> Error {
             offset: offset + by,
             expected,
         },
+        Error::TooLarge { offset, max } => Error::TooLarge {
+            offset: offset + by,
+            max,
+        },
     }
 }
 
@@ -568,9 +580,16 @@ fn float_at(v: &[u8]) -> f64 {
 /// Writes one msgpack value as compact JSON and returns the bytes it occupied. On error `out` is
 /// left as it was. Walks nested values with an explicit stack, so hostile nesting costs memory
 /// proportional to the input, never native stack.
-pub fn write_json(value: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+///
+/// JSON keys must be strings. A scalar key is written as its JSON text in quotes (`{"1":2}`);
+/// a key that is an array or a map becomes one string holding its compact JSON text, escaped
+/// once. Inside that text, nested array and map keys are written as they are rather than
+/// stringified again, because escaping per level doubles the backslashes at every level: a
+/// 130-byte message with keys nested 40 deep would print terabytes. The output is therefore
+/// linear in the input, and more than `max_out` bytes of it is refused with `Error::TooLarge`.
+pub fn write_json(value: &[u8], max_out: usize, out: &mut Vec<u8>) -> Result<usize, Error> {
     let start = out.len();
-    let r = write_json_inner(value, out);
+    let r = write_json_inner(value, max_out, out);
     if r.is_err() {
         out.truncate(start);
     }
@@ -581,13 +600,25 @@ struct Frame {
     map: bool,
     total: u64,
     left: u64,
-    /// Where a non-string map key started in `out`: JSON keys must be strings, so the key's JSON
-    /// text is turned into a string once the key is complete.
+    /// Where an array or map used as a key of this map started in `out`: its JSON text becomes
+    /// a string once the key is complete. Set on at most one frame at a time (the outermost
+    /// such key); keys nested inside it stay as they are.
     key_start: Option<usize>,
 }
 
-fn write_json_inner(value: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+fn write_json_inner(value: &[u8], max_out: usize, out: &mut Vec<u8>) -> Result<usize, Error> {
+    // The length `out` must not exceed.
+    let limit = out.len().saturating_add(max_out);
+    let too_large = |pos| Error::TooLarge {
+        offset: pos,
+        max: max_out,
+    };
     let mut stack: Vec<Frame> = Vec::new();
+    // Whether some frame's `key_start` is set: keys inside that key are not stringified again.
+    let mut in_key = false;
+    // The JSON text of a container key while it is escaped into a string; allocated only if
+    // the record has such keys, which audit events never do.
+    let mut key_text: Vec<u8> = Vec::new();
     let mut pos = 0;
     loop {
         let mut is_key = false;
@@ -615,10 +646,17 @@ fn write_json_inner(value: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
             });
         }
         let total = total as usize;
-        if is_key && !matches!(h.kind, Kind::Str | Kind::Bin) {
+        let container = matches!(h.kind, Kind::Array | Kind::Map);
+        let quote = is_key && !container && !matches!(h.kind, Kind::Str | Kind::Bin);
+        if is_key && container && !in_key {
             if let Some(f) = stack.last_mut() {
                 f.key_start = Some(out.len());
+                in_key = true;
             }
+        }
+        if quote {
+            // Scalar text (digits, `.`, `-`, `e`, null, true, false) needs no escaping.
+            out.push(b'"');
         }
         let payload = &rest[h.hdr..total];
         match h.kind {
@@ -642,7 +680,11 @@ fn write_json_inner(value: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
                     write_float(f.is_finite(), format_args!("{f:?}"), out);
                 }
             }
-            Kind::Str | Kind::Bin => write_json_str(payload, out),
+            Kind::Str | Kind::Bin => {
+                if !write_json_str(payload, limit, out) {
+                    return Err(too_large(pos));
+                }
+            }
             Kind::Ext => {
                 let ty = rest[h.hdr - 1] as i8;
                 if ty == 0 && payload.len() == 8 {
@@ -668,17 +710,28 @@ fn write_json_inner(value: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
                 out.push(if map { b'}' } else { b']' });
             }
         }
-        if !matches!(h.kind, Kind::Array | Kind::Map) {
+        if quote {
+            out.push(b'"');
+        }
+        if !container {
             pos += total;
         }
         loop {
+            if out.len() > limit {
+                return Err(too_large(pos));
+            }
             let Some(f) = stack.last_mut() else {
                 return Ok(pos);
             };
             if f.map && (f.total - f.left) % 2 == 0 {
                 if let Some(s) = f.key_start.take() {
-                    let text = out.split_off(s);
-                    write_json_str(&text, out);
+                    in_key = false;
+                    key_text.clear();
+                    key_text.extend_from_slice(&out[s..]);
+                    out.truncate(s);
+                    if !write_json_str(&key_text, limit, out) {
+                        return Err(too_large(pos));
+                    }
                 }
             }
             f.left -= 1;
@@ -757,7 +810,14 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A JSON string literal: `"` and `\` escaped, control characters as `\u00XX`, other UTF-8 kept
 /// as is, each invalid UTF-8 sequence replaced by U+FFFD (as `String::from_utf8_lossy` does).
-fn write_json_str(bytes: &[u8], out: &mut Vec<u8>) {
+/// Returns false, with `out` partly written, as soon as `out` would grow past `limit`; the
+/// checks sit where the text is longer than the input, so the common case pays nothing.
+#[must_use]
+fn write_json_str(bytes: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+    // The literal is at least as long as the input plus its quotes.
+    if out.len().saturating_add(bytes.len()).saturating_add(2) > limit {
+        return false;
+    }
     out.push(b'"');
     for chunk in bytes.utf8_chunks() {
         let valid = chunk.valid().as_bytes();
@@ -780,13 +840,20 @@ fn write_json_str(bytes: &[u8], out: &mut Vec<u8>) {
                     HEX[usize::from(b & 0x0f)],
                 ]),
             }
+            if out.len() > limit {
+                return false;
+            }
         }
         out.extend_from_slice(&valid[run..]);
         if !chunk.invalid().is_empty() {
             out.extend_from_slice("\u{fffd}".as_bytes());
+            if out.len() > limit {
+                return false;
+            }
         }
     }
     out.push(b'"');
+    out.len() <= limit
 }
 
 #[cfg(test)]
@@ -885,6 +952,19 @@ pub(crate) mod tests {
                 "map with map key",
                 vec![0x82, 0x81, 0x01, 0x02, 0x03, 0xa1, b'a', 0x04],
                 "{\"{\\\"1\\\":2}\":3,\"a\":4}",
+            ),
+            (
+                "map key inside a map key: its text is escaped once",
+                vec![0x81, 0x81, 0x81, 0x01, 0x02, 0x03, 0x04],
+                "{\"{{\\\"1\\\":2}:3}\":4}",
+            ),
+            (
+                "scalar keys",
+                vec![
+                    0x84, 0xc0, 0x01, 0xc3, 0x02, 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0, 0x03, 0xd4,
+                    5, 1, 0x04,
+                ],
+                "{\"null\":1,\"true\":2,\"1.5\":3,\"null\":4}",
             ),
             (
                 "map with bin key",
@@ -1060,12 +1140,83 @@ pub(crate) mod tests {
     fn write_json_table() {
         for (name, bytes, json) in samples() {
             let mut out = b"prefix".to_vec();
-            assert_eq!(write_json(&bytes, &mut out), Ok(bytes.len()), "{name}");
+            assert_eq!(
+                write_json(&bytes, usize::MAX, &mut out),
+                Ok(bytes.len()),
+                "{name}"
+            );
             assert_eq!(std::str::from_utf8(&out[6..]).unwrap(), json, "{name}");
             // Whatever we print must be JSON.
             serde_json::from_slice::<serde_json::Value>(&out[6..])
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn write_json_nested_keys_grow_linearly() {
+        // Level 0 is the int 1; level n is a map whose only key is level n-1, with value 3:
+        // 2n+1 bytes. Stringifying every level's key again doubled the output per level.
+        let nested = |depth: usize| {
+            let mut v = vec![0x81; depth];
+            v.push(0x01);
+            v.extend(std::iter::repeat_n(0x03, depth));
+            v
+        };
+        let mut out = Vec::new();
+        assert_eq!(write_json(&nested(3), usize::MAX, &mut out), Ok(7));
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"{{\"1\":3}:3}":3}"#);
+        for depth in [8, 20, 40, 100_000] {
+            let v = nested(depth);
+            let mut out = Vec::new();
+            assert_eq!(write_json(&v, usize::MAX, &mut out), Ok(v.len()), "{depth}");
+            assert!(
+                out.len() <= 4 * v.len(),
+                "depth {depth}: {} bytes of JSON from {} bytes",
+                out.len(),
+                v.len()
+            );
+            let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let (key, value) = back.as_object().unwrap().iter().next().unwrap();
+            assert_eq!(value, 3, "depth {depth}");
+            // The key is the text of the levels below, each `{<level below>:3}`.
+            assert_eq!(key.matches(":3}").count(), depth - 1, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn write_json_refuses_output_over_the_cap() {
+        let mut cases = samples();
+        let controls = enc(|v| drop(rmp::encode::write_str(v, "\u{0}\u{1}\u{1f}")));
+        cases.push(("control characters", controls, String::new()));
+        cases.push(("invalid utf8", vec![0xa3, 0xff, 0xfe, 0xfd], String::new()));
+        let mut nils = vec![0xdc, 0x03, 0xe8];
+        nils.extend([0xc0; 1000]);
+        cases.push(("1000 nils", nils, String::new()));
+        let deep_key = [vec![0x81; 50], vec![0xa1, b'"'], vec![0x03; 50]].concat();
+        cases.push(("nested keys", deep_key, String::new()));
+        for (name, bytes, _) in cases {
+            let mut full = Vec::new();
+            write_json(&bytes, usize::MAX, &mut full).unwrap();
+            let mut out = b"keep".to_vec();
+            assert_eq!(
+                write_json(&bytes, full.len(), &mut out),
+                Ok(bytes.len()),
+                "{name}: exactly at the cap"
+            );
+            assert_eq!(out[4..], full, "{name}");
+            let mut out = b"keep".to_vec();
+            match write_json(&bytes, full.len() - 1, &mut out) {
+                Err(Error::TooLarge { max, .. }) => assert_eq!(max, full.len() - 1, "{name}"),
+                other => panic!("{name}: one byte over the cap gave {other:?}"),
+            }
+            assert_eq!(out, b"keep", "{name}");
+        }
+        let big = enc(|v| drop(rmp::encode::write_str(v, &"a".repeat(1000))));
+        let err = write_json(&big, 100, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "at byte 0: its JSON text exceeds the cap of 100 bytes"
+        );
     }
 
     #[test]
@@ -1087,7 +1238,7 @@ pub(crate) mod tests {
             let mut v = enc(|v| drop(rmp::encode::write_str_len(v, s.len() as u32)));
             v.extend_from_slice(s);
             let mut out = Vec::new();
-            write_json(&v, &mut out).unwrap();
+            write_json(&v, usize::MAX, &mut out).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), *json, "{name}");
         }
     }
@@ -1107,7 +1258,7 @@ pub(crate) mod tests {
         ] {
             let v = enc(|v| drop(rmp::encode::write_f64(v, f)));
             let mut out = Vec::new();
-            write_json(&v, &mut out).unwrap();
+            write_json(&v, usize::MAX, &mut out).unwrap();
             let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert!(back.is_f64(), "{f}: {}", String::from_utf8_lossy(&out));
             assert_eq!(back.as_f64().unwrap().to_bits(), f.to_bits(), "{f}");
@@ -1153,7 +1304,11 @@ pub(crate) mod tests {
         ];
         for (name, bytes, want) in cases {
             let mut out = b"keep".to_vec();
-            assert_eq!(write_json(bytes, &mut out), Err(want.clone()), "{name}");
+            assert_eq!(
+                write_json(bytes, usize::MAX, &mut out),
+                Err(want.clone()),
+                "{name}"
+            );
             assert_eq!(out, b"keep", "{name}");
         }
     }
@@ -1164,7 +1319,7 @@ pub(crate) mod tests {
         let mut v = vec![0x91; depth];
         v.push(0xc0);
         let mut out = Vec::new();
-        assert_eq!(write_json(&v, &mut out), Ok(depth + 1));
+        assert_eq!(write_json(&v, usize::MAX, &mut out), Ok(depth + 1));
         assert_eq!(out.len(), 2 * depth + 4);
     }
 
@@ -1223,7 +1378,7 @@ pub(crate) mod tests {
                 encode_json(&orig, &mut mp);
                 assert_eq!(value_len(&mp, &BIG), Ok(Some(mp.len())));
                 let mut out = Vec::new();
-                assert_eq!(write_json(&mp, &mut out), Ok(mp.len()));
+                assert_eq!(write_json(&mp, usize::MAX, &mut out), Ok(mp.len()));
                 let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
                 assert_eq!(back, orig);
                 lines += 1;

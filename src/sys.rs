@@ -189,6 +189,20 @@ pub fn cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Lowers this process's soft limit on open files, so that a test run in a child process can
+/// make `accept` fail with EMFILE.
+#[cfg(test)]
+pub fn limit_open_files(n: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    lim.rlim_cur = n.min(lim.rlim_max);
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,10 @@
 //! The receiving side (`audit-forwarder tailer`): a Fluent Forward server that prints each record
 //! it receives as one JSON line on stdout and acks a chunk only after its records reached stdout.
 //! Owns the listening socket and its clients (each optionally behind rustls and the Forward
-//! shared-key handshake), the stdout writer, and the reload of the server's TLS material when the
-//! files change. Decoding is `forward`'s job, the handshake's wire format `handshake`'s, and
-//! reading certificates `tls`'s.
+//! shared-key handshake), the limits every client is held to (connection count, timeouts, one
+//! memory budget for all input buffers, the size of a record's JSON), the stdout writer, and the
+//! reload of the server's TLS material when the files change. Decoding is `forward`'s job, the
+//! handshake's wire format `handshake`'s, and reading certificates `tls`'s.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -39,6 +40,25 @@ pub struct TailerArgs {
     pub shared_key: Option<SharedKey>,
     /// The hostname announced in the PONG; None: the machine's hostname.
     pub self_hostname: Option<String>,
+    pub limits: ClientLimits,
+}
+
+/// What clients may cost us, alone and together (`--max-clients`, `--client-timeout`,
+/// `--idle-timeout`, `--mem-budget`). Anyone who can connect is held to these: plain TCP is the
+/// default, and even a TLS client has sent nothing authenticated before its handshake ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_clients: usize,
+    /// The TLS and shared-key handshakes must be over this long after the connection was
+    /// accepted, each message complete this long after its first byte, and pending acks read
+    /// within this long.
+    pub client_timeout: Duration,
+    /// A connection with no message in progress is closed after this long without traffic.
+    pub idle_timeout: Duration,
+    /// Bytes of input buffers all clients together may hold, and the most that decompressing
+    /// one message may take besides.
+    pub mem_budget: usize,
 }
 
 /// What [`serve`] runs with: [`TailerArgs`] with the files already read.
@@ -46,6 +66,7 @@ pub struct Settings {
     pub discard: bool,
     pub tls: Option<ServerTls>,
     pub shared_key: Option<ServerKey>,
+    pub limits: ClientLimits,
 }
 
 /// The server's TLS configuration and the files it is rebuilt from when they change.
@@ -68,8 +89,18 @@ const READ_STEP: usize = 64 << 10;
 const MAX_DECOMPRESSED: usize = 256 << 20;
 /// Acks a client has not read yet; a client this far behind is not reading at all.
 const MAX_PENDING_ACKS: usize = 1 << 20;
-/// Buffer capacity kept between messages; more is returned to the allocator.
+/// Buffer capacity kept between messages; more is returned to the allocator. The forwarder's
+/// chunks are about 512 KiB, so its connection keeps reusing one buffer.
 const KEEP_CAPACITY: usize = 1 << 20;
+/// Longest JSON line printed for one record; a record that needs more is refused like an
+/// undecodable message. Kubernetes audit events stay far below it (the forwarder's default
+/// `--max-line-size` is 10 MB), and it bounds what a small hostile record can make us write.
+const MAX_RECORD_JSON: usize = MAX_MESSAGE;
+/// The first and the longest wait before `accept` is tried again after it failed.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How far ahead "no deadline" lies; the loop recomputes its deadlines at least this often.
+const NO_DEADLINE: Duration = Duration::from_secs(3600);
 /// Unread input discarded before closing a socket, so the close is a FIN rather than a RST that
 /// could destroy a PONG or acks still in flight; bounded so a flooding client costs little.
 const DRAIN_ON_CLOSE: usize = 256 << 10;
@@ -159,6 +190,7 @@ pub fn settings(args: &TailerArgs) -> Result<Settings, Error> {
         discard: args.discard,
         tls,
         shared_key,
+        limits: args.limits,
     })
 }
 
@@ -198,6 +230,11 @@ impl Settings {
         if self.discard {
             parts.push("discarding records".to_string());
         }
+        let l = &self.limits;
+        parts.push(format!(
+            "at most {} clients, client timeout {:?}, idle timeout {:?}, memory budget {} bytes",
+            l.max_clients, l.client_timeout, l.idle_timeout, l.mem_budget
+        ));
         parts.join(", ")
     }
 }
@@ -253,71 +290,138 @@ pub fn serve(
     settings: Settings,
     out: impl Write,
 ) -> Result<(), Error> {
-    let Settings {
-        discard,
-        mut tls,
-        shared_key,
-    } = settings;
-    listener.set_nonblocking(true).map_err(Error::Poll)?;
-    let mut listener = TcpListener::from_std(listener);
-    let mut poll = Poll::new().map_err(Error::Poll)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(Error::Poll)?;
-    // Certificate rotation without restart: Kubernetes swaps a mounted Secret's files under us,
-    // and the next connection must get the new ones.
-    let mut watch = match &tls {
-        None => None,
-        Some(t) => {
-            let mut files: Vec<&Path> = vec![&t.files.cert, &t.files.key];
-            if let Some(ca) = &t.files.client_ca {
-                files.push(ca);
-            }
-            let w = config::Watch::new(&files).map_err(Error::Inotify)?;
-            poll.registry()
-                .register(
-                    &mut SourceFd(&w.inotify().as_raw_fd()),
-                    CERTS,
-                    Interest::READABLE,
-                )
-                .map_err(Error::Inotify)?;
-            Some(w)
-        }
-    };
-    let mut events = Events::with_capacity(256);
-    let mut clients: Vec<Option<Client>> = Vec::new();
-    let mut sink = Sink {
-        out,
-        discard,
-        scratch: Vec::new(),
-        line: Vec::new(),
-        acks: Vec::new(),
-        read_buf: vec![0; READ_STEP].into_boxed_slice(),
-        records: 0,
-        bytes: 0,
-    };
-    let mut next_stats = Instant::now() + STATS_EVERY;
-    let mut logged = (0, 0);
-
+    let mut server = Server::new(listener, settings, out)?;
     loop {
-        let timeout = discard.then(|| next_stats.saturating_duration_since(Instant::now()));
-        match poll.poll(&mut events, timeout) {
+        server.turn()?;
+    }
+}
+
+/// Everything the event loop owns; one `turn` is one poll and what follows from it.
+struct Server<W> {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    /// The certificate files, when listening with TLS.
+    watch: Option<config::Watch>,
+    shared_key: Option<ServerKey>,
+    limits: ClientLimits,
+    /// Slot `i` is the client with token `FIRST_CLIENT + i`.
+    clients: Vec<Option<Client>>,
+    sink: Sink<W>,
+    /// No client deadline is earlier than this; `sweep` looks at them all then.
+    next_sweep: Instant,
+    /// Set while `accept` fails (EMFILE): the listener is edge-triggered, so the connections
+    /// already queued raise no new event and have to be fetched on a timer.
+    accept_retry: Option<Instant>,
+    accept_delay: Duration,
+    next_stats: Instant,
+    logged: (u64, u64),
+}
+
+impl<W: Write> Server<W> {
+    fn new(
+        listener: std::net::TcpListener,
+        settings: Settings,
+        out: W,
+    ) -> Result<Server<W>, Error> {
+        let Settings {
+            discard,
+            tls,
+            shared_key,
+            limits,
+        } = settings;
+        listener.set_nonblocking(true).map_err(Error::Poll)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new().map_err(Error::Poll)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        // Certificate rotation without restart: Kubernetes swaps a mounted Secret's files under
+        // us, and the next connection must get the new ones.
+        let watch = match &tls {
+            None => None,
+            Some(t) => {
+                let mut files: Vec<&Path> = vec![&t.files.cert, &t.files.key];
+                if let Some(ca) = &t.files.client_ca {
+                    files.push(ca);
+                }
+                let w = config::Watch::new(&files).map_err(Error::Inotify)?;
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&w.inotify().as_raw_fd()),
+                        CERTS,
+                        Interest::READABLE,
+                    )
+                    .map_err(Error::Inotify)?;
+                Some(w)
+            }
+        };
+        let now = Instant::now();
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(256),
+            listener,
+            tls,
+            watch,
+            shared_key,
+            limits,
+            clients: Vec::new(),
+            sink: Sink {
+                out,
+                discard,
+                scratch: Vec::new(),
+                line: Vec::new(),
+                acks: Vec::new(),
+                read_buf: vec![0; READ_STEP].into_boxed_slice(),
+                records: 0,
+                bytes: 0,
+                mem: Mem {
+                    used: 0,
+                    budget: limits.mem_budget,
+                },
+            },
+            next_sweep: now + NO_DEADLINE,
+            accept_retry: None,
+            accept_delay: ACCEPT_RETRY_FIRST,
+            next_stats: now + STATS_EVERY,
+            logged: (0, 0),
+        })
+    }
+
+    /// Waits for the next event or deadline and handles what is due.
+    fn turn(&mut self) -> Result<(), Error> {
+        let mut wake = self.next_sweep;
+        if let Some(at) = self.accept_retry {
+            wake = wake.min(at);
+        }
+        if self.sink.discard {
+            wake = wake.min(self.next_stats);
+        }
+        let timeout = wake.saturating_duration_since(Instant::now());
+        match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(Error::Poll(e)),
         }
+        let Server {
+            poll,
+            events,
+            clients,
+            sink,
+            limits,
+            next_sweep,
+            ..
+        } = self;
+        let mut accept = false;
         for event in events.iter() {
             match event.token() {
                 LISTENER => {
-                    let new = NewClient {
-                        tls: tls.as_ref().map(|t| &t.config),
-                        shared_key: shared_key.as_ref(),
-                    };
-                    accept_all(&listener, &poll, &mut clients, &new);
+                    accept = true;
                     continue;
                 }
                 CERTS => {
-                    if let (Some(w), Some(t)) = (watch.as_mut(), tls.as_mut()) {
+                    if let (Some(w), Some(t)) = (self.watch.as_mut(), self.tls.as_mut()) {
                         if w.changed() {
                             t.reload();
                         }
@@ -332,28 +436,90 @@ pub fn serve(
             };
             let mut verdict = Verdict::Keep;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                verdict = client.on_readable(&mut sink)?;
+                verdict = client.on_readable(sink)?;
             }
             if let Verdict::Keep = verdict {
                 verdict = client.write_pending();
             }
             if let Verdict::Keep = verdict {
-                verdict = client.update_interest(&poll, event.token());
+                verdict = client.update_interest(poll, event.token());
             }
             if let Verdict::Keep = verdict {
+                *next_sweep = (*next_sweep).min(client.deadline(limits).0);
                 continue;
             }
             if let Some(mut client) = clients[idx].take() {
-                client.close(&poll, verdict);
+                client.close(poll, verdict, &mut sink.mem);
             }
         }
-        if discard && Instant::now() >= next_stats {
-            if (sink.records, sink.bytes) != logged {
-                logged = (sink.records, sink.bytes);
-                info!("tailer: records={} bytes={}", sink.records, sink.bytes);
-            }
-            next_stats = Instant::now() + STATS_EVERY;
+        let now = Instant::now();
+        if accept || self.accept_retry.is_some_and(|at| now >= at) {
+            self.accept();
         }
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+        if self.sink.discard && now >= self.next_stats {
+            let counts = (self.sink.records, self.sink.bytes);
+            if counts != self.logged {
+                self.logged = counts;
+                info!("tailer: records={} bytes={}", counts.0, counts.1);
+            }
+            self.next_stats = now + STATS_EVERY;
+        }
+        Ok(())
+    }
+
+    /// Accepts what is queued; on failure retries on a timer, backing off up to a second.
+    fn accept(&mut self) {
+        let new = NewClient {
+            tls: self.tls.as_ref().map(|t| &t.config),
+            shared_key: self.shared_key.as_ref(),
+            limits: &self.limits,
+        };
+        match accept_all(&self.listener, &self.poll, &mut self.clients, &new) {
+            Ok(()) => {
+                if self.accept_retry.take().is_some() {
+                    info!("tailer: accepting connections again");
+                }
+                self.accept_delay = ACCEPT_RETRY_FIRST;
+            }
+            Err(e) => {
+                // One line per episode: the retries would otherwise log several times a second.
+                if self.accept_retry.is_none() {
+                    warn!(
+                        "tailer: accept failed: {e}; retrying every {}s at most until it works \
+                         (EMFILE: raise the open-files limit or lower --max-clients)",
+                        ACCEPT_RETRY_MAX.as_secs()
+                    );
+                }
+                self.accept_retry = Some(Instant::now() + self.accept_delay);
+                self.accept_delay = (self.accept_delay * 2).min(ACCEPT_RETRY_MAX);
+            }
+        }
+        // A client accepted just now has its first deadline no sooner than this.
+        let first = self.limits.client_timeout.min(self.limits.idle_timeout);
+        self.next_sweep = self.next_sweep.min(Instant::now() + first);
+    }
+
+    /// Closes the clients whose deadline has passed and finds the next deadline.
+    fn sweep(&mut self, now: Instant) {
+        let mut next = now + NO_DEADLINE;
+        for slot in &mut self.clients {
+            let Some(client) = slot else {
+                continue;
+            };
+            let (at, wait) = client.deadline(&self.limits);
+            if at > now {
+                next = next.min(at);
+                continue;
+            }
+            let verdict = client.expired(wait, &self.limits);
+            if let Some(mut client) = slot.take() {
+                client.close(&self.poll, verdict, &mut self.sink.mem);
+            }
+        }
+        self.next_sweep = next;
     }
 }
 
@@ -361,26 +527,33 @@ pub fn serve(
 struct NewClient<'a> {
     tls: Option<&'a Arc<ServerConfig>>,
     shared_key: Option<&'a ServerKey>,
+    limits: &'a ClientLimits,
 }
 
+/// Accepts until the queue is empty. `Err` is a failing `accept` (EMFILE, ENFILE, ENOBUFS):
+/// the connection stays queued for the caller to retry.
 fn accept_all(
     listener: &TcpListener,
     poll: &Poll,
     clients: &mut Vec<Option<Client>>,
     new: &NewClient<'_>,
-) {
+) -> io::Result<()> {
     loop {
         let (mut stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // EMFILE and friends: the connection stays queued and is retried on the next
-                // readiness of the listener.
-                warn!("tailer: accept failed: {e}");
-                return;
-            }
+            Err(e) => return Err(e),
         };
+        let connected = clients.iter().filter(|c| c.is_some()).count();
+        if connected >= new.limits.max_clients {
+            // Closed before anything is read: the peer sees its connection end and retries.
+            warn!(
+                "tailer: client {peer} refused: {connected} clients are connected, as many as \
+                 --max-clients allows"
+            );
+            continue;
+        }
         // Acks are tiny writes the sender waits for; Nagle would hold them back.
         if let Err(e) = stream.set_nodelay(true) {
             warn!("tailer: client {peer}: TCP_NODELAY: {e}");
@@ -422,6 +595,7 @@ fn accept_all(
             continue;
         }
         info!("tailer: client {peer} connected");
+        let now = Instant::now();
         let mut client = Client {
             stream,
             tls,
@@ -433,6 +607,10 @@ fn accept_all(
             wpos: 0,
             eof: false,
             interest: Interest::READABLE,
+            connected: now,
+            active: now,
+            msg_started: None,
+            charged: 0,
         };
         let mut verdict = client.write_pending();
         if let Verdict::Keep = verdict {
@@ -440,7 +618,8 @@ fn accept_all(
         }
         match verdict {
             Verdict::Keep => clients[idx] = Some(client),
-            other => client.close(poll, other),
+            // Nothing was read yet, so nothing was charged to the budget.
+            other => client.close(poll, other, &mut Mem::default()),
         }
     }
 }
@@ -479,6 +658,30 @@ struct Client {
     /// The peer shut down its sending side; we stay only to deliver pending acks.
     eof: bool,
     interest: Interest,
+    connected: Instant,
+    /// When bytes last moved either way.
+    active: Instant,
+    /// When the first byte of the message at the start of `rbuf` arrived; None while `rbuf`
+    /// is empty.
+    msg_started: Option<Instant>,
+    /// The capacity of `rbuf` counted in `Mem::used`.
+    charged: usize,
+}
+
+/// The memory budget shared by all clients: the capacity of their input buffers.
+#[derive(Debug, Default)]
+struct Mem {
+    used: usize,
+    budget: usize,
+}
+
+/// What a client's next deadline waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Handshake,
+    Message,
+    Acks,
+    Idle,
 }
 
 /// Where records go, plus the buffers reused across messages.
@@ -492,6 +695,7 @@ struct Sink<W> {
     records: u64,
     /// Plaintext bytes received from all clients.
     bytes: u64,
+    mem: Mem,
 }
 
 impl Client {
@@ -505,6 +709,7 @@ impl Client {
 
     /// Drains the socket until WouldBlock, delivering complete messages as they pile up.
     fn on_readable<W: Write>(&mut self, sink: &mut Sink<W>) -> Result<Verdict, Error> {
+        let now = Instant::now();
         loop {
             if let Phase::Refused = self.phase {
                 // Whatever else arrives is never looked at; `close` discards it.
@@ -532,6 +737,20 @@ impl Client {
                     break;
                 }
                 Ok(n) => {
+                    self.active = now;
+                    if self.reserve(n, &mut sink.mem).is_err() {
+                        // Complete messages waiting in `rbuf` may free what is needed.
+                        let verdict = self.process(sink)?;
+                        if !matches!(verdict, Verdict::Keep) {
+                            return Ok(verdict);
+                        }
+                        if let Err(why) = self.reserve(n, &mut sink.mem) {
+                            return Ok(Verdict::Fail(why));
+                        }
+                    }
+                    if self.rbuf.is_empty() {
+                        self.msg_started = Some(now);
+                    }
                     self.rbuf.extend_from_slice(&sink.read_buf[..n]);
                     sink.bytes += n as u64;
                 }
@@ -608,6 +827,7 @@ impl Client {
                 Err(e) => return Ok(Verdict::Fail(format!("shared-key handshake: {e}"))),
             };
             self.rbuf.drain(..outcome.consumed);
+            self.message_done();
             self.wbuf.extend_from_slice(&outcome.pong);
             if outcome.accepted {
                 info!(
@@ -628,6 +848,8 @@ impl Client {
             // Not ours to read any more: whatever followed the refused PING is dropped.
             Phase::Refused => {
                 self.rbuf = Vec::new();
+                self.settle(&mut sink.mem);
+                self.msg_started = None;
                 Ok(Verdict::Keep)
             }
             Phase::AwaitPing(_) => Ok(Verdict::Keep),
@@ -661,11 +883,17 @@ impl Client {
                 }
             }
         }
-        self.rbuf.drain(..start);
+        if start > 0 {
+            self.rbuf.drain(..start);
+            self.message_done();
+        }
         // A single large message must not pin its buffers for the life of the connection.
         self.rbuf.shrink_to(KEEP_CAPACITY);
+        self.settle(&mut sink.mem);
         sink.scratch.clear();
         sink.scratch.shrink_to(KEEP_CAPACITY);
+        sink.line.clear();
+        sink.line.shrink_to(KEEP_CAPACITY);
         if printed {
             sink.out.flush().map_err(Error::Output)?;
         }
@@ -677,6 +905,79 @@ impl Client {
             )));
         }
         Ok(verdict)
+    }
+
+    /// Called when messages (or the PING) were consumed from the front of `rbuf`: whatever
+    /// follows is the start of the next message.
+    fn message_done(&mut self) {
+        self.msg_started = (!self.rbuf.is_empty()).then(Instant::now);
+    }
+
+    /// Makes room in `rbuf` for `n` more bytes, growing it the way `Vec` does but never past
+    /// what the memory budget has left; `Err` says why the room is not there.
+    fn reserve(&mut self, n: usize, mem: &mut Mem) -> Result<(), String> {
+        let need = self.rbuf.len() + n;
+        let cap = self.rbuf.capacity();
+        if need <= cap {
+            return Ok(());
+        }
+        let free = mem.budget.saturating_sub(mem.used);
+        let grow = need.max(cap * 2).max(READ_STEP).min(cap + free);
+        if grow < need {
+            return Err(format!(
+                "over the memory budget: its message needs {} more bytes of buffer, and                  {} of --mem-budget {} bytes are held by all clients",
+                need - cap,
+                mem.used,
+                mem.budget
+            ));
+        }
+        self.rbuf.reserve_exact(grow - self.rbuf.len());
+        self.settle(mem);
+        Ok(())
+    }
+
+    /// Brings the budget in line with the capacity `rbuf` has now.
+    fn settle(&mut self, mem: &mut Mem) {
+        let cap = self.rbuf.capacity();
+        mem.used = mem.used - self.charged + cap;
+        self.charged = cap;
+    }
+
+    /// Handshakes (TLS, shared key), started messages and unread acks are bounded by
+    /// `--client-timeout`; a connection with none of those by `--idle-timeout`.
+    fn deadline(&self, limits: &ClientLimits) -> (Instant, Wait) {
+        let handshaking = self.tls.as_ref().is_some_and(|c| c.is_handshaking())
+            || !matches!(self.phase, Phase::Data);
+        if handshaking {
+            (self.connected + limits.client_timeout, Wait::Handshake)
+        } else if let Some(at) = self.msg_started {
+            (at + limits.client_timeout, Wait::Message)
+        } else if self.output_pending() {
+            (self.active + limits.client_timeout, Wait::Acks)
+        } else {
+            (self.active + limits.idle_timeout, Wait::Idle)
+        }
+    }
+
+    /// Why the connection is closed when the deadline of `wait` has passed.
+    fn expired(&self, wait: Wait, limits: &ClientLimits) -> Verdict {
+        let t = limits.client_timeout;
+        match wait {
+            Wait::Handshake => Verdict::Fail(format!(
+                "did not complete its handshake within {t:?} (--client-timeout)"
+            )),
+            Wait::Message => Verdict::Fail(format!(
+                "sent {} bytes of a message but not the rest within {t:?} (--client-timeout)",
+                self.rbuf.len()
+            )),
+            Wait::Acks => Verdict::Fail(format!(
+                "did not read its acks for {t:?} (--client-timeout)"
+            )),
+            Wait::Idle => Verdict::Done(format!(
+                "idle for {:?} (--idle-timeout)",
+                limits.idle_timeout
+            )),
+        }
     }
 
     /// Whether plaintext may go out: not before the TLS handshake has authenticated the peer.
@@ -701,7 +1002,10 @@ impl Client {
             };
             match res {
                 Ok(0) => return Verdict::Fail("write: connection accepts no more bytes".into()),
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    self.active = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Verdict::Fail(format!("write: {e}")),
@@ -714,6 +1018,8 @@ impl Client {
         }
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
+            // A client that let a megabyte of acks pile up must not keep that buffer.
+            self.wbuf.shrink_to(READ_STEP);
             self.wpos = 0;
         }
         if !self.output_pending() {
@@ -750,7 +1056,9 @@ impl Client {
         Verdict::Keep
     }
 
-    fn close(&mut self, poll: &Poll, verdict: Verdict) {
+    fn close(&mut self, poll: &Poll, verdict: Verdict, mem: &mut Mem) {
+        self.rbuf = Vec::new();
+        self.settle(mem);
         // One last non-blocking attempt for acks of records already printed (the peer resends
         // whatever it does not see acked, so a failure here costs duplicates, not loss), and for
         // a TLS alert telling the client why it is refused.
@@ -799,9 +1107,13 @@ impl<W: Write> Sink<W> {
             line,
             acks,
             records,
+            mem,
             ..
         } = self;
-        let req = match forward::decode_request(msg, MAX_DECOMPRESSED, scratch) {
+        // Inflating is held to what the memory budget has left, so a compressed message
+        // cannot take more than the budget promises.
+        let cap = MAX_DECOMPRESSED.min(mem.budget.saturating_sub(mem.used));
+        let req = match forward::decode_request(msg, cap, scratch) {
             Ok(req) => req,
             Err(e) => return Ok(Err(format!("invalid Forward message: {e}"))),
         };
@@ -811,7 +1123,7 @@ impl<W: Write> Sink<W> {
                 continue;
             }
             line.clear();
-            if let Err(e) = msgpack::write_json(record, line) {
+            if let Err(e) = msgpack::write_json(record, MAX_RECORD_JSON, line) {
                 return Ok(Err(format!("record: {e}")));
             }
             line.push(b'\n');
@@ -871,11 +1183,20 @@ mod tests {
         }
     }
 
+    /// The defaults of the command line.
+    const LIMITS_DEFAULT: ClientLimits = ClientLimits {
+        max_clients: 256,
+        client_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(600),
+        mem_budget: 200_000_000,
+    };
+
     fn plain(discard: bool) -> Settings {
         Settings {
             discard,
             tls: None,
             shared_key: None,
+            limits: LIMITS_DEFAULT,
         }
     }
 
@@ -1217,6 +1538,7 @@ extendedKeyUsage = clientAuth
                 tls: Some(tls),
                 shared_key: shared_key.map(|k| SharedKey::Value(k.into())),
                 self_hostname: Some("test-tailer".into()),
+                limits: LIMITS_DEFAULT,
             })
             .unwrap()
         }
@@ -1380,6 +1702,7 @@ extendedKeyUsage = clientAuth
             tls: None,
             shared_key: None,
             self_hostname: None,
+            limits: LIMITS_DEFAULT,
         }
     }
 
@@ -1775,5 +2098,323 @@ extendedKeyUsage = clientAuth
                 )],
             );
         }
+    }
+
+    // ---- hostile clients ----
+
+    fn limited(f: impl FnOnce(&mut ClientLimits)) -> Settings {
+        let mut settings = plain(false);
+        f(&mut settings.limits);
+        settings
+    }
+
+    /// Small generated events, so these tests need no sample files.
+    fn events(n: usize) -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| serde_json::json!({"kind": "Event", "seq": i, "verb": "get"}))
+            .collect()
+    }
+
+    /// A PackedForward message of one entry whose record is `record` (msgpack bytes as given).
+    fn raw_record(record: &[u8], chunk: &str) -> Vec<u8> {
+        let mut entries = Vec::new();
+        rmp::encode::write_array_len(&mut entries, 2).unwrap();
+        rmp::encode::write_uint(&mut entries, 1_700_000_000).unwrap();
+        entries.extend_from_slice(record);
+        let mut msg = Vec::new();
+        forward::encode_packed_forward("audit", &entries, 1, chunk, false, &mut msg);
+        msg
+    }
+
+    /// The peer address the server logs for this client.
+    fn peer_of(s: &StdStream) -> String {
+        s.local_addr().unwrap().to_string()
+    }
+
+    #[test]
+    fn nested_map_keys_print_linearly_and_oversized_records_are_refused() {
+        capture_logs();
+        let out = Shared::default();
+        let (addr, _server) = start(plain(false), out.clone());
+        // {"a": M22} where M0 is 1 and Mn is a map whose only key is Mn-1: 2 x 22 + 4 bytes
+        // that printed as megabytes when every level's key was escaped again.
+        let depth = 22;
+        let mut record = vec![0x81, 0xa1, b'a'];
+        record.extend(std::iter::repeat_n(0x81, depth));
+        record.push(0x01);
+        record.extend(std::iter::repeat_n(0x03, depth));
+        let mut c = connect(addr);
+        let ack = exchange(&mut c, &raw_record(&record, "bmVzdGVk")).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"bmVzdGVk"[..]));
+        let printed = out.0.lock().unwrap().len();
+        assert!(
+            printed < 8 * record.len(),
+            "{printed} bytes printed for a {}-byte record",
+            record.len()
+        );
+        let lines = out.lines();
+        let inner = lines[0]["a"].as_object().unwrap();
+        assert_eq!(inner.values().next(), Some(&serde_json::json!(3)));
+
+        // 12 million control characters: 72 MB of JSON, over the cap of one record. The client
+        // is dropped like one that sent an undecodable message, its chunk not acked.
+        let mut huge = vec![0x81, 0xa1, b'a'];
+        rmp::encode::write_str_len(&mut huge, 12_000_000).unwrap();
+        huge.resize(huge.len() + 12_000_000, 0x01);
+        let mut c2 = connect(addr);
+        let peer = peer_of(&c2);
+        assert_refused(
+            exchange(&mut c2, &raw_record(&huge, "aHVnZQ==")),
+            "huge record",
+        );
+        wait_log(
+            log::Level::Warn,
+            &[
+                &format!("client {peer} disconnected: record: "),
+                &format!("its JSON text exceeds the cap of {MAX_RECORD_JSON} bytes"),
+            ],
+        );
+        assert_eq!(
+            out.lines().len(),
+            1,
+            "nothing of the refused record printed"
+        );
+        // Others are still served.
+        let ack = exchange(&mut c, &packed(&events(2), "YWZ0ZXI=", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"YWZ0ZXI="[..]));
+    }
+
+    #[test]
+    fn stalled_and_idle_clients_are_closed_after_their_timeout() {
+        capture_logs();
+        let pki = Pki::new("timeouts");
+        let short = |mut s: Settings| {
+            s.limits.client_timeout = Duration::from_secs(1);
+            s.limits.idle_timeout = Duration::from_secs(2);
+            s
+        };
+        let (plain_addr, _a) = start(short(plain(false)), Shared::default());
+        let (key_addr, _b) = start(short(with_key(plain(false), "s3cret")), Shared::default());
+        let tls_settings = pki.settings(pki.server("server1.crt", None, false), None);
+        let (tls_addr, _c) = start(short(tls_settings), Shared::default());
+        let begun = Instant::now();
+
+        // Says nothing at all.
+        let mut idle = connect(plain_addr);
+        // Half a message, then nothing.
+        let mut half = connect(plain_addr);
+        let msg = packed(&events(3), "aGFsZg==", false);
+        half.write_all(&msg[..msg.len() / 2]).unwrap();
+        // Gets the HELO and never sends the PING.
+        let mut no_ping = connect(key_addr);
+        // Opens TCP to the TLS port and never starts TLS.
+        let mut no_tls = connect(tls_addr);
+        // Keeps sending complete messages, more slowly than the timeouts but never stalling.
+        let mut busy = connect(plain_addr);
+        let cases = [
+            (
+                &mut idle,
+                log::Level::Info,
+                "idle for 2s (--idle-timeout)",
+                2,
+            ),
+            (
+                &mut half,
+                log::Level::Warn,
+                "bytes of a message but not the rest within 1s (--client-timeout)",
+                1,
+            ),
+            (
+                &mut no_ping,
+                log::Level::Warn,
+                "did not complete its handshake within 1s (--client-timeout)",
+                1,
+            ),
+            (
+                &mut no_tls,
+                log::Level::Warn,
+                "did not complete its handshake within 1s (--client-timeout)",
+                1,
+            ),
+        ];
+        for i in 0..5 {
+            let id = format!("busy-{i}");
+            let ack = exchange(&mut busy, &packed(&events(1), &id, false)).unwrap();
+            assert_eq!(ack, Some(id.into_bytes()), "busy message {i}");
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        for (s, level, why, after) in cases {
+            let peer = peer_of(s);
+            read_until_closed(s);
+            assert!(begun.elapsed() >= Duration::from_secs(after), "{why}");
+            wait_log(level, &[&format!("client {peer} disconnected: "), why]);
+        }
+        let ack = exchange(&mut busy, &packed(&events(1), "c3RpbGw=", false)).unwrap();
+        assert_eq!(
+            ack.as_deref(),
+            Some(&b"c3RpbGw="[..]),
+            "the busy client was kept"
+        );
+    }
+
+    #[test]
+    fn connections_beyond_max_clients_are_refused() {
+        capture_logs();
+        let (addr, _server) = start(limited(|l| l.max_clients = 2), Shared::default());
+        let mut first = connect(addr);
+        let mut second = connect(addr);
+        for (i, c) in [&mut first, &mut second].into_iter().enumerate() {
+            let id = format!("client-{i}");
+            let ack = exchange(c, &packed(&events(1), &id, false)).unwrap();
+            assert_eq!(ack, Some(id.into_bytes()));
+        }
+        let mut third = connect(addr);
+        let peer = peer_of(&third);
+        assert_closed(&mut third);
+        wait_log(
+            log::Level::Warn,
+            &[&format!(
+                "client {peer} refused: 2 clients are connected, as many as --max-clients allows"
+            )],
+        );
+        let gone = peer_of(&first);
+        drop(first);
+        wait_log(log::Level::Info, &[&format!("client {gone} disconnected")]);
+        let mut fourth = connect(addr);
+        let ack = exchange(&mut fourth, &packed(&events(1), "NHRo", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"NHRo"[..]));
+    }
+
+    #[test]
+    fn memory_budget_drops_the_client_that_would_exceed_it() {
+        capture_logs();
+        let out = Shared::default();
+        let (addr, _server) = start(limited(|l| l.mem_budget = 8 << 20), out.clone());
+        let big = |n: usize, i: usize| serde_json::json!({"seq": i, "big": "x".repeat(n)});
+        // A holds 3 MiB of a 4 MiB message.
+        let mut a = connect(addr);
+        let a_msg = packed(&[big(4 << 20, 0)], "YQ==", false);
+        a.write_all(&a_msg[..3 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // B's 6 MiB message does not fit beside it.
+        let mut b = connect(addr);
+        b.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let peer = peer_of(&b);
+        let b_msg = packed(&[big(6 << 20, 1)], "Yg==", false);
+        assert_refused(exchange(&mut b, &b_msg), "the client over the budget");
+        wait_log(
+            log::Level::Warn,
+            &[
+                &format!("client {peer} disconnected: over the memory budget"),
+                "of --mem-budget 8388608 bytes are held by all clients",
+            ],
+        );
+        // A is unharmed and finishes its message.
+        a.write_all(&a_msg[3 << 20..]).unwrap();
+        assert_eq!(read_ack(&mut a), b"YQ==");
+        // With A's message done, the same 6 MiB fit.
+        let mut c = connect(addr);
+        let ack = exchange(&mut c, &b_msg).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"Yg=="[..]));
+        assert_eq!(out.lines(), [big(4 << 20, 0), big(6 << 20, 1)]);
+    }
+
+    #[test]
+    fn buffers_shrink_after_a_large_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let out = Shared::default();
+        let mut server = Server::new(listener, plain(false), out.clone()).unwrap();
+        let record = serde_json::json!({"big": "y".repeat(20 << 20)});
+        let plain_msg = packed(std::slice::from_ref(&record), "cGxhaW4=", false);
+        let gzip_msg = packed(std::slice::from_ref(&record), "Z3ppcA==", true);
+        let client = std::thread::spawn(move || {
+            let mut c = connect(addr);
+            for (msg, id) in [(plain_msg, "cGxhaW4="), (gzip_msg, "Z3ppcA==")] {
+                c.write_all(&msg).unwrap();
+                assert_eq!(read_ack(&mut c), id.as_bytes());
+            }
+            // Wakes the server's poll, so the loop below sees this thread finished.
+            drop(connect(addr));
+            c
+        });
+        while !client.is_finished() {
+            server.turn().unwrap();
+        }
+        let _open = client.join().unwrap();
+        assert_eq!(out.lines(), [record.clone(), record]);
+        let held = server.clients.iter().flatten().next().unwrap();
+        for (name, capacity) in [
+            ("input", held.rbuf.capacity()),
+            ("output line", server.sink.line.capacity()),
+            ("inflated entries", server.sink.scratch.capacity()),
+            ("acks", held.wbuf.capacity()),
+        ] {
+            assert!(
+                capacity <= KEEP_CAPACITY,
+                "{name} buffer kept {capacity} bytes"
+            );
+        }
+        assert_eq!(server.sink.mem.used, held.rbuf.capacity());
+    }
+
+    const EMFILE_CHILD: &str = "AUDIT_FORWARDER_TEST_EMFILE_CHILD";
+
+    #[test]
+    fn accept_is_retried_after_emfile() {
+        // The open-files limit is per process, so the test runs in a child process.
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "tailer::tests::emfile_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("1 passed"),
+            "child: {}\n{stdout}\n{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by accept_is_retried_after_emfile in a child process"]
+    fn emfile_child() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            return;
+        }
+        capture_logs();
+        sys::limit_open_files(64).unwrap();
+        let (addr, _server) = start(plain(false), Shared::default());
+        let mut served = connect(addr);
+        let ack = exchange(&mut served, &packed(&events(1), "YQ==", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"YQ=="[..]));
+        // Every descriptor taken but one, which the next client's socket gets: the server's
+        // accept then has none left.
+        let mut fill = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => fill.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("open /dev/null: {e}"),
+            }
+        }
+        fill.pop();
+        let mut late = connect(addr);
+        wait_log(
+            log::Level::Warn,
+            &["tailer: accept failed: Too many open files"],
+        );
+        // No new connection arrives to wake the listener; the retry must find this one.
+        drop(fill);
+        let ack = exchange(&mut late, &packed(&events(1), "bGF0ZQ==", false)).unwrap();
+        assert_eq!(ack.as_deref(), Some(&b"bGF0ZQ=="[..]));
+        wait_log(log::Level::Info, &["tailer: accepting connections again"]);
     }
 }

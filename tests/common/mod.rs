@@ -1018,6 +1018,25 @@ impl Tailer {
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
     }
+
+    /// The running process's id (panics if it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the tailer is running").id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes; None once the process is gone.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+        Some(
+            kb.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                * 1024,
+        )
+    }
 }
 
 fn parse_printed(line: &str) -> Value {
