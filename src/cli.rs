@@ -455,8 +455,10 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let mut ack_timeout = None;
     let mut shutdown_timeout = None;
     let mut stats_interval = None;
+    let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
+        let after_secret = last_secret.take();
         match arg {
             Long("audit-log-path") => audit_log_path = Some(parser.value()?),
             Long("mem-buf-limit") => mem_buf_limit = Some(parser.value()?),
@@ -470,11 +472,17 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("tls-key-file") => tls_key_file = Some(parser.value()?),
             Long("tls-vhost") => tls_vhost = Some(parser.value()?),
             Long("tls-verify-hostname") => tls_verify_hostname = Some(bool_value(&mut parser)),
-            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key") => {
+                shared_key = Some(parser.value()?);
+                last_secret = Some("--shared-key");
+            }
             Long("shared-key-file") => shared_key_file = Some(parser.value()?),
             Long("self-hostname") => self_hostname = Some(parser.value()?),
             Long("username") => username = Some(parser.value()?),
-            Long("password") => password = Some(parser.value()?),
+            Long("password") => {
+                password = Some(parser.value()?);
+                last_secret = Some("--password");
+            }
             Long("compress") => compress = Some(parser.value()?),
             Long("konnectivity-uds-socket") => konnectivity_uds_socket = Some(parser.value()?),
             Long("proxy-host") => proxy_host = Some(parser.value()?),
@@ -492,12 +500,12 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("stats-interval") => stats_interval = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Value(value) if value == "tailer" => {
+            Value(value) if value == "tailer" && after_secret.is_none() => {
                 return Err(UsageError(
                     "tailer: the subcommand must be the first argument".to_string(),
                 ))
             }
-            _ => return Err(arg.unexpected().into()),
+            _ => return Err(unexpected(arg, after_secret)),
         }
     }
 
@@ -550,7 +558,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let self_hostname =
         resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
     let username = resolve(username, "username", env, text(parse_non_empty))?;
-    let password = resolve(password, "password", env, text(parse_non_empty))?;
+    let password = resolve(password, "password", env, parse_secret)?;
     let user_auth = match (username, password) {
         (None, None) => None,
         (Some(username), None) => {
@@ -714,8 +722,10 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let mut shared_key = None;
     let mut shared_key_file = None;
     let mut self_hostname = None;
+    let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
+        let after_secret = last_secret.take();
         match arg {
             Long("listen") => listen = Some(parser.value()?),
             Long("discard") => discard = Some(bool_value(&mut parser)),
@@ -724,12 +734,15 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
             Long("tls-key-file") => tls_key_file = Some(parser.value()?),
             Long("client-ca") => client_ca = Some(parser.value()?),
             Long("tls-max-version") => tls_max_version = Some(parser.value()?),
-            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key") => {
+                shared_key = Some(parser.value()?);
+                last_secret = Some("--shared-key");
+            }
             Long("shared-key-file") => shared_key_file = Some(parser.value()?),
             Long("self-hostname") => self_hostname = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(TAILER_HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
-            _ => return Err(arg.unexpected().into()),
+            _ => return Err(unexpected(arg, after_secret)),
         }
     }
 
@@ -812,7 +825,7 @@ fn resolve_shared_key(
     file: Option<OsString>,
     env: Env,
 ) -> Result<Option<SharedKey>, UsageError> {
-    let value = resolve(value, "shared-key", env, text(parse_non_empty))?;
+    let value = resolve(value, "shared-key", env, parse_secret)?;
     let file = resolve(file, "shared-key-file", env, parse_path)?;
     match (value, file) {
         (Some(value), Some(file)) => Err(UsageError(format!(
@@ -823,6 +836,19 @@ fn resolve_shared_key(
         (Some(value), None) => Ok(Some(SharedKey::Value(value.value))),
         (None, Some(file)) => Ok(Some(SharedKey::File(file.value))),
         (None, None) => Ok(None),
+    }
+}
+
+/// The error for an argument the parse loop does not take. A stray positional argument right
+/// after a secret flag is most likely the secret itself (`--password= hunter2`), so it is not
+/// shown.
+fn unexpected(arg: lexopt::Arg, after_secret: Option<&str>) -> UsageError {
+    match (arg, after_secret) {
+        (lexopt::Arg::Value(_), Some(flag)) => UsageError(format!(
+            "unexpected argument after {flag} (not shown: it may be the secret): give the \
+             value as {flag}=VALUE or {flag} VALUE"
+        )),
+        (arg, _) => arg.unexpected().into(),
     }
 }
 
@@ -896,6 +922,16 @@ fn text<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(OsString) -> Result<
     move |raw| match raw.to_str() {
         Some(s) => parse(s),
         None => Err(format!("{raw:?} is not valid UTF-8")),
+    }
+}
+
+/// A secret's value (shared key, password). Its errors never show the value: a usage error
+/// ends up in terminals, CI logs and the pod's events.
+fn parse_secret(raw: OsString) -> Result<String, String> {
+    match raw.into_string() {
+        Ok(s) if s.is_empty() => Err("must not be empty".to_string()),
+        Ok(s) => Ok(s),
+        Err(_) => Err("is not valid UTF-8 (value not shown: it is a secret)".to_string()),
     }
 }
 
@@ -1707,6 +1743,129 @@ mod tests {
                 PathBuf::from(want),
                 "{extra:?} {env:?}"
             );
+        }
+    }
+
+    /// Whatever is wrong around a secret flag or its variable, the error names the flag or
+    /// variable and never shows the value.
+    #[test]
+    fn cli_secret_values_never_appear_in_errors() {
+        use std::os::unix::ffi::OsStringExt;
+        const SECRET: &str = "hunter2";
+        let secret = || OsString::from(SECRET);
+        let non_utf8 = || OsString::from_vec(b"hunter2\xfe".to_vec());
+        // (mode, secret flag, its value, other arguments, other environment, error start)
+        type Case = (
+            &'static str,
+            &'static str,
+            fn() -> OsString,
+            &'static [&'static str],
+            EnvTable,
+            &'static str,
+        );
+        let mut cases: Vec<Case> = Vec::new();
+        for mode in ["forward", "tailer"] {
+            cases.extend_from_slice(&[
+                (
+                    mode,
+                    "shared-key",
+                    non_utf8,
+                    &[],
+                    &[],
+                    "{label}: is not valid UTF-8",
+                ),
+                (
+                    mode,
+                    "shared-key",
+                    secret,
+                    &["--shared-key-file=/k"],
+                    &[],
+                    "{label}",
+                ),
+            ]);
+        }
+        cases.extend_from_slice(&[
+            (
+                "forward",
+                "password",
+                non_utf8,
+                &["--shared-key=k", "--username=u"],
+                &[],
+                "{label}: is not valid UTF-8",
+            ),
+            (
+                "forward",
+                "password",
+                secret,
+                &["--shared-key=k"],
+                &[],
+                "{label}: needs",
+            ),
+            (
+                "forward",
+                "password",
+                secret,
+                &["--username=u"],
+                &[],
+                "--username and {label}",
+            ),
+        ]);
+        let mode_args = |mode: &str| -> Vec<OsString> {
+            let args: &[&str] = match mode {
+                "tailer" => &["tailer", "--listen=127.0.0.1:0"],
+                _ => REQUIRED,
+            };
+            args.iter().map(OsString::from).collect()
+        };
+        for (mode, flag, value, extra, extra_env, want) in cases {
+            for from_env in [false, true] {
+                let mut args = mode_args(mode);
+                args.extend(extra.iter().map(OsString::from));
+                let mut env: Vec<(String, OsString)> = extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                    .collect();
+                let label = if from_env {
+                    env.push((env_name(flag), value()));
+                    env_name(flag)
+                } else {
+                    args.push(format!("--{flag}").into());
+                    args.push(value());
+                    format!("--{flag}")
+                };
+                let lookup =
+                    |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let err = match parse(args.clone(), &lookup) {
+                    Err(e) => e.to_string(),
+                    Ok(c) => panic!("{args:?} {env:?}: parsed as {c:?}"),
+                };
+                let want = want.replace("{label}", &label);
+                assert!(
+                    err.starts_with(&want),
+                    "{args:?} {env:?}: {err:?}, want {want:?}"
+                );
+                assert!(
+                    !err.contains(SECRET),
+                    "{args:?} {env:?}: the secret shows: {err:?}"
+                );
+            }
+        }
+        // A stray argument right after a secret flag is most likely the secret itself.
+        let forward_args = |a: &[&'static str]| [REQUIRED, a].concat();
+        let tailer_args = |a: &[&'static str]| [&["tailer", "--listen=:1"][..], a].concat();
+        for (args, flag) in [
+            (forward_args(&["--password=", SECRET]), "--password"),
+            (forward_args(&["--shared-key=", SECRET]), "--shared-key"),
+            (
+                forward_args(&["--shared-key", "k", "tailer"]),
+                "--shared-key",
+            ),
+            (tailer_args(&["--shared-key=", SECRET]), "--shared-key"),
+        ] {
+            let err = run(&args, &[]).unwrap_err().to_string();
+            let want = format!("unexpected argument after {flag} (not shown");
+            assert!(err.starts_with(&want), "{args:?}: {err:?}");
+            assert!(!err.contains(SECRET), "{args:?}: {err:?}");
         }
     }
 
