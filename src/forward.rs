@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io::Read;
 
+use crate::escape;
 use crate::msgpack::{self, Kind, Limits, Reader};
 
 /// Largest ack we accept: a chunk id is 24 bytes, so anything near this is not an ack.
@@ -387,8 +388,8 @@ fn read_options<'a>(r: &mut Reader<'a>) -> Result<Options<'a>, Error> {
                 b"text" => opt.gzip = false,
                 other => {
                     return Err(Error::Invalid(format!(
-                        "option: unsupported compression {:?}",
-                        String::from_utf8_lossy(other)
+                        "option: unsupported compression \"{}\"",
+                        escape::for_log(other, 40)
                     )))
                 }
             },

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::time::Instant;
 
+use crate::escape;
 use crate::forward;
 use crate::offsets::Position;
 
@@ -116,7 +117,8 @@ fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> V
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckError {
-    /// The receiver acked a chunk id we have not sent on this connection.
+    /// The receiver acked a chunk id we have not sent on this connection (the id, escaped for
+    /// logs).
     Unknown(String),
 }
 
@@ -261,7 +263,7 @@ impl Outbox {
             .iter_mut()
             .find(|c| !c.acked && c.sent_at.is_some() && c.id[..] == *id)
         else {
-            return Err(AckError::Unknown(String::from_utf8_lossy(id).into_owned()));
+            return Err(AckError::Unknown(escape::for_log(id, 64)));
         };
         c.acked = true;
         Ok(self.advance_commit())

@@ -611,7 +611,7 @@ impl Client {
             self.wbuf.extend_from_slice(&outcome.pong);
             if outcome.accepted {
                 info!(
-                    "tailer: client {} passed the shared-key check (hostname {:?})",
+                    "tailer: client {} passed the shared-key check (hostname \"{}\")",
                     self.peer, outcome.client_hostname
                 );
                 self.phase = Phase::Data;
