@@ -199,7 +199,6 @@ const DEFAULT_PROXY_CLIENT_CRT_FILE: &str = "/proxy/client/tls.crt";
 const DEFAULT_PROXY_CLIENT_KEY_FILE: &str = "/proxy/client/tls.key";
 
 /// What the process was asked to do.
-#[allow(dead_code)]
 // Built once at startup and moved once into the mode that runs: boxing would save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +212,6 @@ pub enum Command {
 }
 
 /// Settings of the forwarding mode, validated against each other.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardArgs {
     pub audit_log_path: PathBuf,
@@ -244,7 +242,6 @@ pub struct ForwardArgs {
 
 /// The forwarder's TLS client settings, file names already joined to `--tls-basedir`. Nothing
 /// is read here: a missing file is reported when the TLS configuration is built.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsArgs {
     pub ca: PathBuf,
@@ -258,7 +255,6 @@ pub struct TlsArgs {
 }
 
 /// The Forward protocol shared key, or where to read it from.
-#[allow(dead_code)]
 #[derive(Clone, PartialEq, Eq)]
 pub enum SharedKey {
     Value(String),
@@ -276,7 +272,6 @@ impl fmt::Debug for SharedKey {
 }
 
 /// Username and password of the Forward handshake's user authentication.
-#[allow(dead_code)]
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserAuth {
     pub username: String,
@@ -293,7 +288,6 @@ impl fmt::Debug for UserAuth {
 }
 
 /// How chunks are sent: PackedForward, or CompressedPackedForward with gzipped entries.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compress {
     None,
@@ -302,7 +296,6 @@ pub enum Compress {
 
 /// A tunnel to the target through konnectivity: HTTP CONNECT either over a local Unix socket
 /// or over a mutual-TLS connection to a proxy.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proxy {
     Uds {
@@ -319,7 +312,6 @@ pub enum Proxy {
 }
 
 /// Settings of `audit-forwarder tailer`.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailerArgs {
     /// HOST:PORT as given (checked by the same rules as `--target`, port 0 allowed), so the
@@ -334,7 +326,6 @@ pub struct TailerArgs {
 }
 
 /// The tailer's TLS server settings.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailerTls {
     pub cert: PathBuf,
@@ -347,7 +338,6 @@ pub struct TailerTls {
 
 /// Where to deliver. `host` is a DNS name, an IPv4 address, or an IPv6 address without its
 /// brackets.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
@@ -405,7 +395,6 @@ impl From<lexopt::Error> for UsageError {
 type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
 /// Parses the arguments after argv[0], falling back to `AUDIT_*` variables from `env`.
-#[allow(dead_code)]
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     env: &dyn Fn(&str) -> Option<OsString>,
@@ -1030,7 +1019,6 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 /// bytes. Stricter than fluent-bit where it is lenient by accident (atof stops at the first bad
 /// character, "false" means 0, negatives pass): those are errors here. The fraction is computed
 /// exactly instead of through a double, so "4.35M" is 4350000 and not one byte less.
-#[allow(dead_code)]
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let invalid = || format!("invalid size {s:?} (use a number with K, M, G, KB, MB or GB)");
     let number_len = s
@@ -1076,7 +1064,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// and so is anything over Go's limit (2^63-1 ns, about 292 years). Fractions are computed
 /// exactly rather than through a float64 as Go does, so results can differ from Go's by at most
 /// a nanosecond.
-#[allow(dead_code)]
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const UNITS: &str = "ns, us, ms, s, m or h";
     let invalid =
@@ -1156,7 +1143,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses HOST:PORT where HOST is a DNS name, an IPv4 address or a bracketed IPv6 address and
 /// PORT is 1-65535. A bare IPv6 address is refused: its last group cannot be told from a port.
-#[allow(dead_code)]
 pub fn parse_target(s: &str) -> Result<Target, String> {
     parse_host_port(s, 1)
 }

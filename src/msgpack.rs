@@ -420,7 +420,7 @@ impl<'a> Reader<'a> {
         self.bytes(true, false, "str")
     }
 
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn bin(&mut self) -> Result<&'a [u8], Error> {
         self.bytes(false, true, "bin")
     }

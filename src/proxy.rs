@@ -48,7 +48,6 @@ fn authority(target: SocketAddr) -> String {
 
 /// `CONNECT <ip>:<port> HTTP/1.1\r\nHost: <ip>:<port>\r\nUser-Agent: audit-forwarder/<version>\r\n\r\n`;
 /// IPv6 in brackets.
-#[allow(dead_code)]
 pub fn connect_request(target: SocketAddr) -> Vec<u8> {
     let a = authority(target);
     format!(
@@ -59,7 +58,6 @@ pub fn connect_request(target: SocketAddr) -> Vec<u8> {
 }
 
 /// What the answer received so far amounts to.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// Not enough bytes to decide; call again with more (or `finish` at EOF or on giving up).
@@ -70,7 +68,6 @@ pub enum Parsed {
     Refused(ProxyError),
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// A complete non-2xx answer (or one cut short by EOF after its status line).
@@ -84,7 +81,6 @@ pub enum ErrorKind {
     Closed,
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     /// The address asked for in the CONNECT.
@@ -158,7 +154,6 @@ struct Head {
 /// Reads the proxy's answer incrementally. The caller keeps the receive buffer and passes all
 /// of it (every byte received since the CONNECT was sent) to [`feed`](Self::feed) after each
 /// read; work already done on earlier bytes is not repeated.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct ConnectResponse {
     target: SocketAddr,
@@ -169,7 +164,6 @@ pub struct ConnectResponse {
     head: Option<Head>,
 }
 
-#[allow(dead_code)]
 impl ConnectResponse {
     pub fn new(target: SocketAddr) -> ConnectResponse {
         ConnectResponse {
@@ -293,7 +287,6 @@ impl ConnectResponse {
 /// Describes the first bytes from a tunnel that should carry TLS but does not, e.g.
 /// konnectivity writing an HTTP error into the tunnel after its 200. `None` when they look like
 /// a TLS record (or there are none).
-#[allow(dead_code)]
 pub fn describe_non_tls(first: &[u8]) -> Option<String> {
     // A record starts with its content type (change_cipher_spec 20 .. heartbeat 24) and the
     // major version 3; an alert is TLS too, and rustls explains it better than raw bytes.

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Fluentd's EventTime: seconds and nanoseconds since the Unix epoch (Forward protocol v1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
 pub struct EventTime {
     pub secs: u32,
     pub nanos: u32,
@@ -16,7 +15,6 @@ pub struct EventTime {
 
 /// What `append_entry` made of a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
 pub enum Kind {
     /// The line was a JSON object and its record carries every value of it.
     Json,
@@ -75,7 +73,6 @@ enum Invalid {
 
 /// Appends one entry `[time, record]` for `line` (no trailing newline; caller already stripped
 /// `\n` and a trailing `\r`) to `out`.
-#[allow(dead_code)]
 pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
     let base = out.len();
     match transcode(line, now, out) {
@@ -94,7 +91,6 @@ pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
 /// ninth are truncated. A leap second (`:60`) counts as the first second of the next minute, which
 /// is what POSIX time does. Instants before 1970 or past `u32` seconds are `None`, since an
 /// EventTime cannot carry them.
-#[allow(dead_code)]
 pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
     if s.len() < 20
         || s[4] != b'-'
@@ -169,7 +165,6 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
 }
 
 /// Appends the EventTime as msgpack ext type 0 (fixext8: 0xd7 0x00, secs u32 BE, nanos u32 BE).
-#[allow(dead_code)]
 pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0xd7, 0x00]);
     out.extend_from_slice(&event_time_payload(t));
@@ -177,7 +172,6 @@ pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
 
 /// The wall clock as an EventTime; a clock before 1970 reads as the epoch, one past 2106 as the
 /// last representable second.
-#[allow(dead_code)]
 pub fn now_event_time() -> EventTime {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => EventTime {
