@@ -231,7 +231,6 @@ const DEFAULT_PROXY_CLIENT_CRT_FILE: &str = "/proxy/client/tls.crt";
 const DEFAULT_PROXY_CLIENT_KEY_FILE: &str = "/proxy/client/tls.key";
 
 /// What the process was asked to do.
-#[allow(dead_code)]
 // Built once at startup and moved once into the mode that runs: boxing would save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +244,6 @@ pub enum Command {
 }
 
 /// Settings of the forwarding mode, validated against each other.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardArgs {
     pub audit_log_path: PathBuf,
@@ -278,7 +276,6 @@ pub struct ForwardArgs {
 
 /// The forwarder's TLS client settings, file names already joined to `--tls-basedir`. Nothing
 /// is read here: a missing file is reported when the TLS configuration is built.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsArgs {
     pub ca: PathBuf,
@@ -292,7 +289,6 @@ pub struct TlsArgs {
 }
 
 /// The Forward protocol shared key, or where to read it from.
-#[allow(dead_code)]
 #[derive(Clone, PartialEq, Eq)]
 pub enum SharedKey {
     Value(String),
@@ -310,7 +306,6 @@ impl fmt::Debug for SharedKey {
 }
 
 /// Username and password of the Forward handshake's user authentication.
-#[allow(dead_code)]
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserAuth {
     pub username: String,
@@ -327,7 +322,6 @@ impl fmt::Debug for UserAuth {
 }
 
 /// How chunks are sent: PackedForward, or CompressedPackedForward with gzipped entries.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compress {
     None,
@@ -336,7 +330,6 @@ pub enum Compress {
 
 /// A tunnel to the target through konnectivity: HTTP CONNECT either over a local Unix socket
 /// or over a mutual-TLS connection to a proxy.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proxy {
     Uds {
@@ -353,7 +346,6 @@ pub enum Proxy {
 }
 
 /// Settings of `audit-forwarder tailer`.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailerArgs {
     /// HOST:PORT as given (checked by the same rules as `--target`, port 0 allowed), so the
@@ -372,7 +364,6 @@ pub struct TailerArgs {
 }
 
 /// The tailer's TLS server settings.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailerTls {
     pub cert: PathBuf,
@@ -385,7 +376,6 @@ pub struct TailerTls {
 
 /// Where to deliver. `host` is a DNS name, an IPv4 address, or an IPv6 address without its
 /// brackets.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
@@ -443,7 +433,6 @@ impl From<lexopt::Error> for UsageError {
 type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
 /// Parses the arguments after argv[0], falling back to `AUDIT_*` variables from `env`.
-#[allow(dead_code)]
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     env: &dyn Fn(&str) -> Option<OsString>,
@@ -494,8 +483,10 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let mut ack_timeout = None;
     let mut shutdown_timeout = None;
     let mut stats_interval = None;
+    let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
+        let after_secret = last_secret.take();
         match arg {
             Long("audit-log-path") => audit_log_path = Some(parser.value()?),
             Long("mem-buf-limit") => mem_buf_limit = Some(parser.value()?),
@@ -509,11 +500,17 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("tls-key-file") => tls_key_file = Some(parser.value()?),
             Long("tls-vhost") => tls_vhost = Some(parser.value()?),
             Long("tls-verify-hostname") => tls_verify_hostname = Some(bool_value(&mut parser)),
-            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key") => {
+                shared_key = Some(parser.value()?);
+                last_secret = Some("--shared-key");
+            }
             Long("shared-key-file") => shared_key_file = Some(parser.value()?),
             Long("self-hostname") => self_hostname = Some(parser.value()?),
             Long("username") => username = Some(parser.value()?),
-            Long("password") => password = Some(parser.value()?),
+            Long("password") => {
+                password = Some(parser.value()?);
+                last_secret = Some("--password");
+            }
             Long("compress") => compress = Some(parser.value()?),
             Long("konnectivity-uds-socket") => konnectivity_uds_socket = Some(parser.value()?),
             Long("proxy-host") => proxy_host = Some(parser.value()?),
@@ -532,12 +529,12 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             Long("stats-interval") => stats_interval = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Value(value) if value == "tailer" => {
+            Value(value) if value == "tailer" && after_secret.is_none() => {
                 return Err(UsageError(
                     "tailer: the subcommand must be the first argument".to_string(),
                 ))
             }
-            _ => return Err(arg.unexpected().into()),
+            _ => return Err(unexpected(arg, after_secret)),
         }
     }
 
@@ -590,7 +587,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let self_hostname =
         resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
     let username = resolve(username, "username", env, text(parse_non_empty))?;
-    let password = resolve(password, "password", env, text(parse_non_empty))?;
+    let password = resolve(password, "password", env, parse_secret)?;
     let user_auth = match (username, password) {
         (None, None) => None,
         (Some(username), None) => {
@@ -761,8 +758,10 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let mut client_timeout = None;
     let mut idle_timeout = None;
     let mut mem_budget = None;
+    let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
+        let after_secret = last_secret.take();
         match arg {
             Long("listen") => listen = Some(parser.value()?),
             Long("max-clients") => max_clients = Some(parser.value()?),
@@ -775,12 +774,15 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
             Long("tls-key-file") => tls_key_file = Some(parser.value()?),
             Long("client-ca") => client_ca = Some(parser.value()?),
             Long("tls-max-version") => tls_max_version = Some(parser.value()?),
-            Long("shared-key") => shared_key = Some(parser.value()?),
+            Long("shared-key") => {
+                shared_key = Some(parser.value()?);
+                last_secret = Some("--shared-key");
+            }
             Long("shared-key-file") => shared_key_file = Some(parser.value()?),
             Long("self-hostname") => self_hostname = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(TAILER_HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
-            _ => return Err(arg.unexpected().into()),
+            _ => return Err(unexpected(arg, after_secret)),
         }
     }
 
@@ -888,7 +890,7 @@ fn resolve_shared_key(
     file: Option<OsString>,
     env: Env,
 ) -> Result<Option<SharedKey>, UsageError> {
-    let value = resolve(value, "shared-key", env, text(parse_non_empty))?;
+    let value = resolve(value, "shared-key", env, parse_secret)?;
     let file = resolve(file, "shared-key-file", env, parse_path)?;
     match (value, file) {
         (Some(value), Some(file)) => Err(UsageError(format!(
@@ -899,6 +901,19 @@ fn resolve_shared_key(
         (Some(value), None) => Ok(Some(SharedKey::Value(value.value))),
         (None, Some(file)) => Ok(Some(SharedKey::File(file.value))),
         (None, None) => Ok(None),
+    }
+}
+
+/// The error for an argument the parse loop does not take. A stray positional argument right
+/// after a secret flag is most likely the secret itself (`--password= hunter2`), so it is not
+/// shown.
+fn unexpected(arg: lexopt::Arg, after_secret: Option<&str>) -> UsageError {
+    match (arg, after_secret) {
+        (lexopt::Arg::Value(_), Some(flag)) => UsageError(format!(
+            "unexpected argument after {flag} (not shown: it may be the secret): give the \
+             value as {flag}=VALUE or {flag} VALUE"
+        )),
+        (arg, _) => arg.unexpected().into(),
     }
 }
 
@@ -972,6 +987,16 @@ fn text<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(OsString) -> Result<
     move |raw| match raw.to_str() {
         Some(s) => parse(s),
         None => Err(format!("{raw:?} is not valid UTF-8")),
+    }
+}
+
+/// A secret's value (shared key, password). Its errors never show the value: a usage error
+/// ends up in terminals, CI logs and the pod's events.
+fn parse_secret(raw: OsString) -> Result<String, String> {
+    match raw.into_string() {
+        Ok(s) if s.is_empty() => Err("must not be empty".to_string()),
+        Ok(s) => Ok(s),
+        Err(_) => Err("is not valid UTF-8 (value not shown: it is a secret)".to_string()),
     }
 }
 
@@ -1080,7 +1105,6 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 /// bytes. Stricter than fluent-bit where it is lenient by accident (atof stops at the first bad
 /// character, "false" means 0, negatives pass): those are errors here. The fraction is computed
 /// exactly instead of through a double, so "4.35M" is 4350000 and not one byte less.
-#[allow(dead_code)]
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let invalid = || format!("invalid size {s:?} (use a number with K, M, G, KB, MB or GB)");
     let number_len = s
@@ -1126,7 +1150,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// and so is anything over Go's limit (2^63-1 ns, about 292 years). Fractions are computed
 /// exactly rather than through a float64 as Go does, so results can differ from Go's by at most
 /// a nanosecond.
-#[allow(dead_code)]
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const UNITS: &str = "ns, us, ms, s, m or h";
     let invalid =
@@ -1206,7 +1229,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses HOST:PORT where HOST is a DNS name, an IPv4 address or a bracketed IPv6 address and
 /// PORT is 1-65535. A bare IPv6 address is refused: its last group cannot be told from a port.
-#[allow(dead_code)]
 pub fn parse_target(s: &str) -> Result<Target, String> {
     parse_host_port(s, 1)
 }
@@ -1795,6 +1817,129 @@ mod tests {
                 PathBuf::from(want),
                 "{extra:?} {env:?}"
             );
+        }
+    }
+
+    /// Whatever is wrong around a secret flag or its variable, the error names the flag or
+    /// variable and never shows the value.
+    #[test]
+    fn cli_secret_values_never_appear_in_errors() {
+        use std::os::unix::ffi::OsStringExt;
+        const SECRET: &str = "hunter2";
+        let secret = || OsString::from(SECRET);
+        let non_utf8 = || OsString::from_vec(b"hunter2\xfe".to_vec());
+        // (mode, secret flag, its value, other arguments, other environment, error start)
+        type Case = (
+            &'static str,
+            &'static str,
+            fn() -> OsString,
+            &'static [&'static str],
+            EnvTable,
+            &'static str,
+        );
+        let mut cases: Vec<Case> = Vec::new();
+        for mode in ["forward", "tailer"] {
+            cases.extend_from_slice(&[
+                (
+                    mode,
+                    "shared-key",
+                    non_utf8,
+                    &[],
+                    &[],
+                    "{label}: is not valid UTF-8",
+                ),
+                (
+                    mode,
+                    "shared-key",
+                    secret,
+                    &["--shared-key-file=/k"],
+                    &[],
+                    "{label}",
+                ),
+            ]);
+        }
+        cases.extend_from_slice(&[
+            (
+                "forward",
+                "password",
+                non_utf8,
+                &["--shared-key=k", "--username=u"],
+                &[],
+                "{label}: is not valid UTF-8",
+            ),
+            (
+                "forward",
+                "password",
+                secret,
+                &["--shared-key=k"],
+                &[],
+                "{label}: needs",
+            ),
+            (
+                "forward",
+                "password",
+                secret,
+                &["--username=u"],
+                &[],
+                "--username and {label}",
+            ),
+        ]);
+        let mode_args = |mode: &str| -> Vec<OsString> {
+            let args: &[&str] = match mode {
+                "tailer" => &["tailer", "--listen=127.0.0.1:0"],
+                _ => REQUIRED,
+            };
+            args.iter().map(OsString::from).collect()
+        };
+        for (mode, flag, value, extra, extra_env, want) in cases {
+            for from_env in [false, true] {
+                let mut args = mode_args(mode);
+                args.extend(extra.iter().map(OsString::from));
+                let mut env: Vec<(String, OsString)> = extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                    .collect();
+                let label = if from_env {
+                    env.push((env_name(flag), value()));
+                    env_name(flag)
+                } else {
+                    args.push(format!("--{flag}").into());
+                    args.push(value());
+                    format!("--{flag}")
+                };
+                let lookup =
+                    |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let err = match parse(args.clone(), &lookup) {
+                    Err(e) => e.to_string(),
+                    Ok(c) => panic!("{args:?} {env:?}: parsed as {c:?}"),
+                };
+                let want = want.replace("{label}", &label);
+                assert!(
+                    err.starts_with(&want),
+                    "{args:?} {env:?}: {err:?}, want {want:?}"
+                );
+                assert!(
+                    !err.contains(SECRET),
+                    "{args:?} {env:?}: the secret shows: {err:?}"
+                );
+            }
+        }
+        // A stray argument right after a secret flag is most likely the secret itself.
+        let forward_args = |a: &[&'static str]| [REQUIRED, a].concat();
+        let tailer_args = |a: &[&'static str]| [&["tailer", "--listen=:1"][..], a].concat();
+        for (args, flag) in [
+            (forward_args(&["--password=", SECRET]), "--password"),
+            (forward_args(&["--shared-key=", SECRET]), "--shared-key"),
+            (
+                forward_args(&["--shared-key", "k", "tailer"]),
+                "--shared-key",
+            ),
+            (tailer_args(&["--shared-key=", SECRET]), "--shared-key"),
+        ] {
+            let err = run(&args, &[]).unwrap_err().to_string();
+            let want = format!("unexpected argument after {flag} (not shown");
+            assert!(err.starts_with(&want), "{args:?}: {err:?}");
+            assert!(!err.contains(SECRET), "{args:?}: {err:?}");
         }
     }
 

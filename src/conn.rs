@@ -23,6 +23,7 @@ use mio::{Interest, Registry, Token};
 use rustls::ClientConnection;
 
 use crate::cli::Target;
+use crate::escape;
 use crate::forward;
 use crate::handshake;
 use crate::outbox::{AckError, Outbox};
@@ -367,7 +368,7 @@ impl Conn {
                 match parser.feed(&rbuf) {
                     proxy::Parsed::Open { header_len } => {
                         debug!(
-                            "{}: CONNECT {} answered {:?}",
+                            "{}: CONNECT {} answered \"{}\"",
                             link.peer,
                             target,
                             first_line(&rbuf)
@@ -457,7 +458,7 @@ impl Conn {
                         }
                         handshake::ClientStep::Done => {
                             debug!(
-                                "{}: shared-key handshake done with {:?} (keepalive {})",
+                                "{}: shared-key handshake done with \"{}\" (keepalive {})",
                                 link.peer,
                                 hs.server_hostname().unwrap_or(""),
                                 hs.server_keepalive()
@@ -912,20 +913,15 @@ impl Plan {
     }
 }
 
+/// How many characters of what a peer sent an error or log line quotes.
+const QUOTED_CHARS: usize = 200;
+
 fn first_line(b: &[u8]) -> String {
     let end = b
         .iter()
         .position(|&c| c == b'\r' || c == b'\n')
-        .unwrap_or(b.len())
-        .min(200);
-    printable(&b[..end])
-}
-
-fn printable(b: &[u8]) -> String {
-    String::from_utf8_lossy(b)
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' { '.' } else { c })
-        .collect()
+        .unwrap_or(b.len());
+    escape::for_log(&b[..end], QUOTED_CHARS)
 }
 
 /// Writes what `out` holds until it is empty or the transport would block.
@@ -999,7 +995,7 @@ fn read_acks(
                     Ok(_) => *attempts = 0,
                     Err(AckError::Unknown(id)) => {
                         return Err(ReadError::Protocol(format!(
-                            "ack for a chunk we did not send: {id:?}"
+                            "ack for a chunk we did not send: \"{id}\""
                         )))
                     }
                 }
@@ -1010,8 +1006,8 @@ fn read_acks(
                 // Through a tunnel this is typically the proxy's HTTP error written after its 200.
                 let got = &rbuf[used..];
                 return Err(ReadError::Protocol(format!(
-                    "bad ack: {e}; the receiver sent {:?}",
-                    printable(&got[..got.len().min(200)])
+                    "bad ack: {e}; the receiver sent \"{}\"",
+                    escape::for_log(got, QUOTED_CHARS)
                 )));
             }
         }

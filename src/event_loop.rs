@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::cli::{Compress, ForwardArgs, Proxy};
 use crate::config::{self, Config};
 use crate::conn::{self, Conn};
+use crate::escape;
 use crate::lines::Piece;
 use crate::offsets::{self, Store};
 use crate::outbox::{Builder, Outbox};
@@ -391,9 +392,9 @@ fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
         .last_malformed_log
         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
     {
-        let prefix = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+        let prefix = escape::for_log(line, 80);
         warn!(
-            "{name}: {} line(s) that are not JSON objects sent as {{\"log\": ...}} records; latest starts {prefix:?}",
+            "{name}: {} line(s) that are not JSON objects sent as {{\"log\": ...}} records; latest starts \"{prefix}\"",
             stats.malformed_since_log
         );
         stats.last_malformed_log = Some(now);

@@ -1,12 +1,13 @@
-//! Fluent Forward protocol v1 codec without I/O. The sender side builds PackedForward /
-//! CompressedPackedForward messages and reads `{"ack": chunk}` answers; the receiver side (the
-//! tailer) decodes all four event modes of the spec (Message, Forward, PackedForward,
-//! CompressedPackedForward) and writes the acks. The handshake phase (HELO/PING/PONG) is not
-//! implemented: neither end of this project uses shared-key authentication.
+//! Fluent Forward protocol v1 codec of the message phase, without I/O. For the sender: chunk
+//! ids and reading the `{"ack": chunk}` answers (the outbox writes its PackedForward /
+//! CompressedPackedForward frames in place); for the receiver (the tailer): decoding all four
+//! event modes of the spec (Message, Forward, PackedForward, CompressedPackedForward) and writing
+//! the acks. The shared-key handshake that may come first (HELO/PING/PONG) is `handshake.rs`.
 
 use std::fmt;
 use std::io::Read;
 
+use crate::escape;
 use crate::msgpack::{self, Kind, Limits, Reader};
 
 /// Largest ack we accept: a chunk id is 24 bytes, so anything near this is not an ack.
@@ -55,10 +56,11 @@ fn vec_write<T, E: fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("writing msgpack into a Vec<u8> cannot fail")
 }
 
-#[allow(dead_code)]
 /// Writes `[tag, bin(entries), {"chunk": chunk, "size": count[, "compressed": "gzip"]}]`.
 /// `entries` is `count` concatenated `[time, record]` arrays, or their gzip when `compressed`.
-/// `chunk` goes out as a msgpack str because fluent-bit's in_forward rejects a bin chunk.
+/// `chunk` goes out as a msgpack str because fluent-bit's in_forward rejects a bin chunk. The
+/// outbox builds its frames in place; this is the tests' independent encoder.
+#[cfg(test)]
 pub fn encode_packed_forward(
     tag: &str,
     entries: &[u8],
@@ -89,7 +91,6 @@ pub fn encode_packed_forward(
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-#[allow(dead_code)]
 /// A chunk id as fluentd's out_forward makes it: 16 random bytes in standard base64 with padding.
 pub fn new_chunk_id(random16: [u8; 16]) -> [u8; 24] {
     let mut out = [b'='; 24];
@@ -104,13 +105,12 @@ pub fn new_chunk_id(random16: [u8; 16]) -> [u8; 24] {
     out
 }
 
-#[allow(dead_code)]
+#[cfg(test)]
 pub fn chunk_id_str(id: &[u8; 24]) -> &str {
     // Built only from the base64 alphabet and '=', all ASCII.
     std::str::from_utf8(id).expect("base64 is ASCII")
 }
 
-#[allow(dead_code)]
 /// Reads the receiver's `{"ack": <chunk>}` from the start of `buf`: `Ok(None)` if more bytes are
 /// needed, else the chunk id bytes (str or bin payload) and the bytes consumed. Keys other than
 /// "ack" are tolerated and skipped.
@@ -183,9 +183,8 @@ pub struct EventTime {
 /// A decoded event-carrying message. All entries were validated by `decode_request`.
 #[derive(Debug)]
 pub struct Request<'a> {
-    #[allow(dead_code)]
-    pub tag: &'a [u8],
-    #[allow(dead_code)]
+    /// Read by the tests only: the tailer handles every mode alike.
+    #[cfg(test)]
     pub mode: Mode,
     /// The raw msgpack bytes of the `chunk` option value, to be echoed in the ack.
     pub chunk: Option<&'a [u8]>,
@@ -227,7 +226,6 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
-#[allow(dead_code)]
 /// Decodes one complete Forward message (exactly one msgpack value). `scratch` holds the
 /// decompressed entries of a CompressedPackedForward message, capped at `max_decompressed`.
 pub fn decode_request<'a>(
@@ -242,7 +240,8 @@ pub fn decode_request<'a>(
             "message: expected an array of 2 to 4 items, found {items}"
         )));
     }
-    let tag = ctx("tag", r.str())?;
+    // Checked, not kept: the tailer prints records whatever their tag.
+    ctx("tag", r.str())?;
     let second = ctx("entries", r.peek_kind())?;
     let (mode, one, stream, rest_items) = match second {
         Kind::Array => {
@@ -341,7 +340,7 @@ pub fn decode_request<'a>(
         }
     }
     Ok(Request {
-        tag,
+        #[cfg(test)]
         mode,
         chunk: opt.chunk,
         count,
@@ -387,8 +386,8 @@ fn read_options<'a>(r: &mut Reader<'a>) -> Result<Options<'a>, Error> {
                 b"text" => opt.gzip = false,
                 other => {
                     return Err(Error::Invalid(format!(
-                        "option: unsupported compression {:?}",
-                        String::from_utf8_lossy(other)
+                        "option: unsupported compression \"{}\"",
+                        escape::for_log(other, 40)
                     )))
                 }
             },
@@ -529,20 +528,15 @@ mod tests {
         g.finish().unwrap()
     }
 
-    /// Mode, tag, chunk option bytes, entries.
-    type Decoded = (Mode, Vec<u8>, Option<Vec<u8>>, Vec<(EventTime, Vec<u8>)>);
+    /// Mode, chunk option bytes, entries.
+    type Decoded = (Mode, Option<Vec<u8>>, Vec<(EventTime, Vec<u8>)>);
 
     fn decode_ok(msg: &[u8]) -> Decoded {
         let mut scratch = Vec::new();
         let req = decode_request(msg, 1 << 20, &mut scratch).unwrap();
         let entries: Vec<_> = req.entries().map(|(t, r)| (t, r.to_vec())).collect();
         assert_eq!(entries.len(), req.count);
-        (
-            req.mode,
-            req.tag.to_vec(),
-            req.chunk.map(<[u8]>::to_vec),
-            entries,
-        )
+        (req.mode, req.chunk.map(<[u8]>::to_vec), entries)
     }
 
     fn str_value(s: &str) -> Vec<u8> {
@@ -745,9 +739,8 @@ mod tests {
             );
             let got = decode_ok(&msg);
             assert_eq!(got.0, mode, "{name}");
-            assert_eq!(got.1, b"audit", "{name}");
-            assert_eq!(got.2, chunk, "{name}");
-            assert_eq!(got.3, entries, "{name}");
+            assert_eq!(got.1, chunk, "{name}");
+            assert_eq!(got.2, entries, "{name}");
         }
     }
 
@@ -1014,7 +1007,7 @@ mod tests {
         e::write_str(&mut m, "t").unwrap();
         e::write_bin(&mut m, &entries).unwrap();
         e::write_nil(&mut m).unwrap();
-        assert_eq!(decode_ok(&m).3.len(), 1);
+        assert_eq!(decode_ok(&m).2.len(), 1);
 
         let mut m = Vec::new();
         e::write_array_len(&mut m, 3).unwrap();
@@ -1027,7 +1020,7 @@ mod tests {
         e::write_uint(&mut m, 0).unwrap();
         e::write_str(&mut m, "chunk").unwrap();
         e::write_str(&mut m, "abc").unwrap();
-        assert_eq!(decode_ok(&m).2, Some(str_value("abc")));
+        assert_eq!(decode_ok(&m).1, Some(str_value("abc")));
     }
 
     #[test]

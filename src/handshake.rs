@@ -18,11 +18,15 @@
 //!   failure both servers send `""` for hostname and digest, and fluent-bit closes the
 //!   connection without any PONG when the shared key does not match.
 
+use crate::escape;
 use crate::sha512::Sha512;
 use std::fmt;
 
 /// Largest HELO, PING or PONG accepted from a peer (real ones are a few hundred bytes).
 pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// How many characters of a peer's reason or hostname are kept for logs (DNS names stop at 253).
+const SHOWN_CHARS: usize = 256;
 
 /// Nesting and value-count caps: handshake messages are small fixed shapes, and the caps bound
 /// the work of re-parsing a message that arrives one byte at a time.
@@ -77,7 +81,7 @@ impl fmt::Display for HandshakeError {
             }
             HandshakeError::SameHostname { hostname } => write!(
                 f,
-                "server answered with our own hostname {hostname:?}: refused (the same \
+                "server answered with our own hostname \"{hostname}\": refused (the same \
                  self_hostname on both ends, or a peer echoing our PING back)"
             ),
             HandshakeError::Closed {
@@ -200,7 +204,7 @@ impl Client {
         self.keepalive
     }
 
-    /// The hostname from a verified PONG.
+    /// The hostname from a verified PONG, escaped for logs.
     pub fn server_hostname(&self) -> Option<&str> {
         self.server_hostname.as_deref()
     }
@@ -269,7 +273,7 @@ impl Client {
         };
         if !ok {
             let reason = match items[2].bytes() {
-                Some(r) => String::from_utf8_lossy(r).into_owned(),
+                Some(r) => escape::for_log(r, SHOWN_CHARS),
                 None => format!("(reason is {})", items[2].describe()),
             };
             return Err(HandshakeError::Rejected { reason });
@@ -278,7 +282,7 @@ impl Client {
         let digest = string_field(items, 4, "shared key digest").map_err(bad)?;
         if hostname == self.config.self_hostname.as_bytes() {
             return Err(HandshakeError::SameHostname {
-                hostname: String::from_utf8_lossy(hostname).into_owned(),
+                hostname: escape::for_log(hostname, SHOWN_CHARS),
             });
         }
         let want = shared_key_digest(
@@ -290,7 +294,7 @@ impl Client {
         if !same_bytes(digest, want.as_bytes()) {
             return Err(HandshakeError::ServerKeyMismatch);
         }
-        self.server_hostname = Some(String::from_utf8_lossy(hostname).into_owned());
+        self.server_hostname = Some(escape::for_log(hostname, SHOWN_CHARS));
         Ok(())
     }
 }
@@ -303,7 +307,7 @@ pub struct PingOutcome {
     pub consumed: usize,
     pub pong: Vec<u8>,
     pub accepted: bool,
-    /// The client's self_hostname (lossily decoded, for logs); empty if the PING had none.
+    /// The client's self_hostname, escaped for logs; empty if the PING had none.
     pub client_hostname: String,
     /// Why the PING was refused; empty when accepted.
     pub reason: String,
@@ -423,7 +427,7 @@ impl Server {
         let invalid = |detail: String| (String::new(), format!("invalid ping message: {detail}"));
         let items = message_items(value, "PING", 6).map_err(invalid)?;
         let hostname = string_field(items, 1, "hostname").map_err(invalid)?;
-        let client_hostname = String::from_utf8_lossy(hostname).into_owned();
+        let client_hostname = escape::for_log(hostname, SHOWN_CHARS);
         let field = |index, what| {
             string_field(items, index, what).map_err(|e| {
                 (
@@ -655,14 +659,9 @@ impl<'a> Value<'a> {
     }
 }
 
-/// A peer string for an error message: lossily decoded, quoted, cut at 40 characters.
+/// A peer string inside an error message: escaped, quoted, cut at 40 characters.
 fn shown(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut cut: String = text.chars().take(40).collect();
-    if cut.len() < text.len() {
-        cut.push_str("...");
-    }
-    format!("{cut:?}")
+    format!("\"{}\"", escape::for_log(bytes, 40))
 }
 
 enum Frame<'a> {
@@ -1242,6 +1241,13 @@ mod tests {
                 pong(false, "username/password mismatch", "", ""),
                 Err(HandshakeError::Rejected {
                     reason: "username/password mismatch".into(),
+                }),
+            ),
+            (
+                "refusal reason with a forged log line and terminal controls, escaped",
+                pong(false, "no\nERROR forged\x1b[2J\u{202e}", "", ""),
+                Err(HandshakeError::Rejected {
+                    reason: r"no\nERROR forged\x1b[2J\u{202e}".into(),
                 }),
             ),
             (

@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod conn;
+mod escape;
 mod event_loop;
 mod forward;
 mod handshake;

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::time::Instant;
 
+use crate::escape;
 use crate::forward;
 use crate::msgpack;
 use crate::offsets::Position;
@@ -194,7 +195,8 @@ fn compressed_frame(tag: &str, entries: &[u8], records: u64, id: &[u8; 24]) -> (
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckError {
-    /// The receiver acked a chunk id we have not sent on this connection.
+    /// The receiver acked a chunk id we have not sent on this connection (the id, escaped for
+    /// logs).
     Unknown(String),
 }
 
@@ -533,7 +535,7 @@ impl Outbox {
             .iter_mut()
             .find(|c| !c.acked && c.sent_at.is_some() && c.id[..] == *id)
         else {
-            return Err(AckError::Unknown(String::from_utf8_lossy(id).into_owned()));
+            return Err(AckError::Unknown(escape::for_log(id, 64)));
         };
         c.acked = true;
         if self.suspect.is_some_and(|(s, _)| s[..] == *id) {
@@ -621,7 +623,7 @@ fn record_json(entry: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let ok = r.array_len().is_ok()
         && r.skip().is_ok()
-        && msgpack::write_json(r.remaining(), &mut out).is_ok();
+        && msgpack::write_json(r.remaining(), usize::MAX, &mut out).is_ok();
     if !ok {
         out.clear();
         out.extend_from_slice(b"{\"log\":\"(record could not be decoded)\"}");

@@ -16,6 +16,7 @@
 //!
 //! konnectivity dials the request target, not the Host header, so both carry the same address.
 
+use crate::escape;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -47,7 +48,6 @@ fn authority(target: SocketAddr) -> String {
 
 /// `CONNECT <ip>:<port> HTTP/1.1\r\nHost: <ip>:<port>\r\nUser-Agent: audit-forwarder/<version>\r\n\r\n`;
 /// IPv6 in brackets.
-#[allow(dead_code)]
 pub fn connect_request(target: SocketAddr) -> Vec<u8> {
     let a = authority(target);
     format!(
@@ -58,7 +58,6 @@ pub fn connect_request(target: SocketAddr) -> Vec<u8> {
 }
 
 /// What the answer received so far amounts to.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// Not enough bytes to decide; call again with more (or `finish` at EOF or on giving up).
@@ -69,7 +68,6 @@ pub enum Parsed {
     Refused(ProxyError),
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// A complete non-2xx answer (or one cut short by EOF after its status line).
@@ -83,7 +81,6 @@ pub enum ErrorKind {
     Closed,
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     /// The address asked for in the CONNECT.
@@ -157,7 +154,6 @@ struct Head {
 /// Reads the proxy's answer incrementally. The caller keeps the receive buffer and passes all
 /// of it (every byte received since the CONNECT was sent) to [`feed`](Self::feed) after each
 /// read; work already done on earlier bytes is not repeated.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct ConnectResponse {
     target: SocketAddr,
@@ -168,7 +164,6 @@ pub struct ConnectResponse {
     head: Option<Head>,
 }
 
-#[allow(dead_code)]
 impl ConnectResponse {
     pub fn new(target: SocketAddr) -> ConnectResponse {
         ConnectResponse {
@@ -292,7 +287,6 @@ impl ConnectResponse {
 /// Describes the first bytes from a tunnel that should carry TLS but does not, e.g.
 /// konnectivity writing an HTTP error into the tunnel after its 200. `None` when they look like
 /// a TLS record (or there are none).
-#[allow(dead_code)]
 pub fn describe_non_tls(first: &[u8]) -> Option<String> {
     // A record starts with its content type (change_cipher_spec 20 .. heartbeat 24) and the
     // major version 3; an alert is TLS too, and rustls explains it better than raw bytes.
@@ -450,82 +444,28 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
     (out, true)
 }
 
-/// Pushes `c` with control characters, quotes and backslashes escaped.
-fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '\r' => out.push_str("\\r"),
-        '\n' => out.push_str("\\n"),
-        '\t' => out.push_str("\\t"),
-        '"' => out.push_str("\\\""),
-        '\\' => out.push_str("\\\\"),
-        c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-        c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-        c => out.push(c),
-    }
-}
-
 /// `bytes` for quoting in an error: escaped, at most [`QUOTED_CHARS`] characters, `...` when
 /// cut.
 fn quote(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    let mut chars = 0;
-    for chunk in bytes.utf8_chunks() {
-        let escapes = chunk
-            .valid()
-            .chars()
-            .map(|c| {
-                let mut s = String::new();
-                push_escaped(&mut s, c);
-                s
-            })
-            .chain(chunk.invalid().iter().map(|b| format!("\\x{b:02x}")));
-        for piece in escapes {
-            if chars >= QUOTED_CHARS {
-                out.push_str("...");
-                return out;
-            }
-            chars += piece.chars().count();
-            out.push_str(&piece);
-        }
-    }
-    out
+    escape::for_log(bytes, QUOTED_CHARS)
 }
 
-/// A refusal's body for the error: whitespace runs collapsed to one space, control characters
-/// escaped, `...` when `truncated`.
+/// A refusal's body for the error: whitespace runs collapsed to one space, the rest escaped,
+/// `...` when `truncated`.
 fn show_body(bytes: &[u8], truncated: bool) -> String {
-    fn separate(out: &mut String, space: &mut bool) {
-        if *space && !out.is_empty() {
-            out.push(' ');
-        }
-        *space = false;
-    }
-    let mut out = String::new();
-    let mut space = false;
-    let mut chunks = bytes.utf8_chunks().peekable();
-    while let Some(chunk) = chunks.next() {
-        for c in chunk.valid().chars() {
-            if c.is_whitespace() {
-                space = true;
-                continue;
-            }
-            separate(&mut out, &mut space);
-            match c {
-                // The body is shown unquoted, so quotes and backslashes stay as they are.
-                '"' | '\\' => out.push(c),
-                c => push_escaped(&mut out, c),
-            }
-        }
-        let invalid = chunk.invalid();
-        // The cap may split the last character; that is not a broken byte in the answer.
-        let cut_char = truncated && chunks.peek().is_none() && invalid.first() >= Some(&0xc2);
-        if !cut_char {
-            for b in invalid {
-                separate(&mut out, &mut space);
-                out.push_str(&format!("\\x{b:02x}"));
-            }
-        }
-    }
+    // The cap may split the last character; that is not a broken byte in the answer.
+    let cut_char = match bytes.utf8_chunks().last() {
+        Some(last) if truncated => std::str::from_utf8(last.invalid())
+            .err()
+            .filter(|e| e.error_len().is_none())
+            .map_or(0, |_| last.invalid().len()),
+        _ => 0,
+    };
+    let words: Vec<&[u8]> = bytes[..bytes.len() - cut_char]
+        .split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out = escape::for_log(&words.join(&b' '), usize::MAX);
     if truncated {
         out.push_str("...");
     }

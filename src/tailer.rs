@@ -831,7 +831,7 @@ impl Client {
             self.wbuf.extend_from_slice(&outcome.pong);
             if outcome.accepted {
                 info!(
-                    "tailer: client {} passed the shared-key check (hostname {:?})",
+                    "tailer: client {} passed the shared-key check (hostname \"{}\")",
                     self.peer, outcome.client_hostname
                 );
                 self.phase = Phase::Data;
@@ -1218,29 +1218,9 @@ mod tests {
         s
     }
 
-    /// Audit events from the shared samples (the lines that are JSON objects).
+    /// The first `n` sample audit events (`tests/data`).
     fn sample_events(n: usize) -> Vec<serde_json::Value> {
-        let dir = [
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"),
-        ]
-        .iter()
-        .map(|d| std::path::Path::new(d).join("samples/falco-k8s-audit"))
-        .find(|d| d.is_dir())
-        .expect("shared/samples/falco-k8s-audit not found next to the checkout");
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        paths.sort();
-        let mut events = Vec::new();
-        for p in paths {
-            for line in std::fs::read_to_string(p).unwrap().lines() {
-                if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_str(line) {
-                    events.push(v);
-                }
-            }
-        }
+        let mut events = msgpack::tests::sample_events();
         assert!(events.len() >= n);
         events.truncate(n);
         events

@@ -13,6 +13,7 @@
 //!   X.509 v1 client certificates (`openssl x509 -req` without `-extfile` makes those) that the
 //!   OpenSSL-based fluentd/fluent-bit receivers accept.
 
+use crate::escape;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -530,7 +531,7 @@ fn explain_server_cert(ce: &CertificateError, vhost: &str, cert: Option<&CertSum
             };
             if no_san {
                 let only = match cert.and_then(|c| c.subject_cn.as_deref()) {
-                    Some(cn) => format!("only the CN {cn:?}"),
+                    Some(cn) => format!("only the CN \"{cn}\""),
                     None => "only a CN".to_string(),
                 };
                 format!(
@@ -562,7 +563,7 @@ fn explain_server_cert(ce: &CertificateError, vhost: &str, cert: Option<&CertSum
         }
         CertificateError::UnknownIssuer => {
             let issuer = match cert.and_then(|c| c.issuer_cn.as_deref()) {
-                Some(cn) => format!(" (issued by {cn:?})"),
+                Some(cn) => format!(" (issued by \"{cn}\")"),
                 None => String::new(),
             };
             format!(
@@ -741,8 +742,13 @@ fn utc(t: UnixTime) -> String {
     )
 }
 
+/// How many characters of a name in a peer's certificate an error quotes (DNS names stop at
+/// 253).
+const NAME_CHARS: usize = 256;
+
 /// What [`explain`] and the key check need from a certificate, read with a minimal DER walk
-/// that (unlike webpki) also accepts v1 certificates.
+/// that (unlike webpki) also accepts v1 certificates. Names are escaped for logs: the peer
+/// chose them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CertSummary {
     /// 1 or 3 (2 is legal and rare).
@@ -863,7 +869,7 @@ impl CertSummary {
                         // dNSName [2] IA5String
                         0x82 => summary
                             .names
-                            .push(format!("DNS:{}", String::from_utf8_lossy(name.body))),
+                            .push(format!("DNS:{}", escape::for_log(name.body, NAME_CHARS))),
                         // iPAddress [7] OCTET STRING
                         0x87 => {
                             let ip = match name.body.len() {
@@ -892,7 +898,7 @@ fn common_name(name: &[u8]) -> Option<Option<String>> {
             let (oid, rest) = expect_tlv(attribute.body, 0x06)?;
             if oid.body == OID_COMMON_NAME {
                 let (value, _) = next_tlv(rest)?;
-                return Some(Some(String::from_utf8_lossy(value.body).into_owned()));
+                return Some(Some(escape::for_log(value.body, NAME_CHARS)));
             }
         }
     }

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Fluentd's EventTime: seconds and nanoseconds since the Unix epoch (Forward protocol v1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
 pub struct EventTime {
     pub secs: u32,
     pub nanos: u32,
@@ -16,7 +15,6 @@ pub struct EventTime {
 
 /// What `append_entry` made of a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
 pub enum Kind {
     /// The line was a JSON object and its record carries every value of it.
     Json,
@@ -75,7 +73,6 @@ enum Invalid {
 
 /// Appends one entry `[time, record]` for `line` (no trailing newline; caller already stripped
 /// `\n` and a trailing `\r`) to `out`.
-#[allow(dead_code)]
 pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
     let base = out.len();
     match transcode(line, now, out) {
@@ -94,7 +91,6 @@ pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
 /// ninth are truncated. A leap second (`:60`) counts as the first second of the next minute, which
 /// is what POSIX time does. Instants before 1970 or past `u32` seconds are `None`, since an
 /// EventTime cannot carry them.
-#[allow(dead_code)]
 pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
     if s.len() < 20
         || s[4] != b'-'
@@ -169,7 +165,6 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
 }
 
 /// Appends the EventTime as msgpack ext type 0 (fixext8: 0xd7 0x00, secs u32 BE, nanos u32 BE).
-#[allow(dead_code)]
 pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0xd7, 0x00]);
     out.extend_from_slice(&event_time_payload(t));
@@ -177,7 +172,6 @@ pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
 
 /// The wall clock as an EventTime; a clock before 1970 reads as the epoch, one past 2106 as the
 /// last representable second.
-#[allow(dead_code)]
 pub fn now_event_time() -> EventTime {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => EventTime {
@@ -1888,42 +1882,25 @@ mod tests {
         assert!(now.nanos < 1_000_000_000);
     }
 
-    /// Where the shared reference data lives: `../shared` from the main checkout, or two levels up
-    /// from a worktree under `wt/`.
-    fn shared_dir() -> std::path::PathBuf {
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        [manifest.join("../shared"), manifest.join("../../shared")]
-            .into_iter()
-            .find(|p| p.join("samples").is_dir())
-            .expect("shared reference data (../shared) not found")
-    }
-
+    /// The sample audit lines of `tests/data`, each named `file:line`.
     fn sample_lines() -> Vec<(String, Vec<u8>)> {
-        let dir = shared_dir().join("samples/falco-k8s-audit");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        let mut lines = Vec::new();
-        for f in files {
-            let data = std::fs::read(&f).unwrap();
-            for (n, line) in data.split(|&b| b == b'\n').enumerate() {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if !line.is_empty() {
-                    lines.push((format!("{}:{}", f.display(), n + 1), line.to_vec()));
-                }
-            }
-        }
-        lines
+        crate::msgpack::tests::AUDIT_SAMPLES
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(n, l)| {
+                (
+                    format!("audit-events.jsonl:{}", n + 1),
+                    l.as_bytes().to_vec(),
+                )
+            })
+            .collect()
     }
 
     #[test]
-    fn transcode_falco_samples() {
+    fn transcode_audit_samples() {
         let lines = sample_lines();
-        assert!(lines.len() >= 50, "only {} sample lines", lines.len());
-        let (mut objects, mut from_stage) = (0, 0);
+        let (mut objects, mut from_stage, mut from_received, mut fallbacks) = (0, 0, 0, 0);
         for (name, line) in &lines {
             let mut out = Vec::new();
             let kind = append_entry(line, NOW, &mut out);
@@ -1941,10 +1918,12 @@ mod tests {
                     assert_eq!(t, stage.or(received).unwrap_or(NOW), "{name}");
                     objects += 1;
                     from_stage += usize::from(stage.is_some());
+                    from_received += usize::from(stage.is_none() && received.is_some());
                 }
                 _ => {
                     assert_eq!(kind, Kind::Fallback, "{name}");
                     assert_eq!(out, fallback_bytes(line, NOW), "{name}");
+                    fallbacks += 1;
                 }
             }
             // The same event cut short by its last byte, as a torn write would leave it, is kept
@@ -1954,13 +1933,14 @@ mod tests {
             assert_eq!(append_entry(torn, NOW, &mut out), Kind::Fallback, "{name}");
             assert_eq!(out, fallback_bytes(torn, NOW), "{name}");
         }
-        // Every real kube-apiserver event carries stageTimestamp; only hand-made shapes lack it.
-        assert!(
-            objects >= 50,
-            "{objects} of {} lines are objects",
+        // The samples hold every path: the time from stageTimestamp (every real kube-apiserver
+        // event), from requestReceivedTimestamp, from "now" (hand-made shapes), and a torn line.
+        assert_eq!(
+            (objects, from_stage, from_received, fallbacks),
+            (17, 15, 1, 1),
+            "(objects, from stageTimestamp, from requestReceivedTimestamp, not objects) of {} lines",
             lines.len()
         );
-        assert!(from_stage >= 50, "{from_stage} times from stageTimestamp");
     }
 
     /// xorshift64*: deterministic, so a failure reproduces.
@@ -2005,8 +1985,8 @@ mod tests {
         let lines = sample_lines();
         let (_, sample) = lines
             .iter()
-            .find(|(n, _)| n.contains("create_configmap.json"))
-            .expect("create_configmap.json sample");
+            .find(|(_, l)| String::from_utf8_lossy(l).contains(r#""name":"my-config","#))
+            .expect("the ConfigMap sample");
         let extra = br#"{"a":[1,-2,3.5e-7,"\u00e9\ud83d\ude00\n",{"b":null,"c":true}],"d":"x"}"#;
         for base in [&sample[..], &extra[..]] {
             for end in 0..=base.len() {

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -709,6 +709,58 @@ fn t05_shared_key_wrong_then_right() {
         .map(|l| l.to_string())
         .collect::<Vec<_>>();
     assert!(refused.is_empty(), "the right key was refused: {refused:?}");
+    fwd.term_ok();
+}
+
+/// A receiver's refusal reason is the peer's text: it reaches the log escaped, so a receiver
+/// cannot forge log lines or drive the terminal of whoever reads the log.
+#[test]
+fn t05_refusal_reason_is_logged_escaped() {
+    let dir = TempDir::new("tls05-reason");
+    let mut w = AuditWriter::create(dir.path());
+    w.write_line(&audit_event(0));
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let reason = "nope\nFORGED ERROR line\x1b[2J\u{202e}evil";
+    // ["HELO", {"nonce": 16 bytes, "auth": "", "keepalive": true}]
+    let mut helo = b"\x92\xa4HELO\x83\xa5nonce\xc4\x10".to_vec();
+    helo.extend_from_slice(&[7; 16]);
+    helo.extend_from_slice(b"\xa4auth\xa0\xa9keepalive\xc3");
+    // ["PONG", false, reason, "", ""]
+    let mut pong = b"\x95\xa4PONG\xc2\xd9".to_vec();
+    pong.push(reason.len() as u8);
+    pong.extend_from_slice(reason.as_bytes());
+    pong.extend_from_slice(b"\xa0\xa0");
+    // Serves a few attempts; the thread ends with the test process.
+    thread::spawn(move || {
+        for conn in listener.incoming().take(3) {
+            let Ok(mut s) = conn else { continue };
+            let mut ping = [0u8; 512];
+            let _ = s.write_all(&helo);
+            let _ = s.read(&mut ping);
+            let _ = s.write_all(&pong);
+        }
+    });
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--shared-key", "k", "--shutdown-timeout", "1s"],
+    ));
+    let escaped = r"server rejected the handshake: nope\nFORGED ERROR line\x1b[2J\u{202e}evil";
+    assert!(
+        fwd.wait_log(escaped, LOG_WAIT),
+        "no escaped refusal in the log:\n{}",
+        fwd.stderr_text()
+    );
+    let text = fwd.stderr_text();
+    assert!(
+        !text.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line:\n{text}"
+    );
+    assert!(
+        !text.contains(['\x1b', '\u{202e}']),
+        "raw control characters:\n{text}"
+    );
     fwd.term_ok();
 }
 

@@ -555,34 +555,15 @@ pub fn seq_of(v: &Value) -> Option<u64> {
         .ok()
 }
 
-/// The real audit events shared with the project (falco traces), one per non-empty line.
-pub fn shared_sample_lines() -> Vec<String> {
-    // ../shared from the main checkout; worktrees sit one level deeper (wt/<name>).
-    let candidates = [
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"),
-    ];
-    let base = candidates
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("samples/falco-k8s-audit").is_dir())
-        .unwrap_or_else(|| panic!("shared samples not found in any of {candidates:?}"));
-    let dir = base.join("samples/falco-k8s-audit");
-    let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) => panic!("cannot read {}: {e}", dir.display()),
-    };
-    files.sort();
-    let mut lines = Vec::new();
-    for f in files {
-        let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
-        lines.extend(
-            text.split('\n')
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string),
-        );
-    }
-    lines
+/// The hand-written audit lines of `tests/data` (its README says what each covers), one per
+/// non-empty line: real event shapes, a hand-made object and a torn (malformed) line.
+pub fn sample_lines() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/audit-events.jsonl");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
