@@ -101,6 +101,16 @@ impl Builder {
         b
     }
 
+    /// Drops the entries after they went into a chunk. A buffer grown by one huge record is given
+    /// back: kept, it would count against the window and stop reading for good.
+    fn clear(&mut self, tag: &str) {
+        if self.frame.capacity() > self.capacity * 2 {
+            self.start(tag);
+        } else {
+            self.frame.truncate(self.header);
+        }
+    }
+
     /// Notes that the entry just appended is the line `start..end` of `file`.
     pub fn mark(&mut self, file: &str, start: u64, end: u64) {
         if self.marks.is_empty() && self.file != file {
@@ -268,7 +278,7 @@ impl Outbox {
         let marks = std::mem::take(&mut b.marks);
         if marks.len() > 1 && has_oversized(&marks, self.target) {
             let entries = b.frame[b.header..].to_vec();
-            b.frame.truncate(b.header);
+            b.clear(tag);
             b.records = 0;
             b.source_bytes = 0;
             let parts = parts_isolating(&marks, self.target);
@@ -288,7 +298,7 @@ impl Outbox {
             let at;
             (frame, at) = compressed_frame(tag, &b.frame[b.header..], b.records, &id);
             entries_at = at..at + gzip_len(&frame, at);
-            b.frame.truncate(b.header);
+            b.clear(tag);
         } else if b.records > 0 {
             let len = b.entries_len() as u32;
             b.frame[b.header - 4..b.header].copy_from_slice(&len.to_be_bytes());
@@ -302,7 +312,7 @@ impl Outbox {
             frame = std::mem::take(&mut b.frame);
             b.start(tag);
         } else {
-            b.frame.truncate(b.header);
+            b.clear(tag);
         }
         self.bytes += frame.capacity();
         self.chunks.push_back(Chunk {
@@ -797,6 +807,10 @@ mod tests {
             assert!(ends[3].is_some() && total == 0, "gzip {gzip}: {ends:?}");
             let ids: std::collections::HashSet<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
             assert_eq!(ids.len(), 4, "chunk ids must differ");
+            // A buffer grown by a huge record is given back, else it would fill the window.
+            let mut b = builder_with(&[10, 300_000, 10]);
+            o.seal(&mut b, "audit", gzip, [5; 16]);
+            assert!(b.allocated() <= 2 << 16, "gzip {gzip}: {}", b.allocated());
         }
     }
 
