@@ -208,6 +208,17 @@ impl Conn {
         }
     }
 
+    /// Ready with nothing left to write: the moment to send a partial chunk (Nagle's rule).
+    /// While connecting, or while earlier chunks are still going out, the caller keeps filling
+    /// the chunk instead, so a slow receiver or a reconnect gets a few large chunks rather than
+    /// thousands of tiny ones.
+    pub fn idle(&self, outbox: &Outbox) -> bool {
+        match &self.state {
+            State::Ready { link, .. } => outbox.all_written() && !link.t.wants_write(),
+            _ => false,
+        }
+    }
+
     /// The next moment a timer must wake the loop for this connection.
     pub fn deadline(&self, outbox: &Outbox) -> Option<Instant> {
         match &self.state {

@@ -157,6 +157,9 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     let mut next_dir_retry = started + DIR_RETRY;
     let mut draining: Option<Instant> = None;
     let mut events = Events::with_capacity(64);
+    // The last read pass stopped because the window or the memory limit was full, not because
+    // the files had nothing more: acks that free room are then work to do at once.
+    let mut read_blocked = false;
 
     loop {
         let now = Instant::now();
@@ -170,7 +173,16 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         if tail.needs_tick() {
             wake = wake.min(next_dir_retry);
         }
-        let timeout = wake.saturating_duration_since(now);
+        // Never sleep with work pending: room freed by acks means reading on now, not at the
+        // next timer (which left the window empty for up to a flush interval per window).
+        let pending = draining.is_none()
+            && read_blocked
+            && read_room(&tail, &builder, &outbox, window, limit) >= MIN_READ;
+        let timeout = if pending {
+            Duration::ZERO
+        } else {
+            wake.saturating_duration_since(now)
+        };
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(format!("epoll: {e}"));
@@ -228,17 +240,16 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
             loop {
                 stats.peak = stats.peak.max(buffered(&tail, &builder, &outbox));
                 if outbox.bytes() + builder.allocated() >= window {
+                    read_blocked = true;
                     break;
                 }
                 if builder.records > 0 && builder.room() < MIN_READ * 3 {
                     seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
                     continue;
                 }
-                // A read can grow the partial line by as much as it reads and the chunk by about
-                // three times that (short JSON numbers become 9-byte floats).
-                let room = limit.saturating_sub(buffered(&tail, &builder, &outbox));
-                let max = READ_MAX.min(room / 4).min(builder.room() / 3);
+                let max = read_room(&tail, &builder, &outbox, window, limit);
                 if max < MIN_READ {
+                    read_blocked = true;
                     break;
                 }
                 let progress = tail
@@ -270,16 +281,28 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                     Progress::Switched => {
                         seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng)
                     }
-                    Progress::Idle => break,
+                    Progress::Idle => {
+                        read_blocked = false;
+                        break;
+                    }
                 }
             }
-            // Send as soon as data is there: no flush timer.
-            if !builder.is_empty() {
+            // Nagle's rule: a partial chunk goes out when the connection has nothing else to
+            // write (low latency when idle); while it connects or is busy, the chunk keeps
+            // filling towards its target. A builder with only a position costs nothing to queue.
+            if !builder.is_empty() && (builder.records == 0 || conn.idle(&outbox)) {
                 seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
             }
         }
 
         conn.drive(&registry, &mut outbox, Instant::now());
+        // The connection just became ready, or wrote the last of what was queued: the partial
+        // chunk goes now rather than after the next event. On shutdown it goes in any case, to
+        // be acked within the shutdown timeout if the receiver allows.
+        if builder.records > 0 && (draining.is_some() || conn.idle(&outbox)) {
+            seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
+            conn.drive(&registry, &mut outbox, Instant::now());
+        }
         for r in outbox.take_rejected() {
             stats.rejected += 1;
             set_aside(&rejected_path, &r);
@@ -360,6 +383,24 @@ fn watch(
         )
         .map_err(|e| format!("register inotify: {e}"))?;
     Ok(w)
+}
+
+/// How many bytes the next read may take: none while the window of chunks in flight is full,
+/// and at most a quarter of what `--mem-buf-limit` leaves, since a read can grow the partial line
+/// by as much as it reads and the chunk by about three times that (short JSON numbers become
+/// 9-byte floats).
+fn read_room(
+    tail: &Tail,
+    builder: &Builder,
+    outbox: &Outbox,
+    window: usize,
+    limit: usize,
+) -> usize {
+    if outbox.bytes() + builder.allocated() >= window {
+        return 0;
+    }
+    let room = limit.saturating_sub(buffered(tail, builder, outbox));
+    READ_MAX.min(room / 4).min(builder.room() / 3)
 }
 
 /// Bytes held in memory, the figure `--mem-buf-limit` bounds: the read buffer and partial line,

@@ -265,6 +265,11 @@ impl Outbox {
         self.committed.as_ref()
     }
 
+    /// Whether every queued chunk has been written (acked ones count as written).
+    pub fn all_written(&self) -> bool {
+        self.chunks.iter().skip(self.next).all(|c| c.acked) && self.write_off == 0
+    }
+
     /// Chunks not yet acked (position markers excluded).
     pub fn unacked(&self) -> usize {
         self.chunks.iter().filter(|c| !c.acked).count()

@@ -1451,3 +1451,112 @@ fn receiver_that_stops_reading_mid_chunk_is_timed_out() {
     );
     fwd.term_ok();
 }
+
+// Issue 8 ------------------------------------------------------------------------------------
+
+/// Issue 8: while the connection is being set up, lines that arrive fill chunks up to their
+/// target (Nagle's rule) instead of each loop pass sealing its own tiny chunk.
+#[test]
+fn t20_lines_arriving_before_the_receiver_accepts_make_few_large_chunks() {
+    let dir = TempDir::new("t20");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "200ms"]));
+    assert!(
+        fwd.wait_log("following", DELIVERY),
+        "forwarder did not start"
+    );
+    let lines = audit_events(0..5000);
+    // 5,000 lines in 100 bursts over about a second, each waking the forwarder.
+    let started = Instant::now();
+    for burst in lines.chunks(50) {
+        w.write_lines(burst);
+        thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(rest) = Duration::from_secs(1).checked_sub(started.elapsed()) {
+        thread::sleep(rest);
+    }
+    let rx = FakeReceiver::start(port, FakeMode::Ack, None);
+    let mut cov = Coverage::new(&lines);
+    let deadline = Instant::now() + DELIVERY;
+    while !cov.is_complete() {
+        fwd.assert_alive("delivering after the late accept");
+        assert!(
+            Instant::now() < deadline,
+            "not everything arrived: {}",
+            rx.summary()
+        );
+        thread::sleep(Duration::from_millis(100));
+        cov = Coverage::new(&lines);
+        cov.feed_all(&rx.records());
+    }
+    assert_delivered(&lines, &rx.records(), false);
+    // 512 KiB chunks: the ~1 KB events make about 10 full chunks; a few more for the partial
+    // ones at the end and when the connection came up.
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let most = bytes / (512 << 10) + 4;
+    assert!(
+        rx.frames() <= most,
+        "{} chunks for {} lines ({bytes} bytes): at most {most} expected; {}",
+        rx.frames(),
+        lines.len(),
+        rx.summary()
+    );
+    eprintln!(
+        "[t20] {} lines, {bytes} bytes in {} chunks",
+        lines.len(),
+        rx.frames()
+    );
+    fwd.term_ok();
+}
+
+/// Issue 8: a receiver that acks a whole window at once must not leave the forwarder asleep
+/// until its next timer with the window empty; it reads on at once.
+#[test]
+fn t21_acks_that_free_the_whole_window_are_followed_by_data_at_once() {
+    let dir = TempDir::new("t21");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..20_000);
+    w.write_lines(&lines);
+    let port = free_port();
+    let rx = FakeReceiver::start(port, FakeMode::AckWhenQuiet, None);
+    // A small window (about 550 KiB) so that the run is many windows long.
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--max-line-size", "16K", "--mem-buf-limit", "1100K"],
+    ));
+    let mut cov = Coverage::new(&lines);
+    let deadline = Instant::now() + DELIVERY;
+    while !cov.is_complete() {
+        fwd.assert_alive("delivering in windows");
+        assert!(
+            Instant::now() < deadline,
+            "not everything arrived: {}",
+            rx.summary()
+        );
+        thread::sleep(Duration::from_millis(200));
+        cov = Coverage::new(&lines);
+        cov.feed_all(&rx.records());
+    }
+    let gaps = rx.ack_gaps();
+    let total: Duration = gaps.iter().sum();
+    let worst = gaps.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "[t21] {} ack batches, data followed them after {total:?} in all (worst {worst:?})",
+        gaps.len()
+    );
+    assert!(
+        gaps.len() >= 20,
+        "expected many windows, got {} batches",
+        gaps.len()
+    );
+    // Reading on at the next timer instead costs up to the 200 ms position flush per window,
+    // seconds over this run; reading on at once costs milliseconds.
+    assert!(
+        total < Duration::from_millis(1500),
+        "the forwarder waited {total:?} in all (worst {worst:?}) after {} ack batches that freed its window",
+        gaps.len()
+    );
+    fwd.term_ok();
+}

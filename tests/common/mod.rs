@@ -1890,6 +1890,10 @@ pub enum FakeMode {
     /// On the first connection read a few KiB, then stop reading without closing (until
     /// `stop()`); every later connection is served like `Ack`.
     StallFirst,
+    /// As `Ack`, but hold every ack until the forwarder has sent nothing for one read timeout
+    /// (50 ms), then send them all at once: a receiver that acks a whole window together. The
+    /// time from such a batch to the next byte received is kept (`ack_gaps`).
+    AckWhenQuiet,
 }
 
 #[derive(Default)]
@@ -1899,6 +1903,7 @@ struct FakeShared {
     bytes: AtomicU64,
     closed_after_wrong_ack: AtomicUsize,
     resets: AtomicUsize,
+    ack_gaps: Mutex<Vec<Duration>>,
     records: Mutex<Vec<Value>>,
     first_frame: Mutex<Option<Vec<u8>>>,
     errors: Mutex<Vec<String>>,
@@ -1986,6 +1991,11 @@ impl FakeReceiver {
         self.shared.bytes.load(Ordering::SeqCst)
     }
 
+    /// For `AckWhenQuiet`: from each batch of acks to the next byte received.
+    pub fn ack_gaps(&self) -> Vec<Duration> {
+        lock(&self.shared.ack_gaps).clone()
+    }
+
     /// Connections reset because a message exceeded `FakeMode::AckUpTo`'s limit.
     pub fn resets(&self) -> usize {
         self.shared.resets.load(Ordering::SeqCst)
@@ -2052,6 +2062,8 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
     let mut buf: Vec<u8> = Vec::new();
     let mut tmp = vec![0u8; if rate.is_some() { 4096 } else { 64 * 1024 }];
     let mut wrong_ack_sent = false;
+    let mut held_acks: Vec<u8> = Vec::new();
+    let mut batch_sent: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let n = match s.read(&mut tmp) {
             Ok(0) => {
@@ -2069,7 +2081,14 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                         | io::ErrorKind::Interrupted
                 ) =>
             {
-                continue
+                if !held_acks.is_empty() {
+                    if s.write_all(&held_acks).is_err() {
+                        return;
+                    }
+                    held_acks.clear();
+                    batch_sent = Some(Instant::now());
+                }
+                continue;
             }
             Err(_) => {
                 // A reset is the forwarder closing with our wrong ack unread or after it.
@@ -2080,6 +2099,9 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
             }
         };
         sh.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        if let Some(t) = batch_sent.take() {
+            lock(&sh.ack_gaps).push(t.elapsed());
+        }
         buf.extend_from_slice(&tmp[..n]);
         if let Some(r) = rate {
             thread::sleep(Duration::from_nanos(n as u64 * 1_000_000_000 / r.max(1)));
@@ -2130,6 +2152,11 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                 FakeMode::Ack | FakeMode::AckUpTo(_) | FakeMode::StallFirst => {
                     lock(&sh.records).extend(frame.records);
                     Some(encode_ack(&frame.chunk))
+                }
+                FakeMode::AckWhenQuiet => {
+                    lock(&sh.records).extend(frame.records);
+                    held_acks.extend_from_slice(&encode_ack(&frame.chunk));
+                    None
                 }
             };
             if let Some(reply) = reply {
