@@ -137,10 +137,21 @@ impl Drop for TempDir {
 
 /// A port nobody listens on right now (the kernel picks it; we release it at once).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    // Ports from below the kernel's ephemeral range (32768-60999 by default), handed out once
+    // per test process: a port from bind(0) could be taken between our pick and its use by an
+    // outgoing connection's local port or by another test's pick, and a proxy started on it
+    // later then fails with "address in use". The block per process keeps concurrent test
+    // binaries apart.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const BLOCK: usize = 400;
+    let base = 10_000 + (std::process::id() as usize % 50) * BLOCK;
+    for _ in 0..BLOCK {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % BLOCK) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{base}..{}", base + BLOCK);
 }
 
 /// True if some socket is in LISTEN state on 127.0.0.1:port or 0.0.0.0:port. Reading

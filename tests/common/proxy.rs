@@ -86,6 +86,14 @@ fn start_daemon(
             }
             ready()
         });
+        // Someone else's listener on the port also reads as ready while ours fails to bind
+        // and exits: look once more before trusting it.
+        if up && exited.is_none() {
+            thread::sleep(ms(100));
+            if let Ok(Some(st)) = child.try_wait() {
+                exited = Some(st);
+            }
+        }
         match exited {
             None if up => return child,
             None => {
