@@ -11,9 +11,11 @@ demo *ARGS:
     cargo build --release
     cargo run --release --example gen -- demo {{ARGS}}
 
-# Defaults: 500M corpus in the temp dir, plaintext, 200 latency lines 20 ms
-# apart. Examples: `just bench --bytes 1G --dir /var/tmp`,
-# `just bench --latency-lines 0` (throughput only), `just bench --help`.
+# Defaults: 500M corpus in the temp dir, plaintext, one throughput run, 200
+# latency lines 20 ms apart. Examples: `just bench --bytes 1G --dir /var/tmp`,
+# `just bench --runs 5` (one corpus forwarded five times: min/median/max MB/s,
+# medians of CPU and RSS), `just bench --latency-lines 0` (throughput only),
+# `just bench --help`.
 #
 # Throughput, CPU, peak RSS and idle latency of the release binary
 bench *ARGS:

@@ -1,6 +1,8 @@
 //! Benchmark of the release binary: throughput and CPU/memory cost of forwarding a pre-written
-//! audit.log of >= 500 MB to a discarding tailer, then the idle latency of single lines appended
-//! to a followed log. Prints one table. The corpus and the child-process helpers come from
+//! audit.log of >= 500 MB to a discarding tailer (`--runs N` repeats that over the same corpus
+//! and reports min/median/max, because one run on a shared machine is one sample of a noisy
+//! distribution), then the idle latency of single lines appended to a followed log. Prints one
+//! table. The corpus and the child-process helpers come from
 //! gen.rs; transport variants (TLS later) differ only in the arguments `Mode` adds.
 
 // gen.rs is also the `gen` example's crate root: its `main` and the helpers only the demo uses
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: bench [--bytes 500M] [--dir DIR] [--mode plaintext|tls|tls-gzip|uds-tls] [--bin PATH]
-             [--timeout SECS] [--latency-lines 200] [--latency-interval-ms 20]
+             [--runs 1] [--timeout SECS] [--latency-lines 200] [--latency-interval-ms 20]
              [--fwd-arg ARG]... [--tailer-arg ARG]... [--seed S] [--keep]";
 
 /// How the forwarder and the tailer talk; each transport adds its own arguments to both, and
@@ -244,6 +246,7 @@ struct Config {
     bytes: u64,
     dir: PathBuf,
     mode: String,
+    runs: usize,
     timeout: Duration,
     latency_lines: u64,
     latency_interval: Duration,
@@ -273,6 +276,7 @@ fn parse_config() -> Result<Config, String> {
         mode: args
             .value("mode")
             .unwrap_or_else(|| "plaintext".to_string()),
+        runs: args.parsed("runs", 1usize)?,
         timeout: Duration::from_secs(args.parsed("timeout", 600u64)?),
         latency_lines: args.parsed("latency-lines", 200u64)?,
         latency_interval: Duration::from_millis(args.parsed("latency-interval-ms", 20u64)?),
@@ -282,6 +286,9 @@ fn parse_config() -> Result<Config, String> {
         keep: args.flag("keep"),
     };
     args.finish().map_err(|e| format!("{e}\n{USAGE}"))?;
+    if cfg.runs == 0 {
+        return Err(format!("--runs must be at least 1\n{USAGE}"));
+    }
     if !cfg.bin.exists() {
         return Err(format!(
             "{} not found: run `cargo build --release` first (or pass --bin)",
@@ -367,10 +374,40 @@ fn child_failure(what: &str, p: &mut Proc, tail: &Tail) -> String {
     )
 }
 
-struct Throughput {
+/// The throughput corpus, written once and shared by every run.
+struct Corpus {
+    path: PathBuf,
     lines: u64,
     bytes: u64,
     gen_secs: f64,
+}
+
+fn write_corpus(cfg: &Config, work: &Path) -> Result<Corpus, String> {
+    let dir = work.join("throughput");
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let path = dir.join("audit.log");
+    eprintln!(
+        "bench: writing a {} byte corpus to {}",
+        cfg.bytes,
+        path.display()
+    );
+    let t = Instant::now();
+    let stats = gen::write_corpus(&path, cfg.bytes, cfg.seed).map_err(|e| e.to_string())?;
+    let gen_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: {} records, {} bytes in {gen_secs:.1} s",
+        stats.lines, stats.bytes
+    );
+    Ok(Corpus {
+        path,
+        lines: stats.lines,
+        bytes: stats.bytes,
+        gen_secs,
+    })
+}
+
+/// One forwarder run over the corpus.
+struct Throughput {
     secs: f64,
     measured_by: &'static str,
     fwd: procs::Usage,
@@ -379,22 +416,22 @@ struct Throughput {
     last_stats: String,
 }
 
-fn throughput(cfg: &Config, mode: &Mode, work: &Path) -> Result<Throughput, String> {
-    let dir = work.join("throughput");
+/// Run `run` (from 1) forwards the corpus from the head: each run gets a fresh directory with a
+/// hard link to the corpus, so no position file or rotation state carries over between runs.
+fn throughput(
+    cfg: &Config,
+    mode: &Mode,
+    corpus: &Corpus,
+    run: usize,
+) -> Result<Throughput, String> {
+    let dir = corpus.path.with_file_name(format!("run-{run}"));
     fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let log = dir.join("audit.log");
-    eprintln!(
-        "bench: writing a {} byte corpus to {}",
-        cfg.bytes,
-        log.display()
-    );
-    let t = Instant::now();
-    let corpus = gen::write_corpus(&log, cfg.bytes, cfg.seed).map_err(|e| e.to_string())?;
-    let gen_secs = t.elapsed().as_secs_f64();
-    eprintln!(
-        "bench: {} records, {} bytes in {gen_secs:.1} s",
-        corpus.lines, corpus.bytes
-    );
+    fs::hard_link(&corpus.path, &log)
+        .map_err(|e| format!("link {} to {}: {e}", corpus.path.display(), log.display()))?;
+    if cfg.runs > 1 {
+        eprintln!("bench: run {run} of {}", cfg.runs);
+    }
 
     let port = procs::free_port().map_err(|e| e.to_string())?;
     let mut tailer =
@@ -516,10 +553,10 @@ fn throughput(cfg: &Config, mode: &Mode, work: &Path) -> Result<Throughput, Stri
     // The shutdown stats line may arrive after the reap; give the reader a moment.
     std::thread::sleep(Duration::from_millis(50));
     let last_stats = last_stats.lock().map(|l| l.clone()).unwrap_or_default();
+    if !cfg.keep {
+        let _ = fs::remove_dir_all(&dir);
+    }
     Ok(Throughput {
-        lines: corpus.lines,
-        bytes: corpus.bytes,
-        gen_secs,
         secs,
         measured_by,
         fwd: fwd_usage,
@@ -703,42 +740,112 @@ fn machine() -> String {
     format!("{cpus} CPUs (nproc), {model}")
 }
 
-fn print_report(cfg: &Config, mode: &Mode, t: Option<&Throughput>, l: Option<&Latency>) {
+/// Minimum, median (the mean of the two middle values for an even count) and maximum; `None`
+/// for no values.
+fn min_median_max(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Some((v[0], median, v[n - 1]))
+}
+
+/// One value as is; several as "median (min .., max ..)" with `decimals` decimals.
+fn spread(values: &[f64], decimals: usize) -> String {
+    match min_median_max(values) {
+        None => "n/a".to_string(),
+        Some((_, m, _)) if values.len() == 1 => format!("{m:.decimals$}"),
+        Some((lo, m, hi)) => {
+            format!("median {m:.decimals$} (min {lo:.decimals$}, max {hi:.decimals$})")
+        }
+    }
+}
+
+/// The median of several runs, or the one value.
+fn median(values: &[f64], decimals: usize) -> String {
+    match min_median_max(values) {
+        None => "n/a".to_string(),
+        Some((_, m, _)) if values.len() == 1 => format!("{m:.decimals$}"),
+        Some((_, m, _)) => format!("median {m:.decimals$}"),
+    }
+}
+
+fn print_table(rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let vwidth = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    println!("| {:<width$} | {:<vwidth$} |", "metric", "value");
+    println!("|-{}-|-{}-|", "-".repeat(width), "-".repeat(vwidth));
+    for (k, v) in rows {
+        println!("| {k:<width$} | {v:<vwidth$} |");
+    }
+}
+
+fn print_report(
+    cfg: &Config,
+    mode: &Mode,
+    t: Option<(&Corpus, &[Throughput])>,
+    l: Option<&Latency>,
+) {
     let mut rows: Vec<(&str, String)> = Vec::new();
-    if let Some(t) = t {
-        let gb = t.bytes as f64 / 1e9;
+    if let Some((c, runs)) = t {
+        let gb = c.bytes as f64 / 1e9;
+        let per_run = |f: &dyn Fn(&Throughput) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+        let mbps = per_run(&|r| c.bytes as f64 / 1e6 / r.secs);
         rows.push((
             "bytes",
-            format!("{} ({:.1} MB)", t.bytes, t.bytes as f64 / 1e6),
+            format!("{} ({:.1} MB)", c.bytes, c.bytes as f64 / 1e6),
         ));
-        rows.push(("records", t.lines.to_string()));
-        rows.push(("seconds", format!("{:.3}", t.secs)));
-        rows.push(("MB/s", format!("{:.1}", t.bytes as f64 / 1e6 / t.secs)));
-        rows.push(("records/s", format!("{:.0}", t.lines as f64 / t.secs)));
+        rows.push(("records", c.lines.to_string()));
+        if runs.len() > 1 {
+            rows.push(("runs", runs.len().to_string()));
+        }
+        rows.push(("seconds", spread(&per_run(&|r| r.secs), 3)));
+        rows.push(("MB/s", spread(&mbps, 1)));
+        if let Some((lo, m, _)) = min_median_max(&mbps).filter(|_| runs.len() > 1) {
+            rows.push(("MB/s min / median", format!("{:.0}%", 100.0 * lo / m)));
+        }
+        rows.push((
+            "records/s",
+            median(&per_run(&|r| c.lines as f64 / r.secs), 0),
+        ));
+        // User and sys are each their own median, so they need not add up to the total.
+        let mid = |f: &dyn Fn(&Throughput) -> f64| {
+            min_median_max(&per_run(f)).map_or(f64::NAN, |(_, m, _)| m)
+        };
         rows.push((
             "forwarder CPU s",
             format!(
-                "{:.2} (user {:.2}, sys {:.2})",
-                t.fwd.cpu_s(),
-                t.fwd.user_s,
-                t.fwd.sys_s
+                "{} (user {:.2}, sys {:.2})",
+                median(&per_run(&|r| r.fwd.cpu_s()), 2),
+                mid(&|r| r.fwd.user_s),
+                mid(&|r| r.fwd.sys_s)
             ),
         ));
-        rows.push(("CPU s per GB", format!("{:.2}", t.fwd.cpu_s() / gb)));
+        rows.push(("CPU s per GB", spread(&per_run(&|r| r.fwd.cpu_s() / gb), 2)));
         rows.push((
             "peak RSS MiB",
-            format!("{:.1}", t.fwd.max_rss_kib as f64 / 1024.0),
+            median(&per_run(&|r| r.fwd.max_rss_kib as f64 / 1024.0), 1),
         ));
-        rows.push(("tailer CPU s", format!("{:.2}", t.tailer.cpu_s())));
+        rows.push(("tailer CPU s", median(&per_run(&|r| r.tailer.cpu_s()), 2)));
+        let beyond: Vec<String> = runs
+            .iter()
+            .map(|r| (r.tailer_records as i64 - c.lines as i64).to_string())
+            .collect();
         rows.push((
             "tailer records",
             format!(
                 "{} ({} beyond the corpus)",
-                t.tailer_records,
-                t.tailer_records as i64 - t.lines as i64
+                runs.iter().map(|r| r.tailer_records).max().unwrap_or(0),
+                beyond.join(", ")
             ),
         ));
-        rows.push(("forwarder exit", t.fwd.describe()));
+        let mut exits: Vec<String> = runs.iter().map(|r| r.fwd.describe()).collect();
+        exits.dedup();
+        rows.push(("forwarder exit", exits.join(", ")));
     }
     if let Some(l) = l {
         let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
@@ -756,27 +863,49 @@ fn print_report(cfg: &Config, mode: &Mode, t: Option<&Throughput>, l: Option<&La
             ),
         ));
     }
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let vwidth = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     println!();
     println!("audit-forwarder bench, mode {}", mode.name);
     println!("machine: {}", machine());
-    if let Some(t) = t {
+    if let Some((c, runs)) = t {
         println!(
-            "corpus generated in {:.1} s; seconds = forwarder start to last ack (seen via {}); MB = 10^6 bytes",
-            t.gen_secs, t.measured_by
+            "corpus generated once in {:.1} s; seconds = forwarder start to last ack (seen via {}); MB = 10^6 bytes",
+            c.gen_secs,
+            runs.first().map_or("-", |r| r.measured_by)
         );
+        if runs.len() > 1 {
+            println!(
+                "median over {} runs of the same corpus; latency measured once",
+                runs.len()
+            );
+        }
     }
     println!();
-    println!("| {:<width$} | {:<vwidth$} |", "metric", "value");
-    println!("|-{}-|-{}-|", "-".repeat(width), "-".repeat(vwidth));
-    for (k, v) in &rows {
-        println!("| {k:<width$} | {v:<vwidth$} |");
+    print_table(&rows);
+    if let Some((c, runs)) = t.filter(|(_, runs)| runs.len() > 1) {
+        println!();
+        println!(
+            "| run | seconds | MB/s   | fwd CPU s | CPU s per GB | peak RSS MiB | tailer CPU s |"
+        );
+        println!(
+            "|-----|---------|--------|-----------|--------------|--------------|--------------|"
+        );
+        for (i, r) in runs.iter().enumerate() {
+            println!(
+                "| {:>3} | {:>7.3} | {:>6.1} | {:>9.2} | {:>12.2} | {:>12.1} | {:>12.2} |",
+                i + 1,
+                r.secs,
+                c.bytes as f64 / 1e6 / r.secs,
+                r.fwd.cpu_s(),
+                r.fwd.cpu_s() / (c.bytes as f64 / 1e9),
+                r.fwd.max_rss_kib as f64 / 1024.0,
+                r.tailer.cpu_s()
+            );
+        }
     }
-    if let Some(t) = t {
-        if !t.last_stats.is_empty() {
+    if let Some(last) = t.and_then(|(_, runs)| runs.last()) {
+        if !last.last_stats.is_empty() {
             println!();
-            println!("last forwarder stats line: {}", t.last_stats);
+            println!("last forwarder stats line: {}", last.last_stats);
         }
     }
 }
@@ -790,7 +919,11 @@ fn run() -> Result<(), String> {
     let result = (|| {
         let mode = Mode::new(&cfg.mode, &work)?;
         let t = if cfg.bytes > 0 {
-            Some(throughput(&cfg, &mode, &work)?)
+            let corpus = write_corpus(&cfg, &work)?;
+            let runs = (1..=cfg.runs)
+                .map(|run| throughput(&cfg, &mode, &corpus, run))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some((corpus, runs))
         } else {
             None
         };
@@ -799,7 +932,12 @@ fn run() -> Result<(), String> {
         } else {
             None
         };
-        print_report(&cfg, &mode, t.as_ref(), l.as_ref());
+        print_report(
+            &cfg,
+            &mode,
+            t.as_ref().map(|(c, r)| (c, r.as_slice())),
+            l.as_ref(),
+        );
         Ok(())
     })();
     if cfg.keep {
