@@ -406,7 +406,7 @@ fn read_room(
 /// Bytes held in memory, the figure `--mem-buf-limit` bounds: the read buffer and partial line,
 /// the chunk being built, and every unacked chunk.
 fn buffered(tail: &Tail, builder: &Builder, outbox: &Outbox) -> usize {
-    tail.buffered() + builder.allocated() + outbox.bytes()
+    tail.buffered() + builder.allocated() + outbox.bytes() + outbox.spare_bytes()
 }
 
 fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: &mut SplitMix) {
