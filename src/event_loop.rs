@@ -274,7 +274,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
                 builder.end = tail.position();
                 match progress {
                     Progress::Read => {
-                        if builder.entries_len() >= chunk_target {
+                        if builder.entries_len() >= outbox.target() {
                             seal(&mut outbox, &mut builder, &args.tag, gzip, &mut rng);
                         }
                     }

@@ -21,6 +21,8 @@ use crate::offsets::Position;
 /// and unacked, before that chunk is taken apart. A receiver that restarts now and then hits one
 /// chunk once, not three times running.
 pub const DROPS_BEFORE_ISOLATING: u32 = 3;
+/// Chunks are never made smaller than this after splits.
+const MIN_TARGET: usize = 64 << 10;
 
 /// Where one record came from: the byte range of its line in the file, and where its entry ends
 /// in the chunk's entries.
@@ -245,6 +247,9 @@ pub struct Outbox {
     rejected: Vec<Rejected>,
     /// Makes the ids of split parts unique.
     splits: u64,
+    /// A one-record chunk the current connection skips, to see whether the receiver takes the
+    /// chunks after it.
+    probe: Option<[u8; 24]>,
     /// Acked chunks' buffers kept for the builder, and the smallest size worth keeping.
     spare: Vec<Vec<u8>>,
     spare_min: usize,
@@ -264,6 +269,7 @@ impl Outbox {
             suspect: None,
             rejected: Vec::new(),
             splits: 0,
+            probe: None,
             spare: Vec::new(),
             spare_min: target,
         }
@@ -425,8 +431,22 @@ impl Outbox {
 
     /// The receiver closed or reset the connection. When that happens for the third time in a
     /// row while the same chunk was the oldest unacked one and had gone out (at least in part),
-    /// the chunk is what it cannot take: split it in halves, or set its one record aside.
+    /// the chunk may be what it cannot take: a chunk of several records is split in halves (and
+    /// new chunks are made smaller), which loses nothing whatever the cause. A single record is
+    /// set aside only on evidence that the receiver takes other chunks: the next connection
+    /// skips it (the probe), and it is rejected only when another chunk is acked there. A
+    /// receiver that drops the probe connection too is failing everything (an outage, a full
+    /// memory budget), and the record stays.
     pub fn dropped_by_peer(&mut self) {
+        if let Some(p) = self.probe.take() {
+            self.suspect = None;
+            log::warn!(
+                "the receiver also dropped the connection that skipped chunk {}: it is failing \
+                 everything, not that record; sending it again in order",
+                String::from_utf8_lossy(&p)
+            );
+            return;
+        }
         let Some(i) = self.chunks.iter().position(|c| !c.acked) else {
             return;
         };
@@ -446,6 +466,32 @@ impl Outbox {
         self.suspect = None;
         // The connection is gone: everything unacked goes out again on the next one.
         self.rewind();
+        if self.chunks[i].marks.len() > 1 {
+            self.split(i);
+            return;
+        }
+        if self
+            .chunks
+            .iter()
+            .skip(i + 1)
+            .any(|c| !c.acked && c.records > 0)
+        {
+            log::warn!(
+                "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
+                 chunk {} (one record of {} bytes from {}); the next connection sends the chunks \
+                 after it first, to tell a record it cannot take from a receiver that is down",
+                self.chunks[i].id_str(),
+                self.chunks[i].source_bytes,
+                self.chunks[i].file
+            );
+            self.probe = Some(id);
+        }
+    }
+
+    /// Replaces chunk `i` by its two halves, and makes new chunks no larger than a half: a
+    /// receiver with a message limit below the chunk target would otherwise drop every chunk
+    /// three times before taking its halves.
+    fn split(&mut self, i: usize) {
         let Some(c) = self.chunks.remove(i) else {
             return;
         };
@@ -460,31 +506,41 @@ impl Outbox {
                 return;
             }
         };
-        if c.marks.len() > 1 {
-            let mid = c.marks.len() / 2;
-            let tail: Vec<Chunk> = self.chunks.drain(i..).collect();
-            let random = *c.id.first_chunk::<16>().unwrap_or(&[0; 16]);
-            self.push_part(&entries, &c.marks, 0..mid, &c.file, None, c.gzip, random);
-            let n = c.marks.len();
-            self.push_part(
-                &entries,
-                &c.marks,
-                mid..n,
-                &c.file,
-                c.end.clone(),
-                c.gzip,
-                random,
-            );
-            self.chunks.extend(tail);
-            log::warn!(
-                "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
-                 chunk {} ({} records from {}); splitting it to find the record it cannot take",
-                c.id_str(),
-                c.records,
-                c.file
-            );
+        let mid = c.marks.len() / 2;
+        let tail: Vec<Chunk> = self.chunks.drain(i..).collect();
+        let random = *c.id.first_chunk::<16>().unwrap_or(&[0; 16]);
+        self.push_part(&entries, &c.marks, 0..mid, &c.file, None, c.gzip, random);
+        let n = c.marks.len();
+        let end = c.end.clone();
+        self.push_part(&entries, &c.marks, mid..n, &c.file, end, c.gzip, random);
+        self.chunks.extend(tail);
+        let half = c.marks[mid - 1]
+            .entry_end
+            .max(entries.len() - c.marks[mid - 1].entry_end);
+        self.target = self.target.min(half).max(MIN_TARGET);
+        log::warn!(
+            "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
+             chunk {} ({} records, {} bytes, from {}); splitting it, and making chunks at most \
+             {} bytes from now on (a receiver message limit such as fluent-bit's Buffer_Max_Size?)",
+            c.id_str(),
+            c.records,
+            entries.len(),
+            c.file,
+            self.target
+        );
+    }
+
+    /// Sets the one record of chunk `i` aside: it counts as done, so the position may move past
+    /// it, and the caller logs it and keeps it in the rejected-records file.
+    fn reject(&mut self, i: usize) {
+        let Some(c) = self.chunks.remove(i) else {
             return;
-        }
+        };
+        self.bytes -= c.frame.capacity();
+        let json = match chunk_entries(&c) {
+            Ok(entries) => record_json(&entries),
+            Err(e) => format!("{{\"log\":\"(record could not be decoded: {e})\"}}\n").into_bytes(),
+        };
         let m = c.marks.first().copied().unwrap_or(Mark {
             entry_end: 0,
             start: 0,
@@ -494,9 +550,8 @@ impl Outbox {
             file: c.file.clone(),
             start: m.start,
             len: m.end - m.start,
-            json: record_json(&entries),
+            json,
         });
-        // Set aside, it counts as done: the position may move past it.
         self.chunks.insert(
             i,
             Chunk {
@@ -512,6 +567,11 @@ impl Outbox {
         self.advance_commit();
     }
 
+    /// The chunk target: new chunks are sealed once their entries reach it.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
     /// A new connection: everything unacked is sent again, in order.
     pub fn rewind(&mut self) {
         self.next = 0;
@@ -522,7 +582,9 @@ impl Outbox {
     }
 
     fn skip_acked(&mut self) {
-        while self.next < self.chunks.len() && self.chunks[self.next].acked {
+        while self.next < self.chunks.len()
+            && (self.chunks[self.next].acked || self.probe == Some(self.chunks[self.next].id))
+        {
             self.next += 1;
             self.write_off = 0;
         }
@@ -578,6 +640,13 @@ impl Outbox {
         c.acked = true;
         if self.suspect.is_some_and(|(s, _)| s[..] == *id) {
             self.suspect = None;
+        }
+        // The receiver took a chunk on the connection that skipped the suspect record: that
+        // record is what it cannot take.
+        if let Some(p) = self.probe.take() {
+            if let Some(i) = self.chunks.iter().position(|c| c.id == p) {
+                self.reject(i);
+            }
         }
         Ok(self.advance_commit())
     }
@@ -894,7 +963,25 @@ mod tests {
             for _ in 0..3 {
                 send_and_drop(&mut o);
             }
-            assert_eq!(record_numbers(&o), [vec![3]]);
+            // One record: not rejected on drops alone. The next connection skips it and sends
+            // [3] first; the receiver taking [3] is the evidence.
+            assert_eq!(record_numbers(&o), [vec![2], vec![3]]);
+            assert!(o.take_rejected().is_empty());
+            o.rewind();
+            let mut probe = Trickle {
+                out: Vec::new(),
+                budget: usize::MAX,
+            };
+            o.write_to(&mut probe, Instant::now()).unwrap();
+            let sent: Vec<[u8; 24]> = o
+                .chunks
+                .iter()
+                .filter(|c| c.sent_at.is_some())
+                .map(|c| c.id)
+                .collect();
+            assert_eq!(sent.len(), 1, "only the chunk after the suspect goes out");
+            o.ack(&sent[0]).unwrap();
+            assert_eq!(record_numbers(&o), Vec::<Vec<u64>>::new());
             let rejected = o.take_rejected();
             assert_eq!(rejected.len(), 1);
             let v: serde_json::Value = serde_json::from_slice(&rejected[0].json).unwrap();
@@ -904,11 +991,7 @@ mod tests {
                 ("audit.log", 64)
             );
             assert!(rejected[0].json.ends_with(b"\n"));
-            // The last record goes through and the position reaches the end.
-            o.rewind();
-            o.write_to(&mut w, Instant::now()).unwrap();
-            let last = o.chunks.iter().find(|c| !c.acked).unwrap().id;
-            o.ack(&last).unwrap();
+            // [3] went through on the probe connection: the position reaches the end.
             assert_eq!(o.committed().map(|p| p.offset), Some(27 + 37 + 47 + 57));
             assert_eq!(o.unacked(), 0);
             assert_eq!(
@@ -973,5 +1056,38 @@ mod tests {
         o.seal(&mut b, "audit", false, [7; 16]);
         assert_eq!(b.frame.as_ptr(), kept);
         assert_eq!(o.spare_bytes(), 0);
+    }
+
+    /// A receiver that drops everything (an outage behind a load balancer, a tailer whose
+    /// memory budget a hostile client holds) must not get good records rejected.
+    #[test]
+    fn a_receiver_that_drops_every_connection_gets_nothing_rejected() {
+        let mut o = Outbox::new(None, "audit", 1 << 20);
+        let mut b = builder_with(&[10]);
+        o.seal(&mut b, "audit", false, [8; 16]);
+        let mut b = builder_with(&[20]);
+        o.seal(&mut b, "audit", false, [9; 16]);
+        for _ in 0..60 {
+            send_and_drop(&mut o);
+        }
+        assert!(o.take_rejected().is_empty());
+        assert_eq!(record_numbers(&o).len(), 2);
+        // Healthy again: both are delivered in order.
+        o.rewind();
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: usize::MAX,
+        };
+        o.write_to(&mut w, Instant::now()).unwrap();
+        let ids: Vec<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
+        assert!(
+            o.chunks.iter().all(|c| c.sent_at.is_some()),
+            "nothing skipped"
+        );
+        for id in ids {
+            o.ack(&id).unwrap();
+        }
+        assert_eq!(o.acked_total.records, 2);
+        assert!(o.take_rejected().is_empty());
     }
 }
