@@ -415,3 +415,38 @@ fn hostile_client_holding_the_tailer_budget_gets_records_rejected() {
         lines_mentioning(&fwd.stderr_text(), &[" error audit_forwarder"], &[]).join("\n")
     );
 }
+
+/// A receiver whose per-message limit is below the chunk target (fluent-bit's in_forward with
+/// `Buffer_Max_Size 200k`): every full chunk is dropped three times, then split, then its
+/// halves are dropped three times each... Nothing learns the limit, so each chunk costs
+/// several reconnections with backoff, and 6 MB of audit log take minutes.
+#[test]
+#[ignore = "shows a problem: a receiver limit below the chunk target makes delivery crawl"]
+fn receiver_limit_below_chunk_target_delivers_at_a_crawl() {
+    let dir = TempDir::new("attack-crawl");
+    let mut w = AuditWriter::create(dir.path());
+    let port = free_port();
+    let rx = FakeReceiver::start(port, FakeMode::AckUpTo(200_000), None);
+    let lines = audit_events(0..5000);
+    w.write_lines(&lines);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--stats-interval", "5s"]));
+    let started = Instant::now();
+    let mut cov = Coverage::new(&lines);
+    let ok = wait_until(Duration::from_secs(120), || {
+        cov = Coverage::new(&lines);
+        cov.feed_all(&rx.records());
+        cov.is_complete()
+    });
+    let took = started.elapsed();
+    let kept = rejected(&dir);
+    fwd.term(Duration::from_secs(30));
+    // Against a receiver without the limit this takes well under a second.
+    assert!(
+        ok && took < Duration::from_secs(20),
+        "after {took:?}: {} of {} records still missing, {} resets, {} rejected",
+        cov.remaining(),
+        lines.len(),
+        rx.resets(),
+        kept.len()
+    );
+}
