@@ -514,6 +514,13 @@ impl Conn {
                     }
                     return Err(self.describe_str(e, &link.t));
                 }
+                if outbox.take_reconnect() {
+                    return Err(
+                        "reconnecting to resend, in order, a chunk skipped to probe the \
+                                receiver"
+                            .to_string(),
+                    );
+                }
                 if let Some((sent, id)) = outbox.oldest_unacked_sent() {
                     if now >= sent + self.cfg.ack_timeout {
                         return Err(format!(

@@ -250,6 +250,10 @@ pub struct Outbox {
     /// A one-record chunk the current connection skips, to see whether the receiver takes the
     /// chunks after it.
     probe: Option<[u8; 24]>,
+    /// The largest message the receiver has acked: a record is only rejected for its size.
+    largest_acked: usize,
+    /// A probe found the skipped chunk blameless: a new connection must send it first.
+    reconnect: bool,
     /// Acked chunks' buffers kept for the builder, and the smallest size worth keeping.
     spare: Vec<Vec<u8>>,
     spare_min: usize,
@@ -270,6 +274,8 @@ impl Outbox {
             rejected: Vec::new(),
             splits: 0,
             probe: None,
+            largest_acked: 0,
+            reconnect: false,
             spare: Vec::new(),
             spare_min: target,
         }
@@ -488,10 +494,46 @@ impl Outbox {
         }
     }
 
-    /// Replaces chunk `i` by its two halves, and makes new chunks no larger than a half: a
-    /// receiver with a message limit below the chunk target would otherwise drop every chunk
-    /// three times before taking its halves.
+    /// Replaces chunk `i` by its two halves, and makes chunks no larger than a half from now on,
+    /// the ones already queued included: a receiver with a message limit below the chunk
+    /// target would otherwise drop every chunk three times before taking its halves.
     fn split(&mut self, i: usize) {
+        let Some(c) = self.chunks.get(i) else {
+            return;
+        };
+        let mid = c.marks.len() / 2;
+        let len = c.marks.last().map_or(0, |m| m.entry_end);
+        let half = c.marks[mid - 1]
+            .entry_end
+            .max(len - c.marks[mid - 1].entry_end);
+        let (id, records, file) = (c.id_str().to_string(), c.records, c.file.clone());
+        self.target = self.target.min(half).max(MIN_TARGET);
+        log::warn!(
+            "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
+             chunk {id} ({records} records, {len} bytes, from {file}); splitting it, and making \
+             chunks at most {} bytes from now on (a receiver message limit such as fluent-bit's \
+             Buffer_Max_Size?)",
+            self.target
+        );
+        self.rechunk(i, vec![0..mid, mid..c.marks.len()]);
+        let mut j = 0;
+        while j < self.chunks.len() {
+            let c = &self.chunks[j];
+            let size = c.marks.last().map_or(0, |m| m.entry_end);
+            if !c.acked && c.sent_at.is_none() && c.marks.len() > 1 && size > self.target {
+                let parts = parts_by_size(&c.marks, self.target);
+                let n = parts.len();
+                self.rechunk(j, parts);
+                j += n;
+            } else {
+                j += 1;
+            }
+        }
+    }
+
+    /// Replaces chunk `i` by chunks of its record ranges `parts`, in place; only the last part
+    /// may move the position.
+    fn rechunk(&mut self, i: usize, parts: Vec<std::ops::Range<usize>>) {
         let Some(c) = self.chunks.remove(i) else {
             return;
         };
@@ -506,28 +548,14 @@ impl Outbox {
                 return;
             }
         };
-        let mid = c.marks.len() / 2;
         let tail: Vec<Chunk> = self.chunks.drain(i..).collect();
         let random = *c.id.first_chunk::<16>().unwrap_or(&[0; 16]);
-        self.push_part(&entries, &c.marks, 0..mid, &c.file, None, c.gzip, random);
-        let n = c.marks.len();
-        let end = c.end.clone();
-        self.push_part(&entries, &c.marks, mid..n, &c.file, end, c.gzip, random);
+        let last = parts.len().saturating_sub(1);
+        for (k, range) in parts.into_iter().enumerate() {
+            let end = if k == last { c.end.clone() } else { None };
+            self.push_part(&entries, &c.marks, range, &c.file, end, c.gzip, random);
+        }
         self.chunks.extend(tail);
-        let half = c.marks[mid - 1]
-            .entry_end
-            .max(entries.len() - c.marks[mid - 1].entry_end);
-        self.target = self.target.min(half).max(MIN_TARGET);
-        log::warn!(
-            "the receiver dropped the connection {DROPS_BEFORE_ISOLATING} times in a row over \
-             chunk {} ({} records, {} bytes, from {}); splitting it, and making chunks at most \
-             {} bytes from now on (a receiver message limit such as fluent-bit's Buffer_Max_Size?)",
-            c.id_str(),
-            c.records,
-            entries.len(),
-            c.file,
-            self.target
-        );
     }
 
     /// Sets the one record of chunk `i` aside: it counts as done, so the position may move past
@@ -565,6 +593,11 @@ impl Outbox {
             },
         );
         self.advance_commit();
+    }
+
+    /// Whether the connection must be dropped and made again (see `reconnect`); asking clears it.
+    pub fn take_reconnect(&mut self) -> bool {
+        std::mem::take(&mut self.reconnect)
     }
 
     /// The chunk target: new chunks are sealed once their entries reach it.
@@ -638,14 +671,28 @@ impl Outbox {
             return Err(AckError::Unknown(escape::for_log(id, 64)));
         };
         c.acked = true;
+        self.largest_acked = self.largest_acked.max(c.frame.len());
         if self.suspect.is_some_and(|(s, _)| s[..] == *id) {
             self.suspect = None;
         }
         // The receiver took a chunk on the connection that skipped the suspect record: that
-        // record is what it cannot take.
+        // record is what it cannot take, if it is larger than anything the receiver ever took
+        // (a message limit). One no larger was dropped for something passing (a memory budget
+        // held by others, a restart): it stays, in order.
         if let Some(p) = self.probe.take() {
             if let Some(i) = self.chunks.iter().position(|c| c.id == p) {
-                self.reject(i);
+                let size = self.chunks[i].frame.len();
+                if size > MIN_TARGET && size > self.largest_acked {
+                    self.reject(i);
+                } else {
+                    log::warn!(
+                        "the receiver took the chunks after {} but dropped the connection over it \
+                         although it is no larger than what it takes: a passing fault, not this \
+                         record; reconnecting to send it again, first",
+                        String::from_utf8_lossy(&p)
+                    );
+                    self.reconnect = true;
+                }
             }
         }
         Ok(self.advance_commit())
@@ -709,6 +756,24 @@ fn parts_isolating(marks: &[Mark], target: usize) -> Vec<std::ops::Range<usize>>
     }
     if part_start < marks.len() {
         parts.push(part_start..marks.len());
+    }
+    parts
+}
+
+/// Record ranges of consecutive records whose entries stay within `target` (a record larger
+/// than that alone).
+fn parts_by_size(marks: &[Mark], target: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut from) = (0, 0);
+    for (i, m) in marks.iter().enumerate() {
+        if i > start && m.entry_end - from > target {
+            parts.push(start..i);
+            start = i;
+            from = marks[i - 1].entry_end;
+        }
+    }
+    if start < marks.len() {
+        parts.push(start..marks.len());
     }
     parts
 }
@@ -856,7 +921,21 @@ mod tests {
         let mut b = Builder::new("audit", 1 << 16);
         let mut off = 0;
         for (i, &n) in sizes.iter().enumerate() {
-            let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(n));
+            // Large pads are hex noise, so that gzip cannot shrink them below a receiver limit.
+            let pad: String = if n > 1000 {
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;
+                (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        char::from(b"0123456789abcdef"[(x % 16) as usize])
+                    })
+                    .collect()
+            } else {
+                "x".repeat(n)
+            };
+            let line = format!("{{\"n\":{i},\"pad\":\"{pad}\"}}");
             crate::transcode::append_entry(
                 line.as_bytes(),
                 crate::transcode::now_event_time(),
@@ -934,7 +1013,7 @@ mod tests {
     fn a_chunk_the_receiver_keeps_dropping_is_split_down_to_the_record_it_rejects() {
         for gzip in [false, true] {
             let mut o = Outbox::new(None, "audit", 1 << 20);
-            let mut b = builder_with(&[10, 20, 30, 40]);
+            let mut b = builder_with(&[10, 20, 200_000, 40]);
             o.seal(&mut b, "audit", gzip, [2; 16]);
             // Twice is not enough: a receiver restarting now and then is not a verdict.
             send_and_drop(&mut o);
@@ -992,7 +1071,10 @@ mod tests {
             );
             assert!(rejected[0].json.ends_with(b"\n"));
             // [3] went through on the probe connection: the position reaches the end.
-            assert_eq!(o.committed().map(|p| p.offset), Some(27 + 37 + 47 + 57));
+            assert_eq!(
+                o.committed().map(|p| p.offset),
+                Some(27 + 37 + 200_017 + 57)
+            );
             assert_eq!(o.unacked(), 0);
             assert_eq!(
                 o.acked_total.records, 3,
@@ -1089,5 +1171,93 @@ mod tests {
         }
         assert_eq!(o.acked_total.records, 2);
         assert!(o.take_rejected().is_empty());
+    }
+
+    #[test]
+    fn parts_by_size_table() {
+        let marks = |ends: &[usize]| -> Vec<Mark> {
+            ends.iter()
+                .map(|&e| Mark {
+                    entry_end: e,
+                    start: 0,
+                    end: 0,
+                })
+                .collect()
+        };
+        let cases: &[(&[usize], usize, Vec<std::ops::Range<usize>>)] = &[
+            (&[10, 20, 30], 100, vec![0..3]),
+            (&[10, 20, 30], 20, vec![0..2, 2..3]),
+            (&[10, 20, 30], 10, vec![0..1, 1..2, 2..3]),
+            (&[50, 60, 200, 210], 40, vec![0..1, 1..2, 2..3, 3..4]),
+            (&[5, 10, 100, 105, 110], 50, vec![0..2, 2..3, 3..5]),
+        ];
+        for (ends, target, want) in cases {
+            assert_eq!(
+                &parts_by_size(&marks(ends), *target),
+                want,
+                "{ends:?} {target}"
+            );
+        }
+    }
+
+    /// After a split, the chunks already queued are cut to the new target too, so a receiver
+    /// limit below the target costs three drops once, not per chunk.
+    #[test]
+    fn a_split_cuts_the_queued_chunks_to_the_new_target() {
+        let mut o = Outbox::new(None, "audit", 1 << 20);
+        for n in 0..3u8 {
+            let mut b = builder_with(&[200_000; 4]);
+            o.seal(&mut b, "audit", false, [n; 16]);
+        }
+        for _ in 0..3 {
+            send_and_drop(&mut o);
+        }
+        assert!(o.target() < 450_000, "target {}", o.target());
+        let sizes: Vec<usize> = o.chunks.iter().map(|c| c.records as usize).collect();
+        assert_eq!(sizes, [2, 2, 2, 2, 2, 2], "every chunk cut in two");
+        let ends: Vec<bool> = o.chunks.iter().map(|c| c.end.is_some()).collect();
+        assert_eq!(ends, [false, true, false, true, false, true]);
+    }
+
+    /// A one-record chunk no larger than messages the receiver took before is not rejected
+    /// even when the probe succeeds: its drops were a passing fault.
+    #[test]
+    fn a_record_no_larger_than_what_was_taken_before_is_never_rejected() {
+        let mut o = Outbox::new(None, "audit", 1 << 20);
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: usize::MAX,
+        };
+        let mut b = builder_with(&[5000]);
+        o.seal(&mut b, "audit", false, [10; 16]);
+        o.write_to(&mut w, Instant::now()).unwrap();
+        let first = o.chunks[0].id;
+        o.ack(&first).unwrap();
+        for (n, size) in [(11u8, 100), (12, 100)] {
+            let mut b = builder_with(&[size]);
+            o.seal(&mut b, "audit", false, [n; 16]);
+        }
+        for _ in 0..3 {
+            send_and_drop(&mut o);
+        }
+        o.rewind();
+        o.write_to(&mut w, Instant::now()).unwrap();
+        let probe_sent: Vec<[u8; 24]> = o
+            .chunks
+            .iter()
+            .filter(|c| c.sent_at.is_some())
+            .map(|c| c.id)
+            .collect();
+        o.ack(&probe_sent[0]).unwrap();
+        assert!(o.take_rejected().is_empty());
+        assert_eq!(o.unacked(), 1, "the suspect stays, to be sent again");
+        assert!(o.take_reconnect(), "a new connection sends it first");
+        assert!(!o.take_reconnect());
+        o.rewind();
+        o.write_to(&mut w, Instant::now()).unwrap();
+        assert!(
+            o.chunks[0].sent_at.is_some(),
+            "and goes out first on the next connection"
+        );
     }
 }

@@ -42,8 +42,7 @@ fn rejected(dir: &TempDir) -> Vec<Value> {
 /// With the default --backoff-timer 10s this takes about 15 drops, i.e. an outage of a few
 /// minutes; here a 100ms backoff makes it seconds.
 #[test]
-#[ignore = "shows a bug: healthy records are rejected during a receiver outage (issue 7 item 3)"]
-fn outage_that_drops_every_connection_rejects_good_records() {
+fn outage_that_drops_every_connection_rejects_nothing() {
     let dir = TempDir::new("attack-outage");
     let mut w = AuditWriter::create(dir.path());
     let lines = audit_events(0..20);
@@ -144,7 +143,7 @@ fn sigterm_with_a_partial_chunk_held_by_nagle_loses_nothing() {
 /// (lumberjack writes the .gz, then removes the plain file; a rescan can fall in between) is
 /// then followed a second time: its lines are delivered twice without any crash.
 #[test]
-#[ignore = "shows a bug: a tiny backup (< 256 bytes) is read again from its gzip copy"]
+#[ignore = "open: a tiny backup (< 256 bytes) is read again from its gzip copy; duplicates, never loss (identity rule 5 prefers re-reading)"]
 fn tiny_backup_gzipped_while_listed_is_read_twice() {
     let dir = TempDir::new("attack-tiny-gz");
     let mut w = AuditWriter::create(dir.path());
@@ -257,6 +256,9 @@ fn gzip_record_the_receiver_cannot_take_is_set_aside() {
         cov.feed_all(&rx.records());
         cov.is_complete()
     });
+    // The record is set aside when the ack for the chunks after it comes back, which may be
+    // just after the receiver recorded them.
+    wait_until(secs(10), || !rejected(&dir).is_empty());
     let kept = rejected(&dir);
     fwd.term_ok();
     assert!(ok, "{} records missing; {}", cov.remaining(), rx.summary());
@@ -369,8 +371,7 @@ fn max_held_smaller_than_one_file() {
 /// even after the hostile client is gone. An attacker can thus keep chosen audit events away
 /// from the audit pipeline.
 #[test]
-#[ignore = "shows a bug: a client holding the tailer's memory budget gets audit records rejected"]
-fn hostile_client_holding_the_tailer_budget_gets_records_rejected() {
+fn hostile_client_holding_the_tailer_budget_gets_nothing_rejected() {
     use std::io::Write;
     let dir = TempDir::new("attack-budget");
     let mut w = AuditWriter::create(dir.path());
@@ -420,8 +421,7 @@ fn hostile_client_holding_the_tailer_budget_gets_records_rejected() {
 /// halves are dropped three times each... Nothing learns the limit, so each chunk costs
 /// several reconnections with backoff, and 6 MB of audit log take minutes.
 #[test]
-#[ignore = "shows a problem: a receiver limit below the chunk target makes delivery crawl"]
-fn receiver_limit_below_chunk_target_delivers_at_a_crawl() {
+fn receiver_limit_below_chunk_target_is_learned() {
     let dir = TempDir::new("attack-crawl");
     let mut w = AuditWriter::create(dir.path());
     let port = free_port();

@@ -1334,6 +1334,9 @@ fn t19_record_the_receiver_cannot_take_is_set_aside_not_blocking() {
         "the receiver never reset: {}",
         rx.summary()
     );
+    // The record is set aside when the ack for the chunks after it comes back, which may be
+    // just after the receiver recorded them.
+    wait_until(secs(10), || fwd.stderr_text().contains("keeps dropping"));
     let text = fwd.stderr_text();
     let error = text
         .lines()
