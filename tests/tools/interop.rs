@@ -129,8 +129,16 @@ impl Fluentd {
                     Some(u) => format!("fluentd exited ({})", u.describe()),
                     None => "fluentd did not say it is running within 90 s".to_string(),
                 };
+                let text = read_text(&log);
+                // The one known incompatibility of fluentd 1.16 with Debian's serverengine 2.2.2.
+                let hint = if text.contains("socket_manager.rb") && text.contains("ArgumentError") {
+                    "\n    (serverengine older than 2.3.2: load a shim that passes generate_path to \
+SocketManager::Server.open with FLUENTD_RUBYOPT=-r/path/to/shim.rb; see README.md)"
+                } else {
+                    ""
+                };
                 return Err(format!(
-                    "{why}; last lines of its log and output:\n{}{}",
+                    "{why}; last lines of its log and output:\n{}{}{hint}",
                     last_lines(&log, 15),
                     last_lines(&dir.join("fluentd.stdout"), 15)
                 ));
