@@ -22,6 +22,24 @@ bench *ARGS:
     cargo build --release
     cargo run --release --example bench -- {{ARGS}}
 
+# fluentd comes from the environment, never from this repository: FLUENTD='whole command line',
+# or FLUENTD_SRC=/path/to/fluentd-checkout (run with ruby; FLUENTD_RUBYOPT is passed to it as
+# RUBYOPT), or `fluentd` on PATH. Without one it says so and exits 0. Not part of `just test`.
+# Examples: `just interop --modes gzip`, `just interop --events 100000 --keep`.
+#
+# Manual run against a local fluentd: every record it wrote checked against its audit line
+interop *ARGS:
+    cargo build --release --bin audit-forwarder --example interop
+    cargo run --release --example interop -- check {{ARGS}}
+
+# Same fluentd discovery as `just interop`. Examples: `just fluentd-cost --formats packed
+# --sizes 512K,1M --runs 3`, `just fluentd-cost --events 100000`.
+#
+# fluentd's CPU per record and peak RSS by message format and chunk size
+fluentd-cost *ARGS:
+    cargo build --release --example interop
+    cargo run --release --example interop -- cost {{ARGS}}
+
 # Formatting, unit tests and the end-to-end tests that start the binary against real sockets,
 # files and (for the tunnel tests) real proxies.
 #
