@@ -714,6 +714,15 @@ impl Tail {
             }
             return;
         }
+        // Held files keep the name they have now (a rotated audit.log is a backup), so that
+        // what we log about them (a release, a read error) names the file an operator sees.
+        for e in entries.iter().filter(|e| !e.gz) {
+            for h in self.queue.iter_mut() {
+                if !h.is_gz() && offsets::held_open(&h.id, e.dev, e.ino) && h.name != e.name {
+                    h.name.clone_from(&e.name);
+                }
+            }
+        }
         let held = |e: &Entry, q: &VecDeque<Held>| {
             q.iter()
                 .any(|h| !h.is_gz() && offsets::held_open(&h.id, e.dev, e.ino))

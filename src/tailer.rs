@@ -925,7 +925,8 @@ impl Client {
         let grow = need.max(cap * 2).max(READ_STEP).min(cap + free);
         if grow < need {
             return Err(format!(
-                "over the memory budget: its message needs {} more bytes of buffer, and                  {} of --mem-budget {} bytes are held by all clients",
+                "over the memory budget: its message needs {} more bytes of buffer, and \
+                 {} of --mem-budget {} bytes are held by all clients",
                 need - cap,
                 mem.used,
                 mem.budget

@@ -1274,8 +1274,12 @@ fn t18_held_deleted_backups_are_bounded_by_max_held_bytes() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        line.contains("ERROR") && line.contains("bytes") && line.contains("never"),
-        "the error must say how much was never delivered: {line}"
+        line.contains("ERROR")
+            && line.contains("bytes")
+            && line.contains("never")
+            && line.contains("releasing audit-"),
+        "the error must name the backup (not the name it had when opened) and say how much was \
+         never delivered: {line}"
     );
     // The current audit.log is never released: everything in it arrives.
     let tailer = Tailer::start(port);
