@@ -31,6 +31,8 @@
 //! 7. **While following, a new entry is newer than what we hold when it lists after the newest
 //!    held file**, found by inode (rule 2) or, once that file was gzipped, by its bytes
 //!    ([`head_matches`]; the oldest match, since placing it too early only costs duplicates).
+//!    This applies rules 1 and 2 in `tail`'s rescan; its tests are the rotation tests there and
+//!    in `tests/rotation.rs`.
 
 use std::fmt;
 use std::fs;

@@ -837,6 +837,13 @@ mod tests {
         o.seal(&mut b, "audit", false, [n; 16]);
     }
 
+    fn unlimited() -> Trickle {
+        Trickle {
+            out: Vec::new(),
+            budget: usize::MAX,
+        }
+    }
+
     /// A writer that takes at most `cap` bytes per call, then blocks.
     struct Trickle {
         out: Vec<u8>,
@@ -865,10 +872,7 @@ mod tests {
         add(&mut o, 0, 0, 25); // a skipped over-long line: no records, just a position
         add(&mut o, 3, 1, 30);
         let now = Instant::now();
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         assert!(o.write_to(&mut w, now).unwrap());
         let ids: Vec<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
         // An ack for a chunk never sent on this connection is refused.
@@ -883,10 +887,7 @@ mod tests {
         );
         // Reconnect: only the unacked chunk goes out again.
         o.rewind();
-        let mut w2 = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w2 = unlimited();
         assert!(o.write_to(&mut w2, now).unwrap());
         assert_eq!(w2.out, o.chunks[0].frame);
         o.ack(&ids[3]).unwrap();
@@ -1001,10 +1002,7 @@ mod tests {
     /// Writes everything, then reports a dropped connection (the receiver reset on it).
     fn send_and_drop(o: &mut Outbox) {
         o.rewind();
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         o.dropped_by_peer();
     }
@@ -1023,10 +1021,7 @@ mod tests {
             assert_eq!(record_numbers(&o), [vec![0, 1], vec![2, 3]], "gzip {gzip}");
             // The receiver takes [0, 1] and keeps dropping [2, 3], then [2].
             o.rewind();
-            let mut w = Trickle {
-                out: Vec::new(),
-                budget: usize::MAX,
-            };
+            let mut w = unlimited();
             o.write_to(&mut w, Instant::now()).unwrap();
             let first = o.chunks[0].id;
             o.ack(&first).unwrap();
@@ -1047,10 +1042,7 @@ mod tests {
             assert_eq!(record_numbers(&o), [vec![2], vec![3]]);
             assert!(o.take_rejected().is_empty());
             o.rewind();
-            let mut probe = Trickle {
-                out: Vec::new(),
-                budget: usize::MAX,
-            };
+            let mut probe = unlimited();
             o.write_to(&mut probe, Instant::now()).unwrap();
             let sent: Vec<[u8; 24]> = o
                 .chunks
@@ -1098,10 +1090,7 @@ mod tests {
         send_and_drop(&mut o);
         // An ack of the suspect clears it.
         o.rewind();
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         let id = o.chunks[0].id;
         o.ack(&id).unwrap();
@@ -1122,10 +1111,7 @@ mod tests {
         let mut b = builder_with(&[10, 20]);
         o.seal(&mut b, "audit", false, [6; 16]);
         assert_eq!(o.spare_bytes(), 0);
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         let id = o.chunks[0].id;
         o.ack(&id).unwrap();
@@ -1156,10 +1142,7 @@ mod tests {
         assert_eq!(record_numbers(&o).len(), 2);
         // Healthy again: both are delivered in order.
         o.rewind();
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         let ids: Vec<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
         assert!(
@@ -1224,10 +1207,7 @@ mod tests {
     #[test]
     fn a_record_no_larger_than_what_was_taken_before_is_never_rejected() {
         let mut o = Outbox::new(None, "audit", 1 << 20);
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: usize::MAX,
-        };
+        let mut w = unlimited();
         let mut b = builder_with(&[5000]);
         o.seal(&mut b, "audit", false, [10; 16]);
         o.write_to(&mut w, Instant::now()).unwrap();
