@@ -1026,9 +1026,7 @@ mod tests {
         gzip(&b1);
         append(&log, &event("y1"));
         let mut t = Tail::new(&log, true, 1024, u64::MAX, pos).unwrap();
-        let got = drain(&mut t);
-        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
-        assert_eq!(ids, ["x2", "x3", "y1"]);
+        assert_eq!(event_ids(&drain(&mut t)), ["x2", "x3", "y1"]);
     }
 
     #[test]
@@ -1053,6 +1051,11 @@ mod tests {
             "{{\"auditID\":\"{tag}\",\"pad\":\"{}\"}}\n",
             "x".repeat(300)
         )
+    }
+
+    /// The tags of lines made by [`event`].
+    fn event_ids(lines: &[String]) -> Vec<&str> {
+        lines.iter().map(|l| &l[12..14]).collect()
     }
 
     fn gzip(src: &Path) {
@@ -1089,9 +1092,7 @@ mod tests {
         gzip(&b);
         append(&log, &event("C1"));
         let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
-        let got = drain(&mut t);
-        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
-        assert_eq!(ids, ["B1", "B2", "C1"]);
+        assert_eq!(event_ids(&drain(&mut t)), ["B1", "B2", "C1"]);
     }
 
     /// A weak position (nothing strong was ever read) re-reads rather than skips.
@@ -1138,8 +1139,9 @@ mod tests {
         t.on_inotify().unwrap();
         assert_eq!(t.queue.len(), 3, "one deleted file is within the limit");
         fs::remove_file(&b2).unwrap();
-        let got = drain(&mut t);
-        let ids: Vec<&str> = got.iter().map(|l| &l[12..14]).collect();
-        assert_eq!(ids, ["B0", "B1", "B2", "C0", "C1", "C2"]);
+        assert_eq!(
+            event_ids(&drain(&mut t)),
+            ["B0", "B1", "B2", "C0", "C1", "C2"]
+        );
     }
 }
