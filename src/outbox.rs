@@ -44,6 +44,17 @@ pub struct Rejected {
     pub json: Vec<u8>,
 }
 
+/// What the receiver's dropped connections say about the oldest chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suspicion {
+    None,
+    /// Dropped this many times in a row while this chunk was the oldest written.
+    Dropped([u8; 24], u32),
+    /// A one-record chunk the current connection skips, to see whether the receiver takes the
+    /// chunks after it.
+    Probing([u8; 24]),
+}
+
 pub struct Chunk {
     pub id: [u8; 24],
     /// The complete PackedForward message; empty for a position marker.
@@ -242,14 +253,11 @@ pub struct Outbox {
     tag: String,
     /// The largest entries a chunk should carry; a bigger record gets a chunk of its own.
     target: usize,
-    /// The chunk the receiver dropped the connection over, and how many times in a row.
-    suspect: Option<([u8; 24], u32)>,
+    /// Whether the receiver has been dropping connections over one chunk.
+    suspicion: Suspicion,
     rejected: Vec<Rejected>,
     /// Makes the ids of split parts unique.
     splits: u64,
-    /// A one-record chunk the current connection skips, to see whether the receiver takes the
-    /// chunks after it.
-    probe: Option<[u8; 24]>,
     /// The largest message the receiver has acked: a record is only rejected for its size.
     largest_acked: usize,
     /// A probe found the skipped chunk blameless: a new connection must send it first.
@@ -270,10 +278,9 @@ impl Outbox {
             acked_total: Acked::default(),
             tag: tag.to_string(),
             target,
-            suspect: None,
+            suspicion: Suspicion::None,
             rejected: Vec::new(),
             splits: 0,
-            probe: None,
             largest_acked: 0,
             reconnect: false,
             spare: Vec::new(),
@@ -316,12 +323,12 @@ impl Outbox {
     pub fn seal(&mut self, b: &mut Builder, tag: &str, gzip: bool, random: [u8; 16]) {
         let Some(end) = b.end.take() else { return };
         let marks = std::mem::take(&mut b.marks);
-        if marks.len() > 1 && has_oversized(&marks, self.target) {
+        let parts = parts_isolating(&marks, self.target);
+        if parts.len() > 1 {
             let entries = b.frame[b.header..].to_vec();
             b.clear(tag);
             b.records = 0;
             b.source_bytes = 0;
-            let parts = parts_isolating(&marks, self.target);
             let last = parts.len() - 1;
             for (i, range) in parts.into_iter().enumerate() {
                 // Only the last part may move the position: it covers the builder's end.
@@ -444,8 +451,8 @@ impl Outbox {
     /// receiver that drops the probe connection too is failing everything (an outage, a full
     /// memory budget), and the record stays.
     pub fn dropped_by_peer(&mut self) {
-        if let Some(p) = self.probe.take() {
-            self.suspect = None;
+        if let Suspicion::Probing(p) = self.suspicion {
+            self.suspicion = Suspicion::None;
             log::warn!(
                 "the receiver also dropped the connection that skipped chunk {}: it is failing \
                  everything, not that record; sending it again in order",
@@ -461,15 +468,15 @@ impl Outbox {
             return;
         }
         let id = self.chunks[i].id;
-        let count = match self.suspect {
-            Some((s, n)) if s == id => n + 1,
+        let count = match self.suspicion {
+            Suspicion::Dropped(s, n) if s == id => n + 1,
             _ => 1,
         };
         if count < DROPS_BEFORE_ISOLATING {
-            self.suspect = Some((id, count));
+            self.suspicion = Suspicion::Dropped(id, count);
             return;
         }
-        self.suspect = None;
+        self.suspicion = Suspicion::None;
         // The connection is gone: everything unacked goes out again on the next one.
         self.rewind();
         if self.chunks[i].marks.len() > 1 {
@@ -490,7 +497,7 @@ impl Outbox {
                 self.chunks[i].source_bytes,
                 self.chunks[i].file
             );
-            self.probe = Some(id);
+            self.suspicion = Suspicion::Probing(id);
         }
     }
 
@@ -616,7 +623,8 @@ impl Outbox {
 
     fn skip_acked(&mut self) {
         while self.next < self.chunks.len()
-            && (self.chunks[self.next].acked || self.probe == Some(self.chunks[self.next].id))
+            && (self.chunks[self.next].acked
+                || self.suspicion == Suspicion::Probing(self.chunks[self.next].id))
         {
             self.next += 1;
             self.write_off = 0;
@@ -672,28 +680,30 @@ impl Outbox {
         };
         c.acked = true;
         self.largest_acked = self.largest_acked.max(c.frame.len());
-        if self.suspect.is_some_and(|(s, _)| s[..] == *id) {
-            self.suspect = None;
-        }
         // The receiver took a chunk on the connection that skipped the suspect record: that
         // record is what it cannot take, if it is larger than anything the receiver ever took
         // (a message limit). One no larger was dropped for something passing (a memory budget
-        // held by others, a restart): it stays, in order.
-        if let Some(p) = self.probe.take() {
-            if let Some(i) = self.chunks.iter().position(|c| c.id == p) {
-                let size = self.chunks[i].frame.len();
-                if size > MIN_TARGET && size > self.largest_acked {
-                    self.reject(i);
-                } else {
-                    log::warn!(
+        // held by others, a restart): it stays, in order. An ack of the suspect itself clears
+        // the suspicion.
+        match std::mem::replace(&mut self.suspicion, Suspicion::None) {
+            Suspicion::Dropped(s, n) if s[..] != *id => self.suspicion = Suspicion::Dropped(s, n),
+            Suspicion::Probing(p) => {
+                if let Some(i) = self.chunks.iter().position(|c| c.id == p) {
+                    let size = self.chunks[i].frame.len();
+                    if size > MIN_TARGET && size > self.largest_acked {
+                        self.reject(i);
+                    } else {
+                        log::warn!(
                         "the receiver took the chunks after {} but dropped the connection over it \
                          although it is no larger than what it takes: a passing fault, not this \
                          record; reconnecting to send it again, first",
                         String::from_utf8_lossy(&p)
                     );
-                    self.reconnect = true;
+                        self.reconnect = true;
+                    }
                 }
             }
+            _ => {}
         }
         Ok(self.advance_commit())
     }
@@ -728,16 +738,6 @@ impl Outbox {
         self.acked_total.source_bytes += done.source_bytes;
         done
     }
-}
-
-/// Whether a record's entry is larger than `target`.
-fn has_oversized(marks: &[Mark], target: usize) -> bool {
-    let mut from = 0;
-    marks.iter().any(|m| {
-        let big = m.entry_end - from > target;
-        from = m.entry_end;
-        big
-    })
 }
 
 /// Record ranges such that every record over `target` is alone and the others stay together.

@@ -260,14 +260,20 @@ impl Tail {
             self.try_start();
         } else if self.open_failed {
             self.open_failed = false;
-            if !self.started {
-                self.startup();
-            } else {
-                self.rescan_dir();
-                self.settle();
-            }
+            self.list_again();
         }
         self.limit_held();
+    }
+
+    /// Looks at the directory again: the start-up search if it never succeeded, else for files
+    /// that are new since the last look.
+    fn list_again(&mut self) {
+        if !self.started {
+            self.startup();
+        } else {
+            self.rescan_dir();
+        }
+        self.settle();
     }
 
     /// `--max-held-bytes`: gives up the oldest deleted files we hold while the space they keep
@@ -419,12 +425,7 @@ impl Tail {
         }
         if self.rescan && self.wd.is_some() {
             self.rescan = false;
-            if !self.started {
-                self.startup();
-            } else {
-                self.rescan_dir();
-            }
-            self.settle();
+            self.list_again();
         }
         self.limit_held();
         Ok(())
