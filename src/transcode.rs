@@ -85,6 +85,37 @@ pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
     }
 }
 
+/// One JSON object (a Kubernetes API answer, a JSON kubeconfig) as a msgpack map, parsed with
+/// the same strict grammar as the audit lines, so the project has one JSON parser. On error `out`
+/// is left as it was.
+pub fn object_to_msgpack(json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let base = out.len();
+    let result = (|| {
+        if json.len() > MAX_MSGPACK_LEN {
+            return Err(Invalid::TooLong);
+        }
+        if !is_ascii(json) && std::str::from_utf8(json).is_err() {
+            return Err(Invalid::Utf8);
+        }
+        let i = skip_ws(json, 0);
+        if json.get(i) != Some(&b'{') {
+            return Err(Invalid::NotObject);
+        }
+        let mut times = Times::default();
+        let mut w = Out::new(out);
+        let end = top_object(json, i, &mut w, &mut times);
+        w.close();
+        if skip_ws(json, end?) != json.len() {
+            return Err(Invalid::Trailing);
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        out.truncate(base);
+        format!("not a valid JSON object ({e:?})")
+    })
+}
+
 /// RFC 3339 timestamp -> EventTime, exact to the nanosecond with integer arithmetic.
 ///
 /// Accepts `YYYY-MM-DD(T|t| )HH:MM:SS[.digits](Z|z|+HH:MM|-HH:MM)`. Fraction digits beyond the
