@@ -133,7 +133,9 @@ pub enum Route {
 }
 
 pub struct Settings {
-    pub target: Target,
+    /// `None` while the receiver is not known (discovery has not found it, or its Service is
+    /// gone): the connection stays down and nothing is sent.
+    pub target: Option<Target>,
     pub route: Route,
     pub backoff_max: Duration,
     pub ack_timeout: Duration,
@@ -185,10 +187,8 @@ impl Conn {
     }
 
     /// New TLS material for the next connection (the current one, if any, keeps its session).
-    pub fn set_tls(&mut self, client: tls::ClientTls) {
-        if let Some(t) = self.cfg.tls.as_mut() {
-            t.client = client;
-        }
+    pub fn set_tls(&mut self, setup: TlsSetup) {
+        self.cfg.tls = Some(setup);
         self.retry_soon();
     }
 
@@ -198,6 +198,43 @@ impl Conn {
             *tls = client;
         }
         self.retry_soon();
+    }
+
+    /// Points the connection at another receiver (or at none). A connection to the old one is
+    /// closed; the chunks it had not acked go again, in order, to the new one.
+    pub fn set_target(&mut self, target: Option<Target>, registry: &Registry) {
+        if target == self.cfg.target {
+            return;
+        }
+        match (&self.cfg.target, &target) {
+            (Some(old), Some(new)) => info!(
+                "receiver changed from {old} to {new}: unacked chunks will be sent again to {new}"
+            ),
+            (None, Some(new)) => info!("receiver is {new}"),
+            (Some(old), None) => {
+                info!("receiver {old} is gone: delivery paused, the position stays at the last ack")
+            }
+            (None, None) => {}
+        }
+        self.close(registry);
+        self.cfg.target = target;
+        self.last_failure = None;
+        self.attempts = 0;
+        self.state = State::Down {
+            retry_at: Instant::now(),
+        };
+    }
+
+    pub fn has_target(&self) -> bool {
+        self.cfg.target.is_some()
+    }
+
+    /// The receiver for log lines.
+    fn shown(&self) -> String {
+        match &self.cfg.target {
+            Some(t) => t.to_string(),
+            None => "the receiver (not known yet)".into(),
+        }
     }
 
     /// A fixed configuration deserves a prompt retry rather than the rest of a long backoff.
@@ -222,7 +259,7 @@ impl Conn {
     /// The next moment a timer must wake the loop for this connection.
     pub fn deadline(&self, outbox: &Outbox) -> Option<Instant> {
         match &self.state {
-            State::Down { retry_at } => Some(*retry_at),
+            State::Down { retry_at } => self.cfg.target.as_ref().map(|_| *retry_at),
             State::Resolving { deadline, .. }
             | State::Connecting { deadline, .. }
             | State::ProxyTls { deadline, .. }
@@ -267,10 +304,10 @@ impl Conn {
         outbox: &mut Outbox,
         now: Instant,
     ) -> Result<(State, bool), String> {
-        let target = &self.cfg.target;
+        let target = self.shown();
         match state {
             State::Down { retry_at } => {
-                if now < retry_at {
+                if now < retry_at || self.cfg.target.is_none() {
                     return Ok((State::Down { retry_at }, false));
                 }
                 self.plan = Plan::default();
@@ -579,7 +616,10 @@ impl Conn {
     fn name_of(&self, want: Want) -> (&str, u16) {
         match (want, &self.cfg.route) {
             (Want::Dial, Route::Mtls { host, port, .. }) => (host, *port),
-            _ => (&self.cfg.target.host, self.cfg.target.port),
+            _ => match &self.cfg.target {
+                Some(t) => (&t.host, t.port),
+                None => ("", 0),
+            },
         }
     }
 
@@ -626,7 +666,7 @@ impl Conn {
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .map_err(|e| format!("register socket: {e}"))?;
-            debug!("connecting to {} via {}", self.cfg.target, link.peer);
+            debug!("connecting to {} via {}", self.shown(), link.peer);
             self.peer = Some(link.peer.clone());
             return Ok(State::Connecting {
                 link,
@@ -689,10 +729,7 @@ impl Conn {
 
     /// Logs an address that failed, once at warn while the same failure repeats.
     fn skip(&mut self, reason: String, next: SocketAddr) {
-        let line = format!(
-            "{}: {reason}; trying the next address {next}",
-            self.cfg.target
-        );
+        let line = format!("{}: {reason}; trying the next address {next}", self.shown());
         if self.last_skip.as_deref() == Some(line.as_str()) {
             debug!("{line}");
         } else {
@@ -707,7 +744,7 @@ impl Conn {
     fn start_connect(&mut self, link: Link, now: Instant) -> Result<State, String> {
         // next_lookup dials a proxy only once the receiver's name is resolved.
         let Some(addr) = self.plan.via.get(self.plan.via_at).copied() else {
-            return Err(format!("no address of {} to CONNECT to", self.cfg.target));
+            return Err(format!("no address of {} to CONNECT to", self.shown()));
         };
         Ok(State::Proxying {
             link,
@@ -792,14 +829,14 @@ impl Conn {
         if self.last_failure.take().is_some() || self.reconnects == 0 {
             info!(
                 "connected to {} ({}); {} chunks to send",
-                self.cfg.target,
+                self.shown(),
                 link.peer,
                 outbox.unacked()
             );
         } else {
             info!(
                 "reconnected to {} ({}); {} chunks to resend",
-                self.cfg.target,
+                self.shown(),
                 link.peer,
                 outbox.unacked()
             );
@@ -862,13 +899,13 @@ impl Conn {
         if self.last_failure.as_deref() == Some(reason.as_str()) {
             debug!(
                 "{}{at}: {reason}; retrying in {:.1}s",
-                self.cfg.target,
+                self.shown(),
                 delay.as_secs_f64()
             );
         } else {
             warn!(
                 "{}{at}: {reason}; retrying in {:.1}s",
-                self.cfg.target,
+                self.shown(),
                 delay.as_secs_f64()
             );
         }
@@ -1049,10 +1086,10 @@ mod tests {
     fn conn(poll: &Poll, host: &str, port: u16, lookup: Lookup) -> Conn {
         let waker = Waker::new(poll.registry(), WAKE).unwrap();
         let settings = Settings {
-            target: Target {
+            target: Some(Target {
                 host: host.into(),
                 port,
-            },
+            }),
             route: Route::Direct,
             backoff_max: Duration::from_secs(1),
             ack_timeout: Duration::from_secs(60),

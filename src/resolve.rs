@@ -58,9 +58,16 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(lookup: Lookup, waker: Waker) -> Resolver {
+        Resolver::sharing(lookup, Arc::new(waker))
+    }
+
+    /// A resolver whose answers wake the loop through a waker shared with other resolvers: mio
+    /// allows one waker per poll, and the receiver connection and the Kubernetes client each
+    /// resolve their own names.
+    pub fn sharing(lookup: Lookup, waker: Arc<Waker>) -> Resolver {
         Resolver {
             lookup,
-            waker: Arc::new(waker),
+            waker,
             worker: None,
             next_id: 0,
             asked: Vec::new(),

@@ -1,0 +1,498 @@
+//! The data path: tail -> transcode -> outbox -> conn, and acks back from conn -> outbox ->
+//! position file. It owns the inotify of the followed files and the receiver connection; its
+//! timers are the backoff, ack timeout, position flush, stats line and shutdown wait.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use super::{Effect, CONN, INOTIFY};
+use crate::cli::{Compress, ForwardArgs};
+use crate::config::Config;
+use crate::conn::{self, Conn};
+use crate::escape;
+use crate::lines::Piece;
+use crate::offsets::{self, Store};
+use crate::outbox::{Builder, Outbox};
+use crate::resolve::Resolver;
+use crate::sys;
+use crate::tail::{Progress, Tail};
+use crate::transcode::{self, Kind};
+
+/// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
+const CHUNK_TARGET: usize = 512 * 1024;
+/// Most bytes in flight on the connection; beyond this the files are the buffer.
+const WINDOW_MAX: usize = 8 * 1024 * 1024;
+/// Smallest read worth a syscall when memory is tight.
+const MIN_READ: usize = 4096;
+const READ_MAX: usize = 256 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const DIR_RETRY: Duration = Duration::from_secs(1);
+
+struct Stats {
+    malformed: u64,
+    rejected: u64,
+    skipped_long: u64,
+    peak: usize,
+    last_malformed_log: Option<Instant>,
+    malformed_since_log: u64,
+}
+
+/// The data path and everything it owns: the followed files, the chunk being built, the chunks
+/// in flight, the connection that carries them, and the position file their acks advance.
+pub struct Pipeline {
+    tail: Tail,
+    builder: Builder,
+    outbox: Outbox,
+    conn: Conn,
+    store: Store,
+    stats: Stats,
+    rng: SplitMix,
+    tag: String,
+    gzip: bool,
+    max_line: u64,
+    window: usize,
+    limit: usize,
+    log_path: std::path::PathBuf,
+    rejected_path: std::path::PathBuf,
+    shutdown_timeout: Duration,
+    stats_interval: Duration,
+    vhost: String,
+    next_stats: Instant,
+    next_flush: Instant,
+    next_dir_retry: Instant,
+    /// Set by a stop: reading has ended and this is when waiting for acks ends too.
+    draining: Option<Instant>,
+    /// The last read pass stopped because the window or the memory limit was full, not because
+    /// the files had nothing more: acks that free room are then work to do at once.
+    read_blocked: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        args: &ForwardArgs,
+        cfg: Config,
+        registry: &Registry,
+        resolver: Resolver,
+    ) -> Result<Pipeline, String> {
+        let position = match offsets::load(&args.position_file) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("{e}; starting without a position (files are read from their start, so lines may be sent twice)");
+                None
+            }
+        };
+        let store = Store::new(args.position_file.clone(), position.clone());
+        let max_line = usize::try_from(args.max_line_size).unwrap_or(usize::MAX);
+        let limit = usize::try_from(args.mem_buf_limit).unwrap_or(usize::MAX);
+        let tail = Tail::new(
+            &args.audit_log_path,
+            args.read_from_head,
+            max_line,
+            args.max_held_bytes,
+            position.clone(),
+        )
+        .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
+        registry
+            .register(
+                &mut SourceFd(&tail.inotify().as_raw_fd()),
+                INOTIFY,
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("register inotify: {e}"))?;
+        let mut seed = [0u8; 16];
+        sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
+        let conn = Conn::new(
+            conn::Settings {
+                target: Some(args.target.clone()),
+                route: cfg.route,
+                backoff_max: args.backoff_max,
+                ack_timeout: args.ack_timeout,
+                connect_timeout: args.connect_timeout,
+                tls: cfg.tls.map(|client| conn::TlsSetup {
+                    client,
+                    vhost: args.tls.vhost.clone(),
+                }),
+                handshake: cfg.handshake,
+            },
+            CONN,
+            rng.next(),
+            resolver,
+        );
+        // Memory: the read buffer, a partial line and one chunk being built are fixed costs; the
+        // window of chunks in flight gets what is left, and reading stops when it is full.
+        let window = WINDOW_MAX.min(limit / 2);
+        let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
+        info!(
+            "forwarding {} to {} (position file {}, window {} KiB)",
+            args.audit_log_path.display(),
+            args.target,
+            args.position_file.display(),
+            window / 1024
+        );
+        let started = Instant::now();
+        Ok(Pipeline {
+            tail,
+            builder: Builder::new(&args.tag, chunk_target),
+            outbox: Outbox::new(position, &args.tag, chunk_target),
+            conn,
+            store,
+            stats: Stats {
+                malformed: 0,
+                rejected: 0,
+                skipped_long: 0,
+                peak: 0,
+                last_malformed_log: None,
+                malformed_since_log: 0,
+            },
+            rng,
+            tag: args.tag.clone(),
+            gzip: matches!(args.compress, Compress::Gzip),
+            max_line: args.max_line_size,
+            window,
+            limit,
+            log_path: args.audit_log_path.clone(),
+            rejected_path: rejected_file(&args.position_file),
+            shutdown_timeout: args.shutdown_timeout,
+            stats_interval: args.stats_interval,
+            vhost: args.tls.vhost.clone(),
+            next_stats: started + args.stats_interval,
+            next_flush: started + FLUSH_EVERY,
+            next_dir_retry: started + DIR_RETRY,
+            draining: None,
+            read_blocked: false,
+        })
+    }
+
+    /// Events of its own tokens. The connection and the resolver need no handling here: the
+    /// connection is driven every turn and collects the resolver's answers itself.
+    pub fn on_event(&mut self, token: Token) {
+        if token == INOTIFY {
+            if let Err(e) = self.tail.on_inotify() {
+                warn!("inotify: {e}");
+            }
+        }
+    }
+
+    pub fn apply(&mut self, effect: Effect, registry: &Registry) {
+        match effect {
+            Effect::Stop(why) => {
+                if self.draining.is_none() {
+                    info!(
+                        "signal {why}: stopping; waiting up to {:?} for {} unacked chunks",
+                        self.shutdown_timeout,
+                        self.outbox.unacked()
+                    );
+                    self.draining = Some(Instant::now() + self.shutdown_timeout);
+                }
+            }
+            Effect::ReceiverTls(client) => self.conn.set_tls(conn::TlsSetup {
+                client,
+                vhost: self.vhost.clone(),
+            }),
+            Effect::ProxyTls(client) => self.conn.set_proxy_tls(client),
+            Effect::Receiver(target) => self.conn.set_target(target, registry),
+        }
+    }
+
+    /// When the loop must wake for the data path: now, if acks freed room while reading was
+    /// blocked (sleeping then would leave the window empty until the next timer); otherwise
+    /// only for what is pending, so an idle forwarder sleeps until the stats line.
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        if self.draining.is_none()
+            && self.read_blocked
+            && read_room(
+                &self.tail,
+                &self.builder,
+                &self.outbox,
+                self.window,
+                self.limit,
+            ) >= MIN_READ
+        {
+            return Some(now);
+        }
+        let flush = self
+            .store
+            .is_behind(self.outbox.committed())
+            .then_some(self.next_flush);
+        let retry = self.tail.needs_tick().then_some(self.next_dir_retry);
+        [
+            Some(self.next_stats),
+            flush,
+            self.conn.deadline(&self.outbox),
+            self.draining,
+            retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// One turn of the data path: read what the files have into chunks, drive the connection,
+    /// commit acked positions, log stats. Returns true once a stop has finished.
+    pub fn turn(&mut self, registry: &Registry) -> Result<bool, String> {
+        let now = Instant::now();
+        if self.tail.needs_tick() && now >= self.next_dir_retry {
+            self.tail.tick();
+            self.next_dir_retry = now + DIR_RETRY;
+        }
+        // Without a receiver there is nothing to fill the window for; the files keep the lines.
+        if self.draining.is_none() && self.conn.has_target() {
+            self.read()?;
+        }
+        let (outbox, builder) = (&mut self.outbox, &mut self.builder);
+        self.conn.drive(registry, outbox, Instant::now());
+        // The connection just became ready, or wrote the last of what was queued: the partial
+        // chunk goes now rather than after the next event. On shutdown it goes in any case, to
+        // be acked within the shutdown timeout if the receiver allows.
+        if builder.records > 0 && (self.draining.is_some() || self.conn.idle(outbox)) {
+            seal(outbox, builder, &self.tag, self.gzip, &mut self.rng);
+            self.conn.drive(registry, outbox, Instant::now());
+        }
+        for r in self.outbox.take_rejected() {
+            self.stats.rejected += 1;
+            set_aside(&self.rejected_path, &r);
+        }
+        self.note_peak();
+
+        let now = Instant::now();
+        if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
+            save_position(&mut self.store, &self.outbox);
+            self.next_flush = now + FLUSH_EVERY;
+        }
+        if now >= self.next_stats {
+            self.log_stats();
+            self.next_stats = now + self.stats_interval;
+        }
+        if let Some(deadline) = self.draining {
+            let left = self.outbox.unacked();
+            if left == 0 || now >= deadline {
+                if left > 0 {
+                    warn!(
+                        "shutdown timeout: {left} chunks not acked; they will be sent again after restart (position stays at {})",
+                        self.outbox.committed().map(|p| p.to_string()).unwrap_or_else(|| "the start".into())
+                    );
+                }
+                self.conn.close(registry);
+                save_position(&mut self.store, &self.outbox);
+                self.log_stats();
+                info!("stopped");
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads until the files have nothing more or the window or memory limit is full, sealing
+    /// chunks as they reach their target size.
+    fn read(&mut self) -> Result<(), String> {
+        let max_line = self.max_line;
+        let et = transcode::now_event_time();
+        let (window, limit, gzip) = (self.window, self.limit, self.gzip);
+        let Pipeline {
+            tail,
+            builder,
+            outbox,
+            stats,
+            rng,
+            tag,
+            conn,
+            read_blocked,
+            log_path,
+            ..
+        } = self;
+        loop {
+            stats.peak = stats.peak.max(buffered(tail, builder, outbox));
+            if outbox.bytes() + builder.allocated() >= window {
+                *read_blocked = true;
+                break;
+            }
+            if builder.records > 0 && builder.room() < MIN_READ * 3 {
+                seal(outbox, builder, tag, gzip, rng);
+                continue;
+            }
+            let max = read_room(tail, builder, outbox, window, limit);
+            if max < MIN_READ {
+                *read_blocked = true;
+                break;
+            }
+            let progress = tail
+                .read(max, |piece, _id, name, end| match piece {
+                    Piece::Line(line) => {
+                        builder.records += 1;
+                        builder.source_bytes += line.len() as u64 + 1;
+                        if transcode::append_entry(line, et, builder.entries()) == Kind::Fallback {
+                            stats.malformed += 1;
+                            note_malformed(stats, name, line);
+                        }
+                        builder.mark(name, end.saturating_sub(line.len() as u64 + 1), end);
+                    }
+                    Piece::TooLong { start, len } => {
+                        stats.skipped_long += 1;
+                        warn!(
+                            "{name}: skipped a line of {len} bytes at offset {start}: longer than --max-line-size {max_line}"
+                        );
+                    }
+                })
+                .map_err(|e| format!("reading {}: {e}", log_path.display()))?;
+            builder.end = tail.position();
+            match progress {
+                Progress::Read => {
+                    if builder.entries_len() >= outbox.target() {
+                        seal(outbox, builder, tag, gzip, rng);
+                    }
+                }
+                Progress::Switched => seal(outbox, builder, tag, gzip, rng),
+                Progress::Idle => {
+                    *read_blocked = false;
+                    break;
+                }
+            }
+        }
+        // Nagle's rule: a partial chunk goes out when the connection has nothing else to
+        // write (low latency when idle); while it connects or is busy, the chunk keeps
+        // filling towards its target. A builder with only a position costs nothing to queue.
+        if !builder.is_empty() && (builder.records == 0 || conn.idle(outbox)) {
+            seal(outbox, builder, tag, gzip, rng);
+        }
+        Ok(())
+    }
+
+    fn note_peak(&mut self) {
+        let now = buffered(&self.tail, &self.builder, &self.outbox);
+        self.stats.peak = self.stats.peak.max(now);
+    }
+
+    fn log_stats(&self) {
+        log_stats(
+            &self.outbox,
+            &self.conn,
+            &self.tail,
+            &self.builder,
+            &self.stats,
+        );
+    }
+}
+
+/// Where records the receiver would not take are kept: beside the position file.
+fn rejected_file(position_file: &std::path::Path) -> std::path::PathBuf {
+    let name = position_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".pos").unwrap_or(&name);
+    position_file.with_file_name(format!("{stem}.rejected"))
+}
+
+/// Logs a record the receiver would not take and appends it to the rejected-records file, so
+/// nothing is thrown away unseen.
+fn set_aside(path: &std::path::Path, r: &crate::outbox::Rejected) {
+    use std::io::Write;
+    let kept = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&r.json));
+    let kept = match kept {
+        Ok(()) => format!("kept in {}", path.display()),
+        Err(e) => format!("NOT kept: writing {} failed: {e}", path.display()),
+    };
+    error!(
+        "{} offset {}: the receiver keeps dropping the connection over this record of {} bytes \
+         (likely a receiver limit such as fluent-bit's Buffer_Max_Size or fluentd's \
+         chunk_size_limit); skipping it so delivery goes on; {kept}",
+        r.file, r.start, r.len
+    );
+}
+
+/// How many bytes the next read may take: none while the window of chunks in flight is full,
+/// and at most a quarter of what `--mem-buf-limit` leaves, since a read can grow the partial line
+/// by as much as it reads and the chunk by about three times that (short JSON numbers become
+/// 9-byte floats).
+fn read_room(
+    tail: &Tail,
+    builder: &Builder,
+    outbox: &Outbox,
+    window: usize,
+    limit: usize,
+) -> usize {
+    if outbox.bytes() + builder.allocated() >= window {
+        return 0;
+    }
+    let room = limit.saturating_sub(buffered(tail, builder, outbox));
+    READ_MAX.min(room / 4).min(builder.room() / 3)
+}
+
+/// Bytes held in memory, the figure `--mem-buf-limit` bounds: the read buffer and partial line,
+/// the chunk being built, and every unacked chunk.
+fn buffered(tail: &Tail, builder: &Builder, outbox: &Outbox) -> usize {
+    tail.buffered() + builder.allocated() + outbox.bytes() + outbox.spare_bytes()
+}
+
+fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: &mut SplitMix) {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&rng.next().to_le_bytes());
+    id[8..].copy_from_slice(&rng.next().to_le_bytes());
+    outbox.seal(builder, tag, gzip, id);
+}
+
+fn save_position(store: &mut Store, outbox: &Outbox) {
+    if let Some(p) = outbox.committed() {
+        if let Err(e) = store.save(p) {
+            error!("writing position file {}: {e}", store.path().display());
+        }
+    }
+}
+
+/// Malformed lines are logged at a bounded rate: the first at once, then a summary at most
+/// every 10 seconds.
+fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
+    stats.malformed_since_log += 1;
+    let now = Instant::now();
+    if stats
+        .last_malformed_log
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+    {
+        let prefix = escape::for_log(line, 80);
+        warn!(
+            "{name}: {} line(s) that are not JSON objects sent as {{\"log\": ...}} records; latest starts \"{prefix}\"",
+            stats.malformed_since_log
+        );
+        stats.last_malformed_log = Some(now);
+        stats.malformed_since_log = 0;
+    }
+}
+
+fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats: &Stats) {
+    let now_buffered = buffered(tail, builder, outbox);
+    info!(
+        "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} rejected={} cpu_s={:.2}",
+        outbox.acked_total.records,
+        outbox.acked_total.source_bytes,
+        tail.lag_bytes(),
+        conn.reconnects,
+        now_buffered,
+        stats.peak,
+        stats.malformed,
+        stats.skipped_long,
+        stats.rejected,
+        sys::cpu_seconds()
+    );
+}
+
+/// Chunk ids only need to be unique; a seeded SplitMix64 avoids a syscall per chunk.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
