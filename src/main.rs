@@ -9,6 +9,7 @@ mod escape;
 mod event_loop;
 mod forward;
 mod handshake;
+mod kube;
 mod lines;
 mod msgpack;
 mod offsets;

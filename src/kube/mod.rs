@@ -1,0 +1,3 @@
+//! Talking to Kubernetes: for now the cron schedule behind `--check-schedule`.
+
+pub mod schedule;
