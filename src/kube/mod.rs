@@ -3,3 +3,4 @@
 
 pub mod base64;
 pub mod json;
+pub mod schedule;
