@@ -2741,3 +2741,6 @@ impl TlsReceiver {
 
 // ---- tunnel helpers (tests/proxy.rs) ----
 pub mod proxy;
+
+// ---- test Kubernetes API server (Service/Secret discovery tests) ----
+pub mod kubeapi;
