@@ -1,10 +1,11 @@
-//! TLS material and rustls configurations: loads the CA bundle, certificate chains and private
-//! keys named on the command line, builds the forwarder's `ClientConfig` (mTLS towards the
-//! tailer) and the receiver's `ServerConfig`, and turns handshake failures into messages an
-//! operator can act on. Sans-IO: the event loop owns the sockets and drives the connections;
-//! nothing here touches the network.
+//! TLS material and rustls configurations: parses CA bundles, certificate chains and private
+//! keys (read from the files named on the command line, or handed over in memory as [`Pem`], as
+//! the Kubernetes Secret's keys are), builds the forwarder's `ClientConfig` (mTLS towards the
+//! tailer), the Kubernetes API client's `ClientConfig` and the receiver's `ServerConfig`, and
+//! turns handshake failures into messages an operator can act on. Sans-IO: the event loop owns
+//! the sockets and drives the connections; nothing here touches the network.
 //!
-//! Two behaviours differ from a default rustls client on purpose:
+//! Three behaviours differ from a default rustls client on purpose:
 //! - `--tls-verify-hostname=false` keeps the whole chain verification (CA, validity, key usage)
 //!   and only forgives a name mismatch, which is what fluent-bit 1.9 did for the tailer's
 //!   CN-only certificates (rustls, unlike OpenSSL, never looks at the CN).
@@ -12,6 +13,9 @@
 //!   DER reader instead of rustls' `keys_match`, which parses with webpki and therefore refuses
 //!   X.509 v1 client certificates (`openssl x509 -req` without `-extfile` makes those) that the
 //!   OpenSSL-based fluentd/fluent-bit receivers accept.
+//! - The API client's `insecure-skip-tls-verify` skips only the certificate checks: handshake
+//!   signatures are still verified against the presented certificate, and a kubeconfig without
+//!   a CA trusts the webpki-roots set, since a scratch image has no system roots.
 
 use crate::escape;
 use std::fmt;
@@ -23,15 +27,15 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::version::{TLS12, TLS13};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName,
-    Error, RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion,
+    AlertDescription, CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, Error,
+    RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 
 /// PEM files bigger than this are refused before parsing: the biggest legitimate input is a CA
@@ -71,6 +75,48 @@ pub struct ServerFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// PEM text and where it came from. `origin` is what every error about it names: a file path,
+/// or for material held in memory something like `secret audit/audittailer-client key
+/// "tls.crt"`. Debug shows the origin and the length only, since `bytes` may be a private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    pub origin: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pem")
+            .field("origin", &self.origin)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Pem {
+    /// Reads a PEM file (at most [`MAX_PEM_FILE`] bytes); the origin is the path.
+    pub fn read(path: &Path) -> Result<Pem, TlsError> {
+        let read_err = |source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PEM_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_PEM_FILE {
+            return Err(TlsError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Pem {
+            origin: path.display().to_string(),
+            bytes,
+        })
+    }
+}
+
 /// A client configuration plus the slot where its verifier leaves the server certificate of
 /// the latest handshake, for [`explain`] (rustls exposes `peer_certificates()` only after a
 /// successful handshake).
@@ -78,6 +124,18 @@ pub struct ServerFiles {
 pub struct ClientTls {
     pub config: Arc<ClientConfig>,
     pub presented: PresentedCert,
+    /// Where the trusted CAs came from (a path or a Secret key), for [`ClientTls::explain`].
+    pub ca_origin: String,
+}
+
+impl ClientTls {
+    /// Like [`explain`], with the presented certificate of this config's latest handshake, and
+    /// naming the CA's origin where [`explain`] names `--tls-ca-file`: for material that did
+    /// not come from the command line (a Secret), the flag would point the operator elsewhere.
+    pub fn explain(&self, err: &Error, vhost: &str) -> String {
+        let cert = self.presented.get();
+        explain_with_ca(err, vhost, cert.as_deref(), &self.ca_origin)
+    }
 }
 
 /// The end-entity certificate the server presented in the most recent handshake made with one
@@ -110,7 +168,7 @@ impl PresentedCert {
 }
 
 /// Why TLS material could not be loaded or a configuration not be built. Display names the
-/// file (or flag) and what is wrong with it.
+/// file, the [`Pem::origin`] (or flag) and what is wrong with it, never the material itself.
 #[derive(Debug)]
 pub enum TlsError {
     /// The file could not be opened or read.
@@ -118,23 +176,23 @@ pub enum TlsError {
     /// The file is bigger than any PEM file we expect.
     TooLarge { path: PathBuf },
     /// The PEM structure is broken (bad base64, missing END line).
-    Pem { path: PathBuf, detail: String },
-    /// No `CERTIFICATE` block; `holds_key` when the file has a private key instead.
-    NoCertificates { path: PathBuf, holds_key: bool },
-    /// No private key block; `holds_cert` when the file has a certificate instead.
-    NoPrivateKey { path: PathBuf, holds_cert: bool },
+    Pem { origin: String, detail: String },
+    /// No `CERTIFICATE` block; `holds_key` when the PEM has a private key instead.
+    NoCertificates { origin: String, holds_key: bool },
+    /// No private key block; `holds_cert` when the PEM has a certificate instead.
+    NoPrivateKey { origin: String, holds_cert: bool },
     /// The key is password protected, which a daemon cannot unlock.
-    EncryptedKey { path: PathBuf },
-    /// Certificate number `index` (1-based) of the file is not usable X.509.
+    EncryptedKey { origin: String },
+    /// Certificate number `index` (1-based) of the PEM is not usable X.509.
     BadCertificate {
-        path: PathBuf,
+        origin: String,
         index: usize,
         detail: String,
     },
     /// The key block decodes but is not a key the ring provider can sign with.
-    BadKey { path: PathBuf, detail: String },
-    /// The key belongs to another certificate.
-    KeyMismatch { key: PathBuf, cert: PathBuf },
+    BadKey { origin: String, detail: String },
+    /// The key belongs to another certificate; both are origins.
+    KeyMismatch { key: String, cert: String },
     /// `--tls-vhost` is neither a DNS name nor an IP address.
     InvalidVhost { vhost: String },
     /// rustls refused to build a configuration for a reason not tied to one file.
@@ -163,46 +221,40 @@ impl fmt::Display for TlsError {
                 path.display(),
                 MAX_PEM_FILE >> 20
             ),
-            TlsError::Pem { path, detail } => {
-                write!(f, "{}: invalid PEM: {detail}", path.display())
-            }
-            TlsError::NoCertificates { path, holds_key } => {
-                write!(f, "{}: {NO_CERTIFICATES}", path.display())?;
+            TlsError::Pem { origin, detail } => write!(f, "{origin}: invalid PEM: {detail}"),
+            TlsError::NoCertificates { origin, holds_key } => {
+                write!(f, "{origin}: {NO_CERTIFICATES}")?;
                 if *holds_key {
                     write!(f, "; the file holds a private key: {SWAPPED}")?;
                 }
                 Ok(())
             }
-            TlsError::NoPrivateKey { path, holds_cert } => {
-                write!(f, "{}: {NO_PRIVATE_KEY}", path.display())?;
+            TlsError::NoPrivateKey { origin, holds_cert } => {
+                write!(f, "{origin}: {NO_PRIVATE_KEY}")?;
                 if *holds_cert {
                     write!(f, "; the file holds a certificate: {SWAPPED}")?;
                 }
                 Ok(())
             }
-            TlsError::EncryptedKey { path } => write!(
+            TlsError::EncryptedKey { origin } => write!(
                 f,
-                "{}: the private key is encrypted; give an unencrypted key \
-                 (openssl pkey -in KEY -out PLAIN)",
-                path.display()
+                "{origin}: the private key is encrypted; give an unencrypted key \
+                 (openssl pkey -in KEY -out PLAIN)"
             ),
             TlsError::BadCertificate {
-                path,
+                origin,
                 index,
                 detail,
             } => write!(
                 f,
-                "{}: certificate {index} is not a valid X.509 certificate: {detail}",
-                path.display()
+                "{origin}: certificate {index} is not a valid X.509 certificate: {detail}"
             ),
-            TlsError::BadKey { path, detail } => {
-                write!(f, "{}: unusable private key: {detail}", path.display())
+            TlsError::BadKey { origin, detail } => {
+                write!(f, "{origin}: unusable private key: {detail}")
             }
             TlsError::KeyMismatch { key, cert } => write!(
                 f,
-                "{}: the private key does not match the certificate in {}",
-                key.display(),
-                cert.display()
+                "{key}: the private key does not match the certificate in {cert}"
             ),
             TlsError::InvalidVhost { vhost } => write!(
                 f,
@@ -225,36 +277,128 @@ impl std::error::Error for TlsError {
 /// Builds the client configuration: TLS 1.3 and 1.2, roots only from `--tls-ca-file`, our
 /// certificate for mTLS, and the hostname policy of `verify_hostname`.
 pub fn client_tls(s: &ClientSettings) -> Result<ClientTls, TlsError> {
+    let ca = Pem::read(&s.files.ca)?;
+    let cert = Pem::read(&s.files.cert)?;
+    let key = Pem::read(&s.files.key)?;
+    client_tls_from_pem(&ca, &cert, &key, &s.vhost, s.verify_hostname)
+}
+
+/// [`client_tls`] from material held in memory (the tailer's client Secret): roots only from
+/// `ca`, `cert` (optionally followed by intermediates) and its `key` for mTLS, `vhost` as SNI
+/// and name to check unless `verify_hostname` is false. Errors name the [`Pem::origin`].
+pub fn client_tls_from_pem(
+    ca: &Pem,
+    cert: &Pem,
+    key: &Pem,
+    vhost: &str,
+    verify_hostname: bool,
+) -> Result<ClientTls, TlsError> {
     // Validated here too so that a bad --tls-vhost fails at startup, not at the first connect.
-    server_name(&s.vhost)?;
+    server_name(vhost)?;
     let provider = provider();
-    let roots = load_roots(&s.files.ca)?;
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Config {
-            what: "server certificate verifier",
-            detail: e.to_string(),
-        })?;
-    let presented = PresentedCert::default();
-    let verifier = Arc::new(TailerVerifier {
-        inner,
-        verify_hostname: s.verify_hostname,
-        presented: presented.clone(),
-    });
-    let identity = load_identity(&provider, &s.files.cert, &s.files.key)?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(BOTH_VERSIONS)
-        .map_err(|e| TlsError::Config {
-            what: "TLS 1.2/1.3 with the ring provider",
-            detail: e.to_string(),
-        })?
+    let trust = Trust::Roots {
+        webpki: webpki_verifier(load_roots(ca)?, &provider)?,
+        verify_hostname,
+    };
+    let verifier = Arc::new(ServerVerifier::new(trust, &provider));
+    let presented = verifier.presented.clone();
+    let identity = load_identity(&provider, cert, key)?;
+    let config = client_builder(provider)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity)));
     Ok(ClientTls {
         config: Arc::new(config),
         presented,
+        ca_origin: ca.origin.clone(),
     })
+}
+
+/// The Kubernetes API client's configuration, from kubeconfig material: TLS 1.3 and 1.2, ALPN
+/// `http/1.1`.
+/// - Roots: `ca` (`certificate-authority(-data)`) when given, otherwise the Mozilla roots of
+///   webpki-roots. client-go would use the system roots there, but a scratch image has none,
+///   and an apiserver with a publicly issued certificate is the only case a CA-less kubeconfig
+///   can mean.
+/// - `insecure` (`insecure-skip-tls-verify`): any server certificate is accepted, but the
+///   handshake signatures are still checked against it, so the peer must hold its key. Like
+///   client-go, a CA together with `insecure` is refused rather than silently ignored.
+/// - `identity` (`client-certificate(-data)`, `client-key(-data)`): certificate and key for
+///   client-certificate authentication, checked to belong together.
+///
+/// The server name to verify (the `server` URL's host or `tls-server-name`) is given per
+/// connection, as for every rustls client.
+pub fn api_client_config(
+    ca: Option<&Pem>,
+    insecure: bool,
+    identity: Option<(&Pem, &Pem)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = match (ca, insecure) {
+        (Some(ca), true) => {
+            return Err(TlsError::Config {
+                what: "insecure-skip-tls-verify",
+                detail: format!(
+                    "cannot be combined with a certificate authority ({}); client-go refuses \
+                     this combination too: remove one of them",
+                    ca.origin
+                ),
+            })
+        }
+        (None, true) => None,
+        (Some(ca), false) => Some(load_roots(ca)?),
+        (None, false) => Some(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    };
+    let trust = match roots {
+        Some(roots) => Trust::Roots {
+            webpki: webpki_verifier(roots, &provider)?,
+            verify_hostname: true,
+        },
+        None => Trust::Anything,
+    };
+    let verifier = Arc::new(ServerVerifier::new(trust, &provider));
+    let identity = match identity {
+        Some((cert, key)) => Some(load_identity(&provider, cert, key)?),
+        None => None,
+    };
+    let builder = client_builder(provider)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(identity) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity)))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // The API client speaks HTTP/1.1 only; saying so keeps an HTTP/2-capable front (an L7 load
+    // balancer) from choosing h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn client_builder(
+    provider: Arc<CryptoProvider>,
+) -> Result<ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
+    ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(BOTH_VERSIONS)
+        .map_err(|e| TlsError::Config {
+            what: "TLS 1.2/1.3 with the ring provider",
+            detail: e.to_string(),
+        })
+}
+
+fn webpki_verifier(
+    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config {
+            what: "server certificate verifier",
+            detail: e.to_string(),
+        })
 }
 
 /// The receiver's configuration: TLS 1.3 and 1.2; with `client_ca`, clients without a
@@ -274,7 +418,7 @@ fn build_server_config(
     versions: &[&'static SupportedProtocolVersion],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let identity = load_identity(&provider, &f.cert, &f.key)?;
+    let identity = load_identity(&provider, &Pem::read(&f.cert)?, &Pem::read(&f.key)?)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config {
@@ -284,7 +428,7 @@ fn build_server_config(
     let builder = match &f.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let roots = load_roots(ca)?;
+            let roots = load_roots(&Pem::read(ca)?)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Config {
@@ -312,17 +456,42 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Verifies like rustls' WebPKI verifier and remembers what the server presented. With
-/// `verify_hostname == false` a name mismatch is forgiven: WebPKI checks the chain (issuer,
-/// validity, key usage) before the name, so reaching `NotValidForName` means the chain passed.
+/// What the server certificate is checked against.
 #[derive(Debug)]
-struct TailerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    verify_hostname: bool,
+enum Trust {
+    /// WebPKI chain, validity and key usage checks against roots. With `verify_hostname ==
+    /// false` a name mismatch is forgiven: WebPKI checks the chain before the name, so reaching
+    /// `NotValidForName` means the chain passed.
+    Roots {
+        webpki: Arc<WebPkiServerVerifier>,
+        verify_hostname: bool,
+    },
+    /// `insecure-skip-tls-verify`: any certificate chain and name are accepted.
+    Anything,
+}
+
+/// Verifies the server certificate per [`Trust`] and remembers what the server presented. The
+/// handshake signatures are always verified with the provider's algorithms (as rustls' WebPKI
+/// verifier does), so even with [`Trust::Anything`] a server that does not hold the key of the
+/// certificate it presents fails the handshake.
+#[derive(Debug)]
+struct ServerVerifier {
+    trust: Trust,
+    algorithms: WebPkiSupportedAlgorithms,
     presented: PresentedCert,
 }
 
-impl ServerCertVerifier for TailerVerifier {
+impl ServerVerifier {
+    fn new(trust: Trust, provider: &CryptoProvider) -> ServerVerifier {
+        ServerVerifier {
+            trust,
+            algorithms: provider.signature_verification_algorithms,
+            presented: PresentedCert::default(),
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -332,17 +501,19 @@ impl ServerCertVerifier for TailerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         self.presented.set(end_entity.as_ref());
-        let verdict = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
+        let (webpki, verify_hostname) = match &self.trust {
+            Trust::Anything => return Ok(ServerCertVerified::assertion()),
+            Trust::Roots {
+                webpki,
+                verify_hostname,
+            } => (webpki, *verify_hostname),
+        };
+        let verdict =
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         match verdict {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.verify_hostname => Ok(ServerCertVerified::assertion()),
+            )) if !verify_hostname => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -353,7 +524,7 @@ impl ServerCertVerifier for TailerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -362,34 +533,12 @@ impl ServerCertVerifier for TailerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
-
-    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
-        self.inner.root_hint_subjects()
-    }
-}
-
-fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let read_err = |source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_PEM_FILE {
-        return Err(TlsError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(bytes)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -400,57 +549,56 @@ fn holds_private_key(pem: &[u8]) -> bool {
     contains(pem, b"PRIVATE KEY-----")
 }
 
-/// Every certificate of a PEM file, in file order; other blocks (keys, EC parameters) are
-/// skipped, zero certificates is an error.
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+/// Every certificate of a PEM text, in order; other blocks (keys, EC parameters) are skipped,
+/// zero certificates is an error.
+fn load_certs(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(&pem.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
+            origin: pem.origin.clone(),
             detail: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificates {
-            path: path.to_path_buf(),
-            holds_key: holds_private_key(&pem),
+            origin: pem.origin.clone(),
+            holds_key: holds_private_key(&pem.bytes),
         });
     }
     Ok(certs)
 }
 
-/// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem_file(path)?;
+/// The first private key of a PEM text (PKCS#8, PKCS#1 or SEC1).
+fn load_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let origin = || pem.origin.clone();
     // Neither form is a block PrivateKeyDer knows (or it fails as base64 on the legacy
     // headers), so recognise them first to say what is actually wrong.
-    if contains(&pem, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-        || contains(&pem, b"Proc-Type: 4,ENCRYPTED")
+    if contains(&pem.bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || contains(&pem.bytes, b"Proc-Type: 4,ENCRYPTED")
     {
-        return Err(TlsError::EncryptedKey {
-            path: path.to_path_buf(),
-        });
+        return Err(TlsError::EncryptedKey { origin: origin() });
     }
-    match PrivateKeyDer::from_pem_slice(&pem) {
+    match PrivateKeyDer::from_pem_slice(&pem.bytes) {
         Ok(key) => Ok(key),
         Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-            holds_cert: contains(&pem, b"-----BEGIN CERTIFICATE-----"),
+            origin: origin(),
+            holds_cert: contains(&pem.bytes, b"-----BEGIN CERTIFICATE-----"),
         }),
+        // The pem error's Display quotes at most a BEGIN line or the base64 decoder's verdict,
+        // never decoded key bytes.
         Err(e) => Err(TlsError::Pem {
-            path: path.to_path_buf(),
+            origin: origin(),
             detail: e.to_string(),
         }),
     }
 }
 
-/// The trust anchors of a CA file; every certificate in it must be usable, so that a broken
-/// bundle is noticed at startup rather than as an "unknown issuer" at the first connect.
-fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// The trust anchors of a CA bundle; every certificate in it must be usable, so that a broken
+/// bundle is noticed when loaded rather than as an "unknown issuer" at the first connect.
+fn load_roots(pem: &Pem) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in load_certs(path)?.into_iter().enumerate() {
+    for (i, cert) in load_certs(pem)?.into_iter().enumerate() {
         roots.add(cert).map_err(|e| TlsError::BadCertificate {
-            path: path.to_path_buf(),
+            origin: pem.origin.clone(),
             index: i + 1,
             detail: e.to_string(),
         })?;
@@ -461,30 +609,28 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// Certificate chain plus signing key, checked to belong together.
 fn load_identity(
     provider: &CryptoProvider,
-    cert_path: &Path,
-    key_path: &Path,
+    cert: &Pem,
+    key: &Pem,
 ) -> Result<CertifiedKey, TlsError> {
-    let chain = load_certs(cert_path)?;
-    let key = load_key(key_path)?;
-    let signing_key =
-        provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| TlsError::BadKey {
-                path: key_path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+    let chain = load_certs(cert)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(load_key(key)?)
+        .map_err(|e| TlsError::BadKey {
+            origin: key.origin.clone(),
+            detail: e.to_string(),
+        })?;
     // Invariant: load_certs never returns an empty chain.
     let leaf = CertSummary::parse(chain[0].as_ref()).ok_or_else(|| TlsError::BadCertificate {
-        path: cert_path.to_path_buf(),
+        origin: cert.origin.clone(),
         index: 1,
         detail: "not DER-encoded X.509".to_string(),
     })?;
     if let Some(spki) = signing_key.public_key() {
         if spki.as_ref() != leaf.spki.as_slice() {
             return Err(TlsError::KeyMismatch {
-                key: key_path.to_path_buf(),
-                cert: cert_path.to_path_buf(),
+                key: key.origin.clone(),
+                cert: cert.origin.clone(),
             });
         }
     }
@@ -495,9 +641,14 @@ fn load_identity(
 /// `peer_cert` is the server's end-entity certificate ([`PresentedCert::get`]) when known; it
 /// lets the message tell a CN-only or v1 certificate from a plain wrong name.
 pub fn explain(err: &Error, vhost: &str, peer_cert: Option<&[u8]>) -> String {
+    explain_with_ca(err, vhost, peer_cert, "--tls-ca-file")
+}
+
+/// [`explain`] with `ca` naming where the trusted CAs came from.
+fn explain_with_ca(err: &Error, vhost: &str, peer_cert: Option<&[u8]>, ca: &str) -> String {
     let cert = peer_cert.and_then(CertSummary::parse);
     match err {
-        Error::InvalidCertificate(ce) => explain_server_cert(ce, vhost, cert.as_ref()),
+        Error::InvalidCertificate(ce) => explain_server_cert(ce, vhost, cert.as_ref(), ca),
         Error::NoCertificatesPresented => "the server presented no certificate".to_string(),
         Error::AlertReceived(alert) => explain_server_alert(*alert),
         Error::PeerIncompatible(p) => format!(
@@ -515,7 +666,12 @@ pub fn explain(err: &Error, vhost: &str, peer_cert: Option<&[u8]>) -> String {
     }
 }
 
-fn explain_server_cert(ce: &CertificateError, vhost: &str, cert: Option<&CertSummary>) -> String {
+fn explain_server_cert(
+    ce: &CertificateError,
+    vhost: &str,
+    cert: Option<&CertSummary>,
+    ca: &str,
+) -> String {
     let san = san_for(vhost);
     match ce {
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
@@ -538,7 +694,7 @@ fn explain_server_cert(ce: &CertificateError, vhost: &str, cert: Option<&CertSum
                     "the server certificate has no subject alternative names ({only}); rustls \
                      checks names only in SANs and ignores the CN: reissue the certificate with \
                      a SAN {san}, or use --tls-verify-hostname=false (which keeps the chain \
-                     verification against --tls-ca-file)"
+                     verification against {ca})"
                 )
             } else {
                 let names = match (cert, context_names) {
@@ -567,9 +723,8 @@ fn explain_server_cert(ce: &CertificateError, vhost: &str, cert: Option<&CertSum
                 None => String::new(),
             };
             format!(
-                "the server certificate{issuer} is not signed by the CA in --tls-ca-file \
-                 (unknown issuer): put the CA that issued the tailer's certificate into \
-                 --tls-ca-file"
+                "the server certificate{issuer} is not signed by the CA in {ca} (unknown \
+                 issuer): put the CA that issued the tailer's certificate into {ca}"
             )
         }
         CertificateError::Expired => {
@@ -1145,6 +1300,14 @@ extendedKeyUsage = clientAuth
             );
             issue_v1(d, "ec-sec1.key", VHOST, "v1.crt");
             issue_v1(d, "ec-pkcs8.key", forwarder, "client-v1.crt");
+            // An apiserver certificate nobody issued (kubeadm and kind issue theirs from a CA;
+            // self-signed ones are what insecure-skip-tls-verify kubeconfigs meet).
+            openssl(
+                d,
+                "req -x509 -new -key ec-pkcs8.key -subj /CN=apiserver -days 3650 \
+                 -addext subjectAltName=DNS:kubernetes.default.svc,IP:127.0.0.1 \
+                 -addext basicConstraints=critical,CA:FALSE -out self-signed.crt",
+            );
 
             let files = [
                 ("empty.pem", ""),
@@ -1525,6 +1688,7 @@ extendedKeyUsage = clientAuth
                     .with_no_client_auth(),
             ),
             presented: PresentedCert::default(),
+            ca_origin: p.path("ca1.crt").display().to_string(),
         };
 
         for (name, server) in [("TLS 1.3", &server), ("TLS 1.2", &tls12)] {
@@ -1582,6 +1746,300 @@ extendedKeyUsage = clientAuth
                 assert!(out.ok(), "{name} {cert}: {out:?}");
             }
         }
+    }
+
+    /// One key of the tailer's client Secret, as the Kubernetes client will hand it over.
+    fn secret_pem(file: &str, key: &str) -> Pem {
+        Pem {
+            origin: format!("secret audit/audittailer-client key {key:?}"),
+            bytes: std::fs::read(pki().path(file)).expect("generated file"),
+        }
+    }
+
+    /// [`client_tls_from_pem`] with the three files as the Secret's `ca.crt`, `tls.crt` and
+    /// `tls.key`.
+    fn from_secret(
+        ca: &str,
+        cert: &str,
+        key: &str,
+        vhost: &str,
+        verify: bool,
+    ) -> Result<ClientTls, TlsError> {
+        client_tls_from_pem(
+            &secret_pem(ca, "ca.crt"),
+            &secret_pem(cert, "tls.crt"),
+            &secret_pem(key, "tls.key"),
+            vhost,
+            verify,
+        )
+    }
+
+    /// Lines of the PEM files holding private keys: no error may quote any of them.
+    fn key_material_lines() -> Vec<String> {
+        let p = pki();
+        [
+            "rsa-pkcs8.key",
+            "rsa-pkcs1.key",
+            "ec-pkcs8.key",
+            "ec-sec1.key",
+        ]
+        .iter()
+        .map(|f| std::fs::read_to_string(p.path(f)).expect("generated key"))
+        .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.starts_with("-----"))
+        .collect()
+    }
+
+    fn assert_no_key_material(err: &TlsError) {
+        let shown = format!("{err} {err:?}");
+        for line in key_material_lines() {
+            assert!(!shown.contains(&line), "key material in {shown:?}");
+        }
+    }
+
+    #[test]
+    fn pem_material_handshakes_and_explains_with_its_origin() {
+        let ca_key = "secret audit/audittailer-client key \"ca.crt\"";
+        let server = server_files("server.crt", "rsa-pkcs1.key", Some("ca1.crt"));
+        for (name, server) in [
+            ("TLS 1.3", server_config(&server).unwrap()),
+            ("TLS 1.2", server_config_tls12_only(&server).unwrap()),
+        ] {
+            let good = from_secret("bundle.crt", "client.crt", "rsa-pkcs8.key", VHOST, true)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(good.ca_origin, ca_key);
+            let out = handshake(&good, &server, VHOST);
+            assert!(out.ok(), "{name}: {out:?}");
+
+            let wrong_ca = from_secret("ca2.crt", "client-ec.crt", "ec-pkcs8.key", VHOST, true)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let out = handshake(&wrong_ca, &server, VHOST);
+            let err = Error::InvalidCertificate(CertificateError::UnknownIssuer);
+            assert_eq!(out.client.as_ref(), Some(&err), "{name}");
+            // The issuer's name comes from the certificate this config's verifier kept.
+            assert_eq!(
+                wrong_ca.explain(&err, VHOST),
+                format!(
+                    "the server certificate (issued by \"ca1\") is not signed by the CA in \
+                     {ca_key} (unknown issuer): put the CA that issued the tailer's certificate \
+                     into {ca_key}"
+                ),
+                "{name}"
+            );
+            // The flag-based explanation is unchanged for the command-line path.
+            assert!(explain(&err, VHOST, None).contains("--tls-ca-file"));
+        }
+        // The hostname relaxation works from memory as from files.
+        let relaxed = from_secret(
+            "ca1.crt",
+            "client.crt",
+            "rsa-pkcs8.key",
+            "audit.example",
+            false,
+        )
+        .unwrap();
+        let server = server_config(&server_files("server.crt", "rsa-pkcs1.key", None)).unwrap();
+        assert!(handshake(&relaxed, &server, "audit.example").ok());
+        // Debug output (in logs or panics) shows where a key came from, never the key.
+        let key = secret_pem("rsa-pkcs8.key", "tls.key");
+        let shown = format!("{key:?}");
+        assert!(
+            shown.starts_with("Pem { origin: \"secret audit/"),
+            "{shown}"
+        );
+        for line in key_material_lines() {
+            assert!(!shown.contains(&line), "{shown}");
+        }
+    }
+
+    #[test]
+    fn pem_errors_name_the_slot_origin() {
+        let origin = |slot: &str| format!("secret audit/audittailer-client key {slot:?}");
+        // (ca, cert, key: file and the Secret key it stands for; the slot the message names,
+        // the rest of the message's start)
+        #[rustfmt::skip]
+        let cases: Vec<([&str; 3], &str, String)> = vec![
+            (["garbage.pem", "client.crt", "rsa-pkcs8.key"], "ca.crt",
+                "invalid PEM: base64 decode error".into()),
+            (["empty.pem", "client.crt", "rsa-pkcs8.key"], "ca.crt", NO_CERTIFICATES.into()),
+            (["rsa-pkcs8.key", "client.crt", "rsa-pkcs8.key"], "ca.crt",
+                format!("{NO_CERTIFICATES}; the file holds a private key: {SWAPPED}")),
+            (["bad-der.pem", "client.crt", "rsa-pkcs8.key"], "ca.crt",
+                "certificate 1 is not a valid X.509 certificate".into()),
+            (["ca1.crt", "garbage.pem", "rsa-pkcs8.key"], "tls.crt",
+                "invalid PEM: base64 decode error".into()),
+            (["ca1.crt", "text.pem", "rsa-pkcs8.key"], "tls.crt", NO_CERTIFICATES.into()),
+            (["ca1.crt", "rsa-pkcs8.key", "rsa-pkcs8.key"], "tls.crt",
+                format!("{NO_CERTIFICATES}; the file holds a private key: {SWAPPED}")),
+            (["ca1.crt", "client.crt", "garbage.pem"], "tls.key",
+                "invalid PEM: base64 decode error".into()),
+            (["ca1.crt", "client.crt", "empty.pem"], "tls.key", NO_PRIVATE_KEY.into()),
+            (["ca1.crt", "client.crt", "client.crt"], "tls.key",
+                format!("{NO_PRIVATE_KEY}; the file holds a certificate: {SWAPPED}")),
+            (["ca1.crt", "client.crt", "bad-key.pem"], "tls.key", "unusable private key: ".into()),
+            (["ca1.crt", "client.crt", "encrypted.key"], "tls.key",
+                "the private key is encrypted".into()),
+            (["ca1.crt", "client.crt", "ec-pkcs8.key"], "tls.key",
+                format!("the private key does not match the certificate in {}", origin("tls.crt"))),
+            (["ca1.crt", "client-ec.crt", "rsa-pkcs1.key"], "tls.key",
+                format!("the private key does not match the certificate in {}", origin("tls.crt"))),
+        ];
+        for ([ca, cert, key], slot, rest) in cases {
+            let want = format!("{}: {rest}", origin(slot));
+            let err = from_secret(ca, cert, key, VHOST, true).expect_err(&want);
+            assert!(err.to_string().starts_with(&want), "got {err}\nwant {want}");
+            assert_no_key_material(&err);
+        }
+        let err =
+            from_secret("ca1.crt", "client.crt", "rsa-pkcs8.key", "has space", true).unwrap_err();
+        assert!(matches!(err, TlsError::InvalidVhost { .. }), "{err}");
+    }
+
+    /// The API client's config in the shape the handshake helper takes.
+    fn api(config: Arc<ClientConfig>) -> ClientTls {
+        ClientTls {
+            config,
+            presented: PresentedCert::default(),
+            ca_origin: String::new(),
+        }
+    }
+
+    fn kubeconfig_pem(file: &str, field: &str) -> Pem {
+        Pem {
+            origin: format!("kubeconfig /k/config: {field}"),
+            bytes: std::fs::read(pki().path(file)).expect("generated file"),
+        }
+    }
+
+    #[test]
+    fn api_config_verifies_the_apiserver() {
+        let ca1 = kubeconfig_pem("ca1.crt", "clusters[kind].certificate-authority-data");
+        let ca2 = kubeconfig_pem("ca2.crt", "clusters[kind].certificate-authority-data");
+        let issued = server_files("server.crt", "rsa-pkcs1.key", None);
+        let self_signed = server_files("self-signed.crt", "ec-pkcs8.key", None);
+        let unknown = Some(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        // (case, ca, insecure, server, name, the client's error)
+        #[rustfmt::skip]
+        let cases: [(&str, Option<&Pem>, bool, &ServerFiles, &str, Option<Error>); 7] = [
+            ("CA issued the server certificate", Some(&ca1), false, &issued, "127.0.0.1", None),
+            ("another CA", Some(&ca2), false, &issued, "127.0.0.1", unknown.clone()),
+            ("name not in the certificate", Some(&ca1), false, &issued, "api.example",
+                Some(Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                    expected: server_name("api.example").unwrap(),
+                    presented: vec![
+                        "DnsName(\"kubernetes-audit-tailer\")".into(),
+                        "DnsName(\"tailer.example\")".into(),
+                        "IpAddress(127.0.0.1)".into(),
+                    ],
+                }))),
+            ("insecure, self-signed", None, true, &self_signed, "127.0.0.1", None),
+            ("insecure, any name", None, true, &issued, "api.example", None),
+            ("no CA: public roots, self-signed", None, false, &self_signed,
+                "kubernetes.default.svc", unknown.clone()),
+            ("no CA: public roots, private CA", None, false, &issued, "127.0.0.1", unknown),
+        ];
+        for (case, ca, insecure, server, name, want) in cases {
+            let client = api(api_client_config(ca, insecure, None).unwrap());
+            for (version, server) in [
+                ("TLS 1.3", server_config(server).unwrap()),
+                ("TLS 1.2", server_config_tls12_only(server).unwrap()),
+            ] {
+                let out = handshake(&client, &server, name);
+                match &want {
+                    None => assert!(out.ok(), "{case}, {version}: {out:?}"),
+                    Some(want) => assert_eq!(out.client.as_ref(), Some(want), "{case}, {version}"),
+                }
+            }
+        }
+        let err = api_client_config(Some(&ca1), true, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "insecure-skip-tls-verify: cannot be combined with a certificate authority \
+             (kubeconfig /k/config: clusters[kind].certificate-authority-data); client-go \
+             refuses this combination too: remove one of them"
+        );
+        let bad = kubeconfig_pem("garbage.pem", "clusters[kind].certificate-authority-data");
+        let err = api_client_config(Some(&bad), false, None).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "kubeconfig /k/config: clusters[kind].certificate-authority-data: invalid PEM"
+            ),
+            "{err}"
+        );
+        let config = api_client_config(None, false, None).unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn insecure_api_config_still_checks_handshake_signatures() {
+        let p = pki();
+        // A server that presents the self-signed certificate without holding its key (as a
+        // man in the middle replaying a certificate would): rustls' own builders never check
+        // this, so the identity is put together by hand.
+        let provider = provider();
+        let chain = load_certs(&Pem::read(&p.path("self-signed.crt")).unwrap()).unwrap();
+        let key = load_key(&Pem::read(&p.path("ec-sec1.key")).unwrap()).unwrap();
+        let key = provider.key_provider.load_private_key(key).unwrap();
+        let resolver = Arc::new(SingleCertAndKey::from(CertifiedKey::new(chain, key)));
+        let client = api(api_client_config(None, true, None).unwrap());
+        for versions in [BOTH_VERSIONS, &[&TLS12]] {
+            let server = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            let out = handshake(&client, &Arc::new(server), "127.0.0.1");
+            assert_eq!(
+                out.client,
+                Some(Error::InvalidCertificate(CertificateError::BadSignature)),
+                "{versions:?}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_config_presents_the_client_identity() {
+        let ca = kubeconfig_pem("ca1.crt", "clusters[kind].certificate-authority-data");
+        let cert = kubeconfig_pem("client.crt", "users[kind-admin].client-certificate-data");
+        let key = kubeconfig_pem("rsa-pkcs8.key", "users[kind-admin].client-key-data");
+        let server = server_files("server.crt", "rsa-pkcs1.key", Some("ca1.crt"));
+        for (version, server) in [
+            ("TLS 1.3", server_config(&server).unwrap()),
+            ("TLS 1.2", server_config_tls12_only(&server).unwrap()),
+        ] {
+            let with_identity =
+                api(api_client_config(Some(&ca), false, Some((&cert, &key))).unwrap());
+            let out = handshake(&with_identity, &server, "127.0.0.1");
+            assert!(out.ok(), "{version}: {out:?}");
+            let insecure = api(api_client_config(None, true, Some((&cert, &key))).unwrap());
+            let out = handshake(&insecure, &server, "127.0.0.1");
+            assert!(out.ok(), "{version} insecure: {out:?}");
+
+            let anonymous = api(api_client_config(Some(&ca), false, None).unwrap());
+            let out = handshake(&anonymous, &server, "127.0.0.1");
+            assert_eq!(
+                out.server,
+                Some(Error::NoCertificatesPresented),
+                "{version}"
+            );
+        }
+        let other_key = kubeconfig_pem("ec-pkcs8.key", "users[kind-admin].client-key-data");
+        let err = api_client_config(Some(&ca), false, Some((&cert, &other_key))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kubeconfig /k/config: users[kind-admin].client-key-data: the private key does not \
+             match the certificate in kubeconfig /k/config: \
+             users[kind-admin].client-certificate-data"
+        );
+        assert_no_key_material(&err);
+        let swapped = api_client_config(None, true, Some((&key, &cert))).unwrap_err();
+        assert!(
+            swapped.to_string().starts_with(
+                "kubeconfig /k/config: users[kind-admin].client-key-data: no certificates found"
+            ),
+            "{swapped}"
+        );
+        assert_no_key_material(&swapped);
     }
 
     #[test]
