@@ -1,6 +1,8 @@
 //! Discovery through the Kubernetes API: the kubeconfig, a small HTTP/1.1 client on the event
 //! loop, the Service and Secret objects it reads, and the check schedule.
 
+pub mod api;
 pub mod base64;
+pub mod http;
 pub mod json;
 pub mod schedule;
