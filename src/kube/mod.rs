@@ -3,3 +3,5 @@
 
 pub mod base64;
 pub mod json;
+pub mod kubeconfig;
+pub mod yaml;
