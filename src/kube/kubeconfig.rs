@@ -732,6 +732,26 @@ mod tests {
         );
         assert_eq!(got.origin, path.display().to_string());
 
+        // minikube's shape: absolute file names, extension lists with a date that has `:`s.
+        let d = dir.display();
+        let minikube = format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: {d}/ca.crt\n    \
+             extensions:\n    - extension:\n        last-update: Mon, 01 Jan 2024 10:00:00 CET\n\
+             \x20       provider: minikube.sigs.k8s.io\n        version: v1.32.0\n      name: \
+             cluster_info\n    server: https://192.168.49.2:8443\n  name: minikube\ncontexts:\n\
+             - context:\n    cluster: minikube\n    extensions:\n    - extension:\n        \
+             provider: minikube.sigs.k8s.io\n      name: context_info\n    namespace: default\n    \
+             user: minikube\n  name: minikube\ncurrent-context: minikube\nkind: Config\n\
+             preferences: {{}}\nusers:\n- name: minikube\n  user:\n    client-certificate: \
+             {d}/pki/client.crt\n    client-key: {d}/pki/client.key\n"
+        );
+        let got = from_text(&minikube, Path::new("/elsewhere"), "kc").expect("minikube");
+        assert_eq!(
+            summary(&got),
+            "minikube/minikube/minikube 192.168.49.2:8443 - ca=CA insecure=false sni=- cert=CERT \
+             key=KEY token=- file=- basic=-"
+        );
+
         fs::remove_file(dir.join("ca.crt")).expect("rm");
         let err = load(&path).expect_err("CA gone");
         let want = format!(

@@ -70,6 +70,7 @@ pub fn parse(text: &str) -> Result<Node, String> {
     let mut p = Parser {
         lines: lines(text)?,
         pos: 0,
+        depth: 0,
     };
     let Some(&first) = p.lines.first() else {
         return Ok(Node {
@@ -90,31 +91,46 @@ pub fn parse(text: &str) -> Result<Node, String> {
     }
 }
 
-/// The original's `-c` config file: a top-level mapping of `key: value` pairs. A null value is
-/// left out, as viper treats it as not set (the default applies); a nested value is an error.
+/// The original's `-c` config file: a top-level mapping of `key: value` pairs. Keys come back
+/// in ASCII lower case, since viper matched them ignoring case; a null value is left out, as
+/// viper treats it as not set (the default applies); a nested value is an error.
 pub fn flat_config(text: &str) -> Result<Vec<(String, String)>, String> {
     let root = parse(text)?;
-    match root.kind {
-        Kind::Null => Ok(Vec::new()),
-        Kind::Map(entries) => entries
-            .into_iter()
-            .filter_map(|(key, value)| match value.kind {
-                Kind::Null => None,
-                Kind::Scalar(s) => Some(Ok((key, s))),
-                _ => Some(Err(format!(
+    let entries = match root.kind {
+        Kind::Null => Vec::new(),
+        Kind::Map(entries) => entries,
+        _ => {
+            return Err(format!(
+                "line {}: the config file must be a mapping of `key: value` lines, not {}",
+                root.line,
+                root.kind_name()
+            ))
+        }
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (key, value) in entries {
+        let s = match value.kind {
+            Kind::Null => continue,
+            Kind::Scalar(s) => s,
+            _ => {
+                return Err(format!(
                     "line {}: {key:?} has {} as its value; the config file takes flat \
                      `key: value` pairs",
                     value.line,
                     value.kind_name()
-                ))),
-            })
-            .collect(),
-        _ => Err(format!(
-            "line {}: the config file must be a mapping of `key: value` lines, not {}",
-            root.line,
-            root.kind_name()
-        )),
+                ))
+            }
+        };
+        let key = key.to_ascii_lowercase();
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(format!(
+                "line {}: {key:?} is given twice (keys are compared ignoring case)",
+                value.line
+            ));
+        }
+        out.push((key, s));
     }
+    Ok(out)
 }
 
 /// A line with content: not blank, not only a comment. `text` starts after the indentation and
@@ -221,22 +237,36 @@ fn clip(text: &str) -> String {
 struct Parser<'a> {
     lines: Vec<Line<'a>>,
     pos: usize,
+    /// Blocks open around the current one; capped so a hostile file cannot exhaust the stack
+    /// (one `- ` or one column per level is enough to nest).
+    depth: usize,
 }
+
+/// Kubeconfigs nest about six levels deep.
+const MAX_DEPTH: usize = 64;
 
 impl Parser<'_> {
     /// The block that starts at the current line, at that line's indentation. `min` is the
     /// least indentation a continuation line of a multi-line plain scalar may have.
     fn block(&mut self, min: usize) -> Result<Node, String> {
         let line = self.lines[self.pos];
-        if is_item(line.text) {
-            return self.seq(line.indent);
+        if self.depth == MAX_DEPTH {
+            return Err(format!(
+                "line {}: nested more than {MAX_DEPTH} levels deep",
+                line.no
+            ));
         }
-        if split_key(line.text, line.no)?.is_some() {
-            return self.map(line.indent);
-        }
-        self.pos += 1;
-        let v = value(line.text, line.no)?;
-        self.continued(v, line.no, min)
+        self.depth += 1;
+        let node = if is_item(line.text) {
+            self.seq(line.indent)
+        } else if split_key(line.text, line.no)?.is_some() {
+            self.map(line.indent)
+        } else {
+            self.pos += 1;
+            value(line.text, line.no).and_then(|v| self.continued(v, line.no, min))
+        };
+        self.depth -= 1;
+        node
     }
 
     fn seq(&mut self, indent: usize) -> Result<Node, String> {
@@ -883,6 +913,14 @@ mod tests {
             let err = parse(text).expect_err(text);
             assert!(err.contains(want), "{text:?}: {err}");
         }
+        // Nesting is capped, whether by `- ` on one line or one column per line.
+        let deep_items = "- ".repeat(100) + "x";
+        let deep_keys: String = (0..100).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        for text in [deep_items, deep_keys] {
+            let err = parse(&text).expect_err("too deep");
+            assert!(err.contains("nested more than 64 levels deep"), "{err}");
+        }
+        assert!(parse(&("- ".repeat(60) + "x")).is_ok());
     }
 
     #[test]
@@ -904,6 +942,11 @@ mod tests {
             "null values are left out, as viper leaves them unset"
         );
         assert_eq!(flat_config("# nothing\n"), Ok(vec![]));
+        assert_eq!(
+            flat_config("Audit-Log-Path: /x\n"),
+            Ok(vec![("audit-log-path".to_string(), "/x".to_string())]),
+            "viper matched keys ignoring case"
+        );
         let table: &[(&str, &str)] = &[
             (
                 "a: 1\nproxy:\n  host: x\n",
@@ -912,6 +955,10 @@ mod tests {
             ("a: [1, 2]\n", "line 1: \"a\" has a list as its value"),
             ("- a\n", "line 1: the config file must be a mapping"),
             ("a: |\n  x\n", "line 1: block scalars"),
+            (
+                "log-level: info\nLog-Level: debug\n",
+                "line 2: \"log-level\" is given twice",
+            ),
         ];
         for (text, want) in table {
             let err = flat_config(text).expect_err(text);
