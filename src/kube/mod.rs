@@ -3,6 +3,9 @@
 
 pub mod api;
 pub mod base64;
+pub mod client;
 pub mod http;
 pub mod json;
+pub mod kubeconfig;
 pub mod schedule;
+pub mod yaml;
