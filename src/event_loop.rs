@@ -51,6 +51,7 @@ struct Stats {
 }
 
 pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
+    let target = args.target.clone().ok_or("no --target (main refuses discovery)")?;
     let position = match offsets::load(&args.position_file) {
         Ok(p) => p,
         Err(e) => {
@@ -112,7 +113,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     let resolver = Resolver::new(std::sync::Arc::new(resolve::system_lookup), waker);
     let mut conn = Conn::new(
         conn::Settings {
-            target: args.target.clone(),
+            target: target.clone(),
             route: cfg.route,
             backoff_max: args.backoff_max,
             ack_timeout: args.ack_timeout,
@@ -147,7 +148,7 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
     info!(
         "forwarding {} to {} (position file {}, window {} KiB)",
         args.audit_log_path.display(),
-        args.target,
+        target,
         args.position_file.display(),
         window / 1024
     );

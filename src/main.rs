@@ -23,6 +23,7 @@ mod tls;
 mod transcode;
 mod transport;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 fn init_logging(level: log::LevelFilter) {
@@ -37,9 +38,44 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
+/// Reads a `--config` file of flat `key: value` lines (comments, blank lines, and values in
+/// single or double quotes without escapes); anything else is refused with its line number
+/// rather than guessed at.
+fn read_flat_config(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end();
+        if line.trim_start().is_empty() || line.trim_start().starts_with('#') || line == "---" {
+            continue;
+        }
+        let bad = |what: &str| format!("line {}: {what}", i + 1);
+        if line.starts_with([' ', '\t']) {
+            return Err(bad("nested values are not read: give flat key: value lines"));
+        }
+        let (key, value) = line
+            .split_once(": ")
+            .or_else(|| line.strip_suffix(':').map(|k| (k, "")))
+            .ok_or_else(|| bad("expected key: value"))?;
+        let value = value.trim();
+        let unquoted = match value.as_bytes() {
+            [q @ (b'"' | b'\''), .., last] if last == q && value.len() >= 2 => {
+                &value[1..value.len() - 1]
+            }
+            [b'"' | b'\'' | b'[' | b'{' | b'|' | b'>' | b'&' | b'*' | b'!', ..] | [] => {
+                return Err(bad("only plain or quoted single-line values are read"))
+            }
+            _ if value.contains(" #") => return Err(bad("comments after a value are not read")),
+            _ => value,
+        };
+        pairs.push((key.trim().to_string(), unquoted.to_string()));
+    }
+    Ok(pairs)
+}
+
 fn main() -> ExitCode {
     let env = |k: &str| std::env::var_os(k);
-    let cmd = match cli::parse(std::env::args_os().skip(1), &env) {
+    let cmd = match cli::parse(std::env::args_os().skip(1), &env, &read_flat_config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("audit-forwarder: {e}");
@@ -57,6 +93,20 @@ fn main() -> ExitCode {
         }
         cli::Command::Forward(args) => {
             init_logging(args.log_level);
+            if let Some(level) = &args.fluent_log_level {
+                log::info!(
+                    "--fluent-log-level={level} is ignored: there is no fluent-bit, this process \
+                     delivers the records itself (use --log-level)"
+                );
+            }
+            if args.kube.is_some() {
+                log::error!(
+                    "this build does not use the Kubernetes API: give --target HOST:PORT, \
+                     without --secret-name (or with --secret-name \"\"), to read the TLS \
+                     files under --tls-basedir"
+                );
+                return ExitCode::from(2);
+            }
             let cfg = match config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {
