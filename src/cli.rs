@@ -90,10 +90,10 @@ KUBERNETES (finds the tailer and its client certificate; used without --target):
     the client TLS material under the keys --tls-ca-file, --tls-crt-file and --tls-key-file
     (names alone, without --tls-basedir), kept in memory. Both are read at start and again
     on --check-schedule; a change is followed.
-    With --target the Service is not looked up, and the Secret is used only if
-    --secret-name is set (flag, environment or config file); otherwise the API is not used
-    at all. --secret-name \"\" uses no Secret: the TLS files are read under --tls-basedir.
-    --plaintext needs neither.
+    With --target the Service is not looked up, and the Secret is used only if its name is
+    set (flag, environment or config file); otherwise the API is not used at all. An empty
+    name (--secret-name \"\") means no Secret: the TLS files are read under --tls-basedir.
+    With --plaintext neither is needed.
     -k, --kubecfg PATH            [AUDIT_KUBECFG] default: $HOME/.kube/config
         The kubeconfig that says where the API is and how to authenticate. Empty (also
         when HOME is unset and the flag is not given): none.
@@ -693,7 +693,9 @@ fn parse_forward(
                 last_secret = Some("--password");
             }
             Long("compress") => compress = Some(parser.value()?),
-            Short('u') | Long("konnectivity-uds-socket") => konnectivity_uds_socket = Some(parser.value()?),
+            Short('u') | Long("konnectivity-uds-socket") => {
+                konnectivity_uds_socket = Some(parser.value()?)
+            }
             Short('p') | Long("proxy-host") => proxy_host = Some(parser.value()?),
             Short('P') | Long("proxy-port") => proxy_port = Some(parser.value()?),
             Long("proxy-ca-file") => proxy_ca_file = Some(parser.value()?),
@@ -1941,6 +1943,14 @@ mod tests {
         }
     }
 
+    /// Asserts that parsing failed with an error that starts with `want`.
+    fn assert_usage_error(got: Result<Command, UsageError>, want: &str, case: &dyn fmt::Debug) {
+        match got {
+            Err(e) => assert!(e.to_string().starts_with(want), "{case:?}: {e}"),
+            Ok(c) => panic!("{case:?} parsed as {c:?}"),
+        }
+    }
+
     /// Arguments and environment of one table row.
     type Args = &'static [&'static str];
     type EnvTable = &'static [(&'static str, &'static str)];
@@ -2164,6 +2174,12 @@ mod tests {
             env.retain(|(k, _)| *k != var);
             env.push((&var, value));
             assert_eq!(forward(&[], &env), want, "{var}={value}");
+
+            let mut file = vec![("target", "fluentd:24224")];
+            file.retain(|(k, _)| *k != flag);
+            file.push((flag, value));
+            let got = run_with_config(&["-c", "/etc/af.yaml"], &[], Ok(&file));
+            assert_eq!(got, Ok(Command::Forward(want)), "config {flag}: {value}");
         }
     }
 
@@ -2393,7 +2409,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // ... everything else must be, and the error names the flag.
-        let err = parse(args("--tag"), &env, &reader(Err("none"))).unwrap_err().to_string();
+        let err = parse(args("--tag"), &env, &reader(Err("none")))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("--tag: ") && err.contains("not valid UTF-8"),
             "{err}"
@@ -2716,22 +2734,18 @@ mod tests {
     }
 
     #[test]
-    fn cli_required_settings() {
+    fn cli_target_errors() {
+        // An empty target is a mistake, not a request for discovery.
         let cases: &[(Args, EnvTable, &str)] = &[
-            (&[], &[], "--target is required"),
-            (&["--plaintext"], &[], "--target is required"),
-            (&[], &[("AUDIT_PLAINTEXT", "1")], "--target is required"),
             (
                 &["--tag=x"],
                 &[("AUDIT_TARGET", "")],
                 "AUDIT_TARGET: invalid address",
             ),
+            (&["--target="], &[], "--target: invalid address \"\""),
         ];
         for &(args, env, want) in cases {
-            match run(args, env) {
-                Err(e) => assert!(e.to_string().starts_with(want), "{args:?}: {e}"),
-                Ok(c) => panic!("{args:?} parsed as {c:?}"),
-            }
+            assert_usage_error(run(args, env), want, &args);
         }
     }
 
@@ -3086,10 +3100,27 @@ mod tests {
         }
     }
 
+    /// The text after `--` of a help line that documents a flag, with or without a short
+    /// flag before it (`-l, --audit-log-path PATH`).
+    fn long_flag(line: &str) -> Option<&str> {
+        let line = line.trim_start();
+        let line = match line.as_bytes() {
+            [b'-', short, b',', b' ', ..] if short.is_ascii_alphabetic() => &line[4..],
+            _ => line,
+        };
+        line.strip_prefix("--")
+    }
+
     #[test]
     fn cli_help_lists_every_flag_default_and_variable() {
         let forward: &[(&str, &str)] = &[
-            ("target", "required"),
+            ("target", "default: none (discovery)"),
+            ("kubecfg", "default: $HOME/.kube/config"),
+            ("namespace", "default: kube-system"),
+            ("service-name", "default: kubernetes-audit-tailer"),
+            ("secret-name", "default: audittailer-client"),
+            ("check-schedule", "default: */1 * * * *"),
+            ("fluent-log-level", "default: info"),
             ("plaintext", "default: false"),
             ("tls-basedir", "default: /fluent-bit/etc/ssl"),
             ("tls-ca-file", "default: ca.crt"),
@@ -3146,7 +3177,7 @@ mod tests {
                 let line = help
                     .lines()
                     .find(|l| {
-                        let rest = l.trim_start().strip_prefix(&format!("--{flag}"));
+                        let rest = long_flag(l).and_then(|l| l.strip_prefix(flag));
                         rest.is_some_and(|r| r.starts_with([' ', '[']))
                     })
                     .unwrap_or_else(|| panic!("no line for --{flag}"));
@@ -3179,9 +3210,9 @@ mod tests {
         for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
             let documented = help
                 .lines()
-                .filter_map(|l| l.trim_start().strip_prefix("--"))
+                .filter_map(long_flag)
                 .filter_map(|l| l.split([' ', '[', '=']).next())
-                .filter(|f| *f != "help" && *f != "version")
+                .filter(|f| !matches!(*f, "help" | "version" | "config"))
                 .count();
             assert_eq!(documented, flags.len(), "{flags:?}");
         }
@@ -3485,10 +3516,609 @@ mod tests {
             ),
         ];
         for &(args, env, want) in err {
-            match run(args, env) {
-                Err(e) => assert!(e.to_string().starts_with(want), "{args:?}: {e}"),
-                Ok(c) => panic!("{args:?} parsed as {c:?}"),
+            assert_usage_error(run(args, env), want, &args);
+        }
+    }
+
+    /// Short flag, long flag, a value, and arguments it needs to show an effect.
+    const SHORT_FLAGS: &[(char, &str, &str, Args)] = &[
+        ('k', "kubecfg", "/k/config", &[]),
+        ('n', "namespace", "audit", &[]),
+        ('s', "service-name", "audittailer", &[]),
+        ('e', "secret-name", "client", &[]),
+        ('l', "audit-log-path", "/x/audit.log", &[]),
+        ('m', "mem-buf-limit", "64M", &[]),
+        ('B', "tls-basedir", "/b", &[]),
+        ('C', "tls-ca-file", "root.pem", &[]),
+        ('R', "tls-crt-file", "c.pem", &[]),
+        ('K', "tls-key-file", "k.pem", &[]),
+        ('H', "tls-vhost", "tailer", &[]),
+        ('S', "check-schedule", "@hourly", &[]),
+        ('b', "backoff-timer", "3s", &[]),
+        ('L', "log-level", "debug", &[]),
+        ('O', "fluent-log-level", "warn", &[]),
+        ('u', "konnectivity-uds-socket", "/run/k.sock", &[]),
+        ('p', "proxy-host", "proxy", &[]),
+        ('P', "proxy-port", "8132", &["--proxy-host=proxy"]),
+    ];
+
+    #[test]
+    fn cli_short_flags() {
+        // Without --target, so that the Kubernetes settings show in the result.
+        let none = forward(&[], &[]);
+        for &(short, long, value, extra) in SHORT_FLAGS {
+            let long_arg = format!("--{long}");
+            let want = forward(&[extra, &[long_arg.as_str(), value]].concat(), &[]);
+            assert_ne!(want, none, "--{long} {value} changes nothing");
+            let flag = format!("-{short}");
+            let attached = format!("-{short}{value}");
+            let equals = format!("-{short}={value}");
+            let forms: [&[&str]; 3] = [&[&flag, value], &[&attached], &[&equals]];
+            for form in forms {
+                assert_eq!(forward(&[extra, form].concat(), &[]), want, "{form:?}");
             }
+            // Help shows each short flag beside its long one.
+            assert!(HELP.contains(&format!("-{short}, --{long} ")), "-{short}");
+        }
+        // -c reads the config file like --config.
+        let file: &[(&str, &str)] = &[("tag", "from-file")];
+        for args in [
+            &["-c", "/f"][..],
+            &["-c/f"],
+            &["-c=/f"],
+            &["--config", "/f"],
+        ] {
+            match run_with_config(args, &[], Ok(file)) {
+                Ok(Command::Forward(f)) => assert_eq!(f.tag, "from-file", "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert!(HELP.contains("-c, --config FILE "));
+        let err: &[(Args, &str)] = &[
+            (&["-l"], "-l: missing value"),
+            (&["-x", "1"], "-x: unknown flag (see --help)"),
+            (&["-m", "12Q"], "--mem-buf-limit: invalid size \"12Q\""),
+            // pflag's short flags are case-sensitive, and so are these.
+            (&["-N", "audit"], "-N: unknown flag"),
+        ];
+        for &(args, want) in err {
+            assert_usage_error(run(args, &[]), want, &args);
+        }
+    }
+
+    /// Flag > environment > config file > default, for settings of each kind.
+    #[test]
+    fn cli_precedence_of_the_four_layers() {
+        type Get = fn(&ForwardArgs) -> String;
+        // (key, [flag, environment, config file] values, default, each value as read)
+        type Row = (
+            &'static str,
+            [&'static str; 3],
+            &'static str,
+            [&'static str; 3],
+            Get,
+        );
+        let rows: &[Row] = &[
+            ("tag", ["f", "e", "c"], "audit", ["f", "e", "c"], |a| {
+                a.tag.clone()
+            }),
+            (
+                "mem-buf-limit",
+                ["100M", "150M", "120M"],
+                "200000000",
+                ["100000000", "150000000", "120000000"],
+                |a| a.mem_buf_limit.to_string(),
+            ),
+            (
+                "read-from-head",
+                ["false", "1", "FALSE"],
+                "true",
+                ["false", "true", "false"],
+                |a| a.read_from_head.to_string(),
+            ),
+            (
+                "target",
+                ["a:1", "b:2", "c:3"],
+                "none",
+                ["a:1", "b:2", "c:3"],
+                |a| {
+                    a.target
+                        .as_ref()
+                        .map_or("none".to_string(), |t| t.to_string())
+                },
+            ),
+            (
+                "namespace",
+                ["flag-ns", "env-ns", "file-ns"],
+                "kube-system",
+                ["flag-ns", "env-ns", "file-ns"],
+                |a| {
+                    a.kube
+                        .as_ref()
+                        .map_or("no kube".to_string(), |k| k.namespace.clone())
+                },
+            ),
+        ];
+        for &(key, given, default, read, get) in rows {
+            // Every subset of the three layers: bit 0 flag, bit 1 environment, bit 2 file.
+            for set in 0..8u8 {
+                let flag = format!("--{key}={}", given[0]);
+                let var = env_name(key);
+                let mut args = vec!["--config=/etc/af.yaml"];
+                let mut env = vec![];
+                let mut file = vec![];
+                if set & 1 != 0 {
+                    args.push(&flag);
+                }
+                if set & 2 != 0 {
+                    env.push((var.as_str(), given[1]));
+                }
+                if set & 4 != 0 {
+                    file.push((key, given[2]));
+                }
+                let want = (0..3)
+                    .find(|i| set & (1 << i) != 0)
+                    .map_or(default, |i| read[i]);
+                match run_with_config(&args, &env, Ok(&file)) {
+                    Ok(Command::Forward(f)) => {
+                        assert_eq!(get(&f), want, "{args:?} {env:?} {file:?}")
+                    }
+                    other => panic!("{args:?} {env:?} {file:?}: {other:?}"),
+                }
+            }
+        }
+        // A lower layer is not even parsed when a higher one is set.
+        let file: &[(&str, &str)] = &[("tag", ""), ("mem-buf-limit", "12Q")];
+        let got = run_with_config(
+            &["-c", "/f", "--mem-buf-limit=100M"],
+            &[("AUDIT_TAG", "e")],
+            Ok(file),
+        );
+        match got {
+            Ok(Command::Forward(f)) => {
+                assert_eq!((f.tag.as_str(), f.mem_buf_limit), ("e", 100_000_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // --config itself is not read from the environment (as in the original).
+        let got = run_with_config(&[], &[("AUDIT_CONFIG", "/f")], Err("must not be read"));
+        assert!(matches!(got, Ok(Command::Forward(_))), "{got:?}");
+        // Keys in any case, as viper matched them.
+        let file: &[(&str, &str)] = &[("Audit-Log-Path", "/x/a.log")];
+        match run_with_config(&["-c", "/f"], &[], Ok(file)) {
+            Ok(Command::Forward(f)) => assert_eq!(f.audit_log_path, Path::new("/x/a.log")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_config_file_errors() {
+        type Case = (
+            Args,
+            Result<&'static [(&'static str, &'static str)], &'static str>,
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                &["-c", "/etc/af.yaml"],
+                Ok(&[("audit-log-paht", "/x")]),
+                "--config /etc/af.yaml: unknown key \"audit-log-paht\" (the keys are the long \
+                 flag names, as in audit-log-path: /auditlog/audit.log)",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("help", "true")]),
+                "--config /f: unknown key \"help\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("listen", "a:1")]),
+                "--config /f: unknown key \"listen\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("config", "/other.yaml")]),
+                "--config /f: config: cannot be set in the config file itself",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("tag", "a"), ("TAG", "b")]),
+                "--config /f: key \"tag\" is given twice",
+            ),
+            (
+                &["--config", "/f"],
+                Err("line 3: expected key: value"),
+                "--config /f: line 3: expected key: value",
+            ),
+            (
+                &["-c", "/etc/af.yaml"],
+                Ok(&[("mem-buf-limit", "12Q")]),
+                "/etc/af.yaml: mem-buf-limit: invalid size \"12Q\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("namespace", "Audit")]),
+                "/f: namespace: invalid namespace \"Audit\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("shared-key", "k"), ("shared-key-file", "/k")]),
+                "shared-key in /f and shared-key-file in /f are mutually exclusive",
+            ),
+            (
+                &["-c", "/f", "--shared-key-file=/k"],
+                Ok(&[("shared-key", "k")]),
+                "shared-key in /f and --shared-key-file are mutually exclusive",
+            ),
+            (&["--config="], Ok(&[]), "--config: must not be empty"),
+            (&["-c"], Ok(&[]), "-c: missing value"),
+        ];
+        for &(args, file, want) in cases {
+            assert_usage_error(run_with_config(args, &[], file), want, &(args, file));
+        }
+        // A secret's value never shows, wherever it came from.
+        let file: &[(&str, &str)] = &[("username", "u"), ("password", "hunter2")];
+        let err = run_with_config(&["-c", "/f"], &[], Ok(file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("username in /f and password in /f: user authentication needs"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        // Help and version do not read the file.
+        assert_eq!(
+            run_with_config(&["-c", "/f", "-h"], &[], Err("unread")),
+            Ok(Command::Help(HELP))
+        );
+        // Every key the file may hold is a flag, documented in HELP.
+        for &key in FORWARD_SETTINGS {
+            let file = [(key, "x")];
+            if let Err(e) = run_with_config(&["-c", "/f"], &[], Ok(&file)) {
+                assert!(!e.to_string().contains("unknown key"), "{key}: {e}");
+            }
+            let arg = format!("--{key}=x");
+            if let Err(e) = run(&[arg.as_str()], &[]) {
+                assert!(!e.to_string().contains("unknown flag"), "{arg}: {e}");
+            }
+            assert!(
+                HELP.lines()
+                    .any(|l| long_flag(l).is_some_and(|f| f.starts_with(key))),
+                "{key}"
+            );
+        }
+    }
+
+    fn kube_defaults() -> KubeArgs {
+        KubeArgs {
+            kubecfg: PathBuf::new(),
+            namespace: "kube-system".to_string(),
+            service_name: Some("kubernetes-audit-tailer".to_string()),
+            secret_name: Some("audittailer-client".to_string()),
+            check_schedule: "*/1 * * * *".to_string(),
+            secret_keys: SecretKeys {
+                ca: "ca.crt".to_string(),
+                cert: "audittailer-client.crt".to_string(),
+                key: "audittailer-client.key".to_string(),
+            },
+        }
+    }
+
+    /// Which of the Service and the Secret are used, by `--target`, the explicit secret name,
+    /// `--secret-name ""` and `--plaintext`.
+    #[test]
+    fn cli_target_discovery_and_secret() {
+        type KubeEdit = fn(&mut KubeArgs);
+        // (arguments, environment, target, kube: None or the edit of kube_defaults())
+        type Case = (Args, EnvTable, Option<&'static str>, Option<KubeEdit>);
+        let cases: &[Case] = &[
+            // Discovery: the Service and the default Secret.
+            (&[], &[], None, Some(|_| {})),
+            // Gardener's environment, unchanged from the original's deployments.
+            (
+                &[],
+                &[
+                    (
+                        "AUDIT_KUBECFG",
+                        "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig",
+                    ),
+                    ("AUDIT_NAMESPACE", "audit"),
+                    ("AUDIT_SERVICE_NAME", "audittailer"),
+                    ("AUDIT_SECRET_NAME", "audittailer-client"),
+                    ("AUDIT_TLS_CA_FILE", "ca.crt"),
+                    ("AUDIT_TLS_CRT_FILE", "tls.crt"),
+                    ("AUDIT_TLS_KEY_FILE", "tls.key"),
+                    ("AUDIT_TLS_VHOST", "audittailer"),
+                ],
+                None,
+                Some(|k| {
+                    k.kubecfg =
+                        "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig"
+                            .into();
+                    k.namespace = "audit".to_string();
+                    k.service_name = Some("audittailer".to_string());
+                    k.secret_keys.cert = "tls.crt".to_string();
+                    k.secret_keys.key = "tls.key".to_string();
+                }),
+            ),
+            // --target alone: no API at all, as before discovery existed.
+            (&["--target=f:1"], &[], Some("f:1"), None),
+            (
+                &["--target=f:1"],
+                &[("AUDIT_SERVICE_NAME", "audittailer")],
+                Some("f:1"),
+                None,
+            ),
+            // --target with an explicit Secret: the Secret, not the Service.
+            (
+                &["--target=f:1", "-e", "client"],
+                &[],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                    k.secret_name = Some("client".to_string());
+                }),
+            ),
+            (
+                &["--target=f:1"],
+                &[("AUDIT_SECRET_NAME", "client")],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                    k.secret_name = Some("client".to_string());
+                }),
+            ),
+            // Explicit counts, even when it names the default.
+            (
+                &["--target=f:1", "--secret-name=audittailer-client"],
+                &[],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                }),
+            ),
+            // No Secret: "" (from anywhere) or plain TCP.
+            (
+                &["--secret-name="],
+                &[],
+                None,
+                Some(|k| k.secret_name = None),
+            ),
+            (
+                &[],
+                &[("AUDIT_SECRET_NAME", "")],
+                None,
+                Some(|k| k.secret_name = None),
+            ),
+            (
+                &["--target=f:1", "--secret-name", ""],
+                &[],
+                Some("f:1"),
+                None,
+            ),
+            (&["--plaintext"], &[], None, Some(|k| k.secret_name = None)),
+            (
+                &["--plaintext", "--target=f:1", "-e", "client"],
+                &[],
+                Some("f:1"),
+                None,
+            ),
+            // Without a Secret the TLS file names may be paths.
+            (
+                &["-e", "", "--tls-crt-file=certs/tls.crt"],
+                &[],
+                None,
+                Some(|k| {
+                    k.secret_name = None;
+                    k.secret_keys.cert = "certs/tls.crt".to_string();
+                }),
+            ),
+            (
+                &["--check-schedule=@every 30s", "--secret-name=a.b-c"],
+                &[],
+                None,
+                Some(|k| {
+                    k.check_schedule = "@every 30s".to_string();
+                    k.secret_name = Some("a.b-c".to_string());
+                }),
+            ),
+        ];
+        for &(args, env, target, edit) in cases {
+            let got = forward(args, env);
+            assert_eq!(
+                got.target.map(|t| t.to_string()).as_deref(),
+                target,
+                "{args:?} {env:?}"
+            );
+            let want = edit.map(|edit| {
+                let mut k = kube_defaults();
+                edit(&mut k);
+                k
+            });
+            assert_eq!(got.kube, want, "{args:?} {env:?}");
+        }
+        // The target and the Secret from the config file.
+        let file: &[(&str, &str)] = &[("target", "f:1"), ("secret-name", "client")];
+        match run_with_config(&["-c", "/f"], &[], Ok(file)) {
+            Ok(Command::Forward(f)) => {
+                let k = f.kube.expect("an explicit Secret uses the API");
+                assert_eq!(
+                    (k.service_name, k.secret_name.as_deref()),
+                    (None, Some("client"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_kubecfg_default_is_under_home() {
+        let cases: &[(Args, EnvTable, &str)] = &[
+            (&[], &[("HOME", "/home/u")], "/home/u/.kube/config"),
+            (&[], &[("HOME", "/")], "/.kube/config"),
+            // No HOME: no kubeconfig (empty path), not "/.kube/config".
+            (&[], &[], ""),
+            (&[], &[("HOME", "")], ""),
+            (&["-k", "/k"], &[("HOME", "/home/u")], "/k"),
+            (
+                &[],
+                &[("HOME", "/home/u"), ("AUDIT_KUBECFG", "rel/kc")],
+                "rel/kc",
+            ),
+            (&["--kubecfg="], &[("HOME", "/home/u")], ""),
+            // Not expanded in a given value: the shell does that, as for the original.
+            (&["--kubecfg=$HOME/kc"], &[("HOME", "/home/u")], "$HOME/kc"),
+        ];
+        for &(args, env, want) in cases {
+            let kube = forward(args, env).kube.expect("discovery");
+            assert_eq!(kube.kubecfg, Path::new(want), "{args:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn cli_fluent_log_level_is_validated_and_kept() {
+        let cases: &[(Args, EnvTable, Option<&str>)] = &[
+            (&[], &[], None),
+            (&["--fluent-log-level=info"], &[], Some("info")),
+            (&["-O", "off"], &[], Some("off")),
+            (&["-O", "Error"], &[], Some("error")),
+            (&["-O", "WARN"], &[], Some("warn")),
+            (&["-O", "warning"], &[], Some("warning")),
+            (&["-O", "debug"], &[], Some("debug")),
+            (&[], &[("AUDIT_FLUENT_LOG_LEVEL", "trace")], Some("trace")),
+        ];
+        for &(args, env, want) in cases {
+            let got = forward(&[REQUIRED, args].concat(), env);
+            assert_eq!(got.fluent_log_level.as_deref(), want, "{args:?} {env:?}");
+            // It changes nothing else.
+            assert_eq!(
+                ForwardArgs {
+                    fluent_log_level: None,
+                    ..got
+                },
+                defaults()
+            );
+        }
+        let err: &[(Args, EnvTable, &str)] = &[
+            (
+                &["--fluent-log-level=verbose"],
+                &[],
+                "--fluent-log-level: invalid fluent-bit log level \"verbose\" (use off, \
+                 error, warn, info, debug or trace)",
+            ),
+            (
+                &[],
+                &[("AUDIT_FLUENT_LOG_LEVEL", "")],
+                "AUDIT_FLUENT_LOG_LEVEL: invalid",
+            ),
+            (&["-O", "fatal"], &[], "--fluent-log-level: invalid"),
+        ];
+        for &(args, env, want) in err {
+            assert_usage_error(run(args, env), want, &args);
+        }
+    }
+
+    #[test]
+    fn cli_kubernetes_names_are_checked() {
+        let long63 = "a".repeat(63);
+        let long64 = format!("--namespace={}", "a".repeat(64));
+        let label = "a".repeat(63);
+        let sub253 = format!("--secret-name={label}.{label}.{label}.{}", "a".repeat(61));
+        let sub254 = format!("--secret-name={label}.{label}.{label}.{}", "a".repeat(62));
+        let ok: Vec<Vec<String>> = vec![
+            vec!["--namespace=a".into()],
+            vec![format!("--namespace={long63}")],
+            vec!["-n".into(), "0-audit".into()],
+            vec!["--service-name=t".into()],
+            vec!["--service-name=tailer-0".into()],
+            vec!["--secret-name=0.a-b.c".into()],
+            vec![sub253.clone()],
+        ];
+        for args in ok {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert!(run(&args, &[]).is_ok(), "{args:?}: {:?}", run(&args, &[]));
+        }
+        let err: Vec<(Vec<&str>, EnvTable, &str)> = vec![
+            (
+                vec!["--namespace=Kube-System"],
+                &[],
+                "--namespace: invalid namespace \"Kube-System\": a DNS-1123 label is 1-63 \
+                 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ),
+            (vec!["-n", ""], &[], "--namespace: invalid namespace \"\""),
+            (vec![&long64], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "-a"], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "a-"], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "a.b"], &[], "--namespace: invalid namespace"),
+            (
+                vec![],
+                &[("AUDIT_SERVICE_NAME", "1tailer")],
+                "AUDIT_SERVICE_NAME: invalid Service name \"1tailer\": a DNS-1035 label is \
+                 1-63 lowercase letters, digits and '-', starting with a letter",
+            ),
+            (
+                vec!["-s", "tailer_0"],
+                &[],
+                "--service-name: invalid Service name",
+            ),
+            (
+                vec!["-s", ""],
+                &[],
+                "--service-name: invalid Service name \"\"",
+            ),
+            (
+                vec!["-e", "Client"],
+                &[],
+                "--secret-name: invalid Secret name \"Client\": a DNS-1123 subdomain",
+            ),
+            (
+                vec!["-e", "a..b"],
+                &[],
+                "--secret-name: invalid Secret name",
+            ),
+            (vec!["-e", ".a"], &[], "--secret-name: invalid Secret name"),
+            (vec!["-e", "a/b"], &[], "--secret-name: invalid Secret name"),
+            (vec![&sub254], &[], "--secret-name: invalid Secret name"),
+            (
+                vec!["--check-schedule="],
+                &[],
+                "--check-schedule: must not be empty",
+            ),
+            // Checked even when unused, so that a typo does not wait for the day it is used.
+            (
+                vec!["--target=f:1", "-n", "A"],
+                &[],
+                "--namespace: invalid namespace",
+            ),
+            (
+                vec!["--target=f:1", "-s", "A"],
+                &[],
+                "--service-name: invalid Service name",
+            ),
+            // With a Secret the TLS file names are its data keys.
+            (
+                vec!["-e", "client", "--tls-crt-file=certs/tls.crt"],
+                &[],
+                "--tls-crt-file: \"certs/tls.crt\" is not a valid key of the Secret \
+                 \"client\" (--secret-name): the TLS material is read from the Secret's data, \
+                 whose keys are letters, digits, '-', '_' and '.'; give the key alone, or set \
+                 --secret-name \"\" to read the files under --tls-basedir instead",
+            ),
+            (
+                vec![],
+                &[("AUDIT_TLS_KEY_FILE", "/etc/tls.key")],
+                "AUDIT_TLS_KEY_FILE: \"/etc/tls.key\" is not a valid key of the Secret \
+                 \"audittailer-client\" (--secret-name)",
+            ),
+            (
+                vec!["--target=f:1", "--tls-ca-file=.."],
+                &[("AUDIT_SECRET_NAME", "client")],
+                "--tls-ca-file: \"..\" is not a valid key of the Secret \"client\" \
+                 (AUDIT_SECRET_NAME (--secret-name))",
+            ),
+        ];
+        for (args, env, want) in err {
+            assert_usage_error(run(&args, env), want, &args);
         }
     }
 }

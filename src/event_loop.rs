@@ -51,7 +51,10 @@ struct Stats {
 }
 
 pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
-    let target = args.target.clone().ok_or("no --target (main refuses discovery)")?;
+    let target = args
+        .target
+        .clone()
+        .ok_or("no --target (main refuses discovery)")?;
     let position = match offsets::load(&args.position_file) {
         Ok(p) => p,
         Err(e) => {

@@ -51,7 +51,9 @@ fn read_flat_config(path: &Path) -> Result<Vec<(String, String)>, String> {
         }
         let bad = |what: &str| format!("line {}: {what}", i + 1);
         if line.starts_with([' ', '\t']) {
-            return Err(bad("nested values are not read: give flat key: value lines"));
+            return Err(bad(
+                "nested values are not read: give flat key: value lines",
+            ));
         }
         let (key, value) = line
             .split_once(": ")
