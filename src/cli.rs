@@ -20,19 +20,29 @@ audit-forwarder: follows a kube-apiserver audit log (across rotations) and deliv
 at least once and in order, as a Fluent Forward record to a fluentd or fluent-bit in_forward.
 
 USAGE:
-    audit-forwarder --target HOST:PORT [OPTIONS]
+    audit-forwarder [--target HOST:PORT] [OPTIONS]
     audit-forwarder tailer --listen ADDR [OPTIONS]   (see: audit-forwarder tailer --help)
 
-Every flag can also be set with the environment variable shown in brackets; a flag given on
-the command line wins over the environment.
+Without --target the in_forward is the tailer's Service, found through the Kubernetes API, and
+the client certificate comes from a Secret (see KUBERNETES).
+
+Every setting can be given in three places besides its default: as a flag, as the environment
+variable shown in brackets, and in the --config file under the flag's long name. The first of
+these that is set wins: command line, then environment, then config file, then the default.
 
 OPTIONS:
-    --target HOST:PORT            [AUDIT_TARGET] required
+    -c, --config FILE             default: none (not read from the environment)
+        A YAML file of flat settings, keys named like the long flags, for example
+            audit-log-path: /var/log/kube/audit.log
+            tls-verify-hostname: false
+        An unknown key is an error.
+    --target HOST:PORT            [AUDIT_TARGET] default: none (discovery)
         The in_forward to deliver to. HOST is a DNS name, an IPv4 address or an IPv6 address
-        in brackets ([::1]:24224); PORT is 1-65535.
+        in brackets ([::1]:24224); PORT is 1-65535. Without it the tailer's Service gives
+        the target; with it the Service is not looked up.
     --plaintext[=BOOL]            [AUDIT_PLAINTEXT] default: false
         Deliver over plain TCP instead of TLS; the TLS settings below are then ignored.
-    --audit-log-path PATH         [AUDIT_AUDIT_LOG_PATH] default: /auditlog/audit.log
+    -l, --audit-log-path PATH     [AUDIT_AUDIT_LOG_PATH] default: /auditlog/audit.log
         The audit log file kube-apiserver writes.
     --position-file PATH          [AUDIT_POSITION_FILE]
                                   default: .audit-forwarder.pos in the audit log's directory
@@ -44,7 +54,7 @@ OPTIONS:
     --compress none|gzip          [AUDIT_COMPRESS] default: none
         gzip sends each chunk as one CompressedPackedForward message (the entries
         gzipped, option compressed=gzip); the receiver must support that mode.
-    --mem-buf-limit SIZE          [AUDIT_MEM_BUF_LIMIT] default: 200M
+    -m, --mem-buf-limit SIZE      [AUDIT_MEM_BUF_LIMIT] default: 200M
         Memory for lines read but not yet acknowledged. Must be at least
         2 x --max-line-size + 1 MiB (a partial line and a whole record are kept besides
         the in-flight window).
@@ -60,28 +70,55 @@ OPTIONS:
     --ack-timeout DURATION        [AUDIT_ACK_TIMEOUT] default: 60s
         How long to wait for the ack of a chunk, and for a receiver that stopped reading
         to take more bytes; greater than 0.
-    --backoff-timer DURATION      [AUDIT_BACKOFF_TIMER] default: 10s
+    -b, --backoff-timer DURATION  [AUDIT_BACKOFF_TIMER] default: 10s
         The longest wait between reconnection attempts; greater than 0.
     --shutdown-timeout DURATION   [AUDIT_SHUTDOWN_TIMEOUT] default: 10s
         On shutdown, how long to keep waiting for outstanding acks.
     --stats-interval DURATION     [AUDIT_STATS_INTERVAL] default: 60s
         How often the stats line is logged; greater than 0.
-    --log-level LEVEL             [AUDIT_LOG_LEVEL] default: info
+    -L, --log-level LEVEL         [AUDIT_LOG_LEVEL] default: info
         One of error, warn, info, debug, trace.
+    -O, --fluent-log-level LEVEL  [AUDIT_FLUENT_LOG_LEVEL] default: info
+        Accepted for deployments of the fluent-bit based original and otherwise ignored
+        (logged once): one of off, error, warn, info, debug, trace.
     -h, --help                    Print this help.
     -V, --version                 Print the version.
 
+KUBERNETES (finds the tailer and its client certificate; used without --target):
+    The Service --service-name in --namespace gives the target: its clusterIP and its port,
+    of which it must have exactly one. The Secret --secret-name in the same namespace holds
+    the client TLS material under the keys --tls-ca-file, --tls-crt-file and --tls-key-file
+    (names alone, without --tls-basedir), kept in memory. Both are read at start and again
+    on --check-schedule; a change is followed.
+    With --target the Service is not looked up, and the Secret is used only if its name is
+    set (flag, environment or config file); otherwise the API is not used at all. An empty
+    name (--secret-name \"\") means no Secret: the TLS files are read under --tls-basedir.
+    With --plaintext neither is needed.
+    -k, --kubecfg PATH            [AUDIT_KUBECFG] default: $HOME/.kube/config
+        The kubeconfig that says where the API is and how to authenticate. Empty (also
+        when HOME is unset and the flag is not given): none.
+    -n, --namespace NAME          [AUDIT_NAMESPACE] default: kube-system
+        The namespace of the Service and the Secret.
+    -s, --service-name NAME       [AUDIT_SERVICE_NAME] default: kubernetes-audit-tailer
+        The tailer's Service.
+    -e, --secret-name NAME        [AUDIT_SECRET_NAME] default: audittailer-client
+        The Secret with the client certificate, its key and the CA; \"\" for none.
+    -S, --check-schedule CRON     [AUDIT_CHECK_SCHEDULE] default: */1 * * * *
+        When to check the Service and the Secret again, in cron syntax: five fields
+        (minute hour day-of-month month day-of-week) with lists, ranges, steps and names,
+        a descriptor such as @hourly, or @every DURATION.
+
 TLS (the default; ignored with --plaintext):
-    --tls-basedir PATH            [AUDIT_TLS_BASEDIR] default: /fluent-bit/etc/ssl
+    -B, --tls-basedir PATH        [AUDIT_TLS_BASEDIR] default: /fluent-bit/etc/ssl
         The directory the three file names below are relative to; an absolute file name
-        is used as it is.
-    --tls-ca-file FILE            [AUDIT_TLS_CA_FILE] default: ca.crt
+        is used as it is. Not used with a Secret (see KUBERNETES).
+    -C, --tls-ca-file FILE        [AUDIT_TLS_CA_FILE] default: ca.crt
         The CA certificates (PEM) the tailer's certificate must chain to.
-    --tls-crt-file FILE           [AUDIT_TLS_CRT_FILE] default: audittailer-client.crt
+    -R, --tls-crt-file FILE       [AUDIT_TLS_CRT_FILE] default: audittailer-client.crt
         The client certificate chain (PEM) presented to the tailer.
-    --tls-key-file FILE           [AUDIT_TLS_KEY_FILE] default: audittailer-client.key
+    -K, --tls-key-file FILE       [AUDIT_TLS_KEY_FILE] default: audittailer-client.key
         The private key (PEM) of the client certificate.
-    --tls-vhost NAME              [AUDIT_TLS_VHOST] default: kubernetes-audit-tailer
+    -H, --tls-vhost NAME          [AUDIT_TLS_VHOST] default: kubernetes-audit-tailer
         The server name sent with SNI, which the tailer's certificate must be valid for:
         a DNS name or an IP address.
     --tls-verify-hostname[=BOOL]  [AUDIT_TLS_VERIFY_HOSTNAME] default: true
@@ -103,14 +140,14 @@ SHARED KEY (Forward protocol handshake; none by default):
         with a shared key. Prefer the environment: arguments are visible to ps.
 
 PROXY (reach the tailer through a konnectivity tunnel; direct by default):
-    --konnectivity-uds-socket PATH [AUDIT_KONNECTIVITY_UDS_SOCKET]
+    -u, --konnectivity-uds-socket PATH [AUDIT_KONNECTIVITY_UDS_SOCKET]
                                   default: none
         The Unix socket of a konnectivity server in HTTP CONNECT mode to tunnel through;
         not together with a proxy host.
-    --proxy-host HOST             [AUDIT_PROXY_HOST] default: none
+    -p, --proxy-host HOST         [AUDIT_PROXY_HOST] default: none
         A konnectivity proxy reached over mutual TLS and asked with HTTP CONNECT: a DNS
         name, an IPv4 or an IPv6 address. The four settings below apply only with it.
-    --proxy-port PORT             [AUDIT_PROXY_PORT] default: 9443
+    -P, --proxy-port PORT         [AUDIT_PROXY_PORT] default: 9443
         The port of the proxy, 1-65535.
     --proxy-ca-file PATH          [AUDIT_PROXY_CA_FILE] default: /proxy/ca/ca.crt
         The CA certificates (PEM) the proxy's certificate must chain to.
@@ -121,9 +158,13 @@ PROXY (reach the tailer through a konnectivity tunnel; direct by default):
                                   default: /proxy/client/tls.key
         The private key (PEM) of the proxy client certificate.
 
+A short flag takes its value as the next argument (-l /x.log), attached (-l/x.log) or
+after '=' (-l=/x.log); a long flag as the next argument or after '=' (--tag=audit).
+
 VALUES:
     BOOL      true, false, 1 or 0, in any case. A boolean flag alone means true; a value is
-              given only with '=': --read-from-head=false.
+              given only with '=': --read-from-head=false. In the config file:
+              read-from-head: false.
     SIZE      bytes, optionally with a fraction and a suffix K, M, G, KB, MB or GB in any
               case. Decimal, like fluent-bit: K = KB = 1000, M = MB = 1000^2,
               G = GB = 1000^3; a fraction is truncated to whole bytes (1.5K = 1500).
@@ -229,6 +270,11 @@ const DEFAULT_PROXY_PORT: u16 = 9443;
 const DEFAULT_PROXY_CA_FILE: &str = "/proxy/ca/ca.crt";
 const DEFAULT_PROXY_CLIENT_CRT_FILE: &str = "/proxy/client/tls.crt";
 const DEFAULT_PROXY_CLIENT_KEY_FILE: &str = "/proxy/client/tls.key";
+// Kubernetes defaults of metal-stack/audit-forwarder, for the same reason.
+const DEFAULT_NAMESPACE: &str = "kube-system";
+const DEFAULT_SERVICE_NAME: &str = "kubernetes-audit-tailer";
+const DEFAULT_SECRET_NAME: &str = "audittailer-client";
+const DEFAULT_CHECK_SCHEDULE: &str = "*/1 * * * *";
 
 /// What the process was asked to do.
 // Built once at startup and moved once into the mode that runs: boxing would save nothing.
@@ -250,7 +296,12 @@ pub struct ForwardArgs {
     pub mem_buf_limit: u64,
     pub log_level: LevelFilter,
     pub backoff_max: Duration,
-    pub target: Target,
+    /// None: the target is the tailer's Service, found through the Kubernetes API (`kube`
+    /// then says where).
+    pub target: Option<Target>,
+    /// Some: talk to the Kubernetes API, for the Service (without `target`), the Secret, or
+    /// both. None: no API at all, as before discovery existed (`--target` and TLS files).
+    pub kube: Option<KubeArgs>,
     /// Plain TCP; `tls` is then to be ignored.
     pub plaintext: bool,
     pub tls: TlsArgs,
@@ -272,6 +323,38 @@ pub struct ForwardArgs {
     pub ack_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
+    /// Some: `--fluent-log-level` was set (valid, lowercase). Nothing uses it: it is kept
+    /// only so that the caller can say once that it is ignored.
+    pub fluent_log_level: Option<String>,
+}
+
+/// Where the Kubernetes API is and what to look up in it. Only built when it is used: without
+/// `--target` (the Service gives the target), or with a Secret given explicitly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeArgs {
+    /// Empty: none (HOME unset and no `--kubecfg`, or `--kubecfg ""`).
+    pub kubecfg: PathBuf,
+    /// Of the Service and the Secret: a DNS-1123 label.
+    pub namespace: String,
+    /// Some (a DNS-1035 label) exactly when `target` is None.
+    pub service_name: Option<String>,
+    /// Some (a DNS-1123 subdomain): the client TLS material comes from this Secret's data,
+    /// under the keys in `secret_keys`, instead of from the files in `tls`.
+    pub secret_name: Option<String>,
+    /// The cron schedule of the re-checks, as given (non-empty; parsed by the caller).
+    pub check_schedule: String,
+    /// `--tls-ca-file`, `--tls-crt-file` and `--tls-key-file` as given, without
+    /// `--tls-basedir`: the Secret's data keys. Checked to be valid keys when `secret_name`
+    /// is Some.
+    pub secret_keys: SecretKeys,
+}
+
+/// The data keys of the client TLS material in the Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeys {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
 }
 
 /// The forwarder's TLS client settings, file names already joined to `--tls-basedir`. Nothing
@@ -432,24 +515,115 @@ impl From<lexopt::Error> for UsageError {
 /// The environment lookup: `std::env::var_os` in `main`, a table in tests.
 type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
-/// Parses the arguments after argv[0], falling back to `AUDIT_*` variables from `env`.
+/// Reads the `--config` file into its flat key/value pairs: the YAML reader in `main`, a table in
+/// tests. Its error should name the line; the flag and the path are added here.
+pub type ConfigReader<'a> = &'a dyn Fn(&Path) -> Result<Vec<(String, String)>, String>;
+
+/// Parses the arguments after argv[0], falling back to `AUDIT_*` variables from `env` and then
+/// to the file of `-c/--config`, read with `config_file` (only when the flag is given).
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     env: &dyn Fn(&str) -> Option<OsString>,
+    config_file: ConfigReader,
 ) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
     if args.peek().is_some_and(|first| first == "tailer") {
         args.next();
         return parse_tailer(lexopt::Parser::from_args(args), env);
     }
-    parse_forward(lexopt::Parser::from_args(args), env)
+    parse_forward(lexopt::Parser::from_args(args), env, config_file)
 }
 
-fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageError> {
+/// Every setting of the forwarding mode, by its long flag name: the keys a config file may
+/// hold. `config` itself is not one of them.
+const FORWARD_SETTINGS: &[&str] = &[
+    "target",
+    "plaintext",
+    "audit-log-path",
+    "position-file",
+    "read-from-head",
+    "tag",
+    "compress",
+    "mem-buf-limit",
+    "max-line-size",
+    "max-held-bytes",
+    "connect-timeout",
+    "ack-timeout",
+    "backoff-timer",
+    "shutdown-timeout",
+    "stats-interval",
+    "log-level",
+    "fluent-log-level",
+    "tls-basedir",
+    "tls-ca-file",
+    "tls-crt-file",
+    "tls-key-file",
+    "tls-vhost",
+    "tls-verify-hostname",
+    "kubecfg",
+    "namespace",
+    "service-name",
+    "secret-name",
+    "check-schedule",
+    "shared-key",
+    "shared-key-file",
+    "self-hostname",
+    "username",
+    "password",
+    "konnectivity-uds-socket",
+    "proxy-host",
+    "proxy-port",
+    "proxy-ca-file",
+    "proxy-client-crt-file",
+    "proxy-client-key-file",
+];
+
+/// Reads the `--config` file and checks its keys, so that a misspelt key is an error rather
+/// than a setting silently left at its default. Keys are matched in any case, as viper did.
+fn read_config(raw: OsString, config_file: ConfigReader) -> Result<ConfigFile, UsageError> {
+    let path = parse_path(raw).map_err(|e| UsageError(format!("--config: {e}")))?;
+    let at = |problem: String| UsageError(format!("--config {}: {problem}", path.display()));
+    let pairs = config_file(&path).map_err(at)?;
+    let mut values: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        let key = key.to_ascii_lowercase();
+        if key == "config" {
+            return Err(at(
+                "config: cannot be set in the config file itself (only with -c/--config)"
+                    .to_string(),
+            ));
+        }
+        if !FORWARD_SETTINGS.contains(&key.as_str()) {
+            return Err(at(format!(
+                "unknown key {key:?} (the keys are the long flag names, as in \
+                 audit-log-path: /auditlog/audit.log)"
+            )));
+        }
+        if values.iter().any(|(seen, _)| *seen == key) {
+            return Err(at(format!("key {key:?} is given twice")));
+        }
+        values.push((key, value));
+    }
+    Ok(ConfigFile { path, values })
+}
+
+fn parse_forward(
+    mut parser: lexopt::Parser,
+    env: Env,
+    config_file: ConfigReader,
+) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
 
     // Raw values only: they are parsed after the loop, once it is known whether each comes
-    // from the command line or the environment, so an error can name the right one.
+    // from the command line, the environment or the config file, so an error can name the
+    // right one.
+    let mut config = None;
+    let mut kubecfg = None;
+    let mut namespace = None;
+    let mut service_name = None;
+    let mut secret_name = None;
+    let mut check_schedule = None;
+    let mut fluent_log_level = None;
     let mut audit_log_path = None;
     let mut mem_buf_limit = None;
     let mut log_level = None;
@@ -488,17 +662,24 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     while let Some(arg) = parser.next()? {
         let after_secret = last_secret.take();
         match arg {
-            Long("audit-log-path") => audit_log_path = Some(parser.value()?),
-            Long("mem-buf-limit") => mem_buf_limit = Some(parser.value()?),
-            Long("log-level") => log_level = Some(parser.value()?),
-            Long("backoff-timer") => backoff_timer = Some(parser.value()?),
+            Short('c') | Long("config") => config = Some(parser.value()?),
+            Short('k') | Long("kubecfg") => kubecfg = Some(parser.value()?),
+            Short('n') | Long("namespace") => namespace = Some(parser.value()?),
+            Short('s') | Long("service-name") => service_name = Some(parser.value()?),
+            Short('e') | Long("secret-name") => secret_name = Some(parser.value()?),
+            Short('S') | Long("check-schedule") => check_schedule = Some(parser.value()?),
+            Short('O') | Long("fluent-log-level") => fluent_log_level = Some(parser.value()?),
+            Short('l') | Long("audit-log-path") => audit_log_path = Some(parser.value()?),
+            Short('m') | Long("mem-buf-limit") => mem_buf_limit = Some(parser.value()?),
+            Short('L') | Long("log-level") => log_level = Some(parser.value()?),
+            Short('b') | Long("backoff-timer") => backoff_timer = Some(parser.value()?),
             Long("target") => target = Some(parser.value()?),
             Long("plaintext") => plaintext = Some(bool_value(&mut parser)),
-            Long("tls-basedir") => tls_basedir = Some(parser.value()?),
-            Long("tls-ca-file") => tls_ca_file = Some(parser.value()?),
-            Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
-            Long("tls-key-file") => tls_key_file = Some(parser.value()?),
-            Long("tls-vhost") => tls_vhost = Some(parser.value()?),
+            Short('B') | Long("tls-basedir") => tls_basedir = Some(parser.value()?),
+            Short('C') | Long("tls-ca-file") => tls_ca_file = Some(parser.value()?),
+            Short('R') | Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
+            Short('K') | Long("tls-key-file") => tls_key_file = Some(parser.value()?),
+            Short('H') | Long("tls-vhost") => tls_vhost = Some(parser.value()?),
             Long("tls-verify-hostname") => tls_verify_hostname = Some(bool_value(&mut parser)),
             Long("shared-key") => {
                 shared_key = Some(parser.value()?);
@@ -512,9 +693,11 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
                 last_secret = Some("--password");
             }
             Long("compress") => compress = Some(parser.value()?),
-            Long("konnectivity-uds-socket") => konnectivity_uds_socket = Some(parser.value()?),
-            Long("proxy-host") => proxy_host = Some(parser.value()?),
-            Long("proxy-port") => proxy_port = Some(parser.value()?),
+            Short('u') | Long("konnectivity-uds-socket") => {
+                konnectivity_uds_socket = Some(parser.value()?)
+            }
+            Short('p') | Long("proxy-host") => proxy_host = Some(parser.value()?),
+            Short('P') | Long("proxy-port") => proxy_port = Some(parser.value()?),
             Long("proxy-ca-file") => proxy_ca_file = Some(parser.value()?),
             Long("proxy-client-crt-file") => proxy_client_crt_file = Some(parser.value()?),
             Long("proxy-client-key-file") => proxy_client_key_file = Some(parser.value()?),
@@ -538,56 +721,76 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         }
     }
 
-    let audit_log_path = resolve(audit_log_path, "audit-log-path", env, parse_log_path)?
+    let config = config
+        .map(|raw| read_config(raw, config_file))
+        .transpose()?;
+    let src = &Sources { env, config };
+
+    let audit_log_path = resolve(audit_log_path, "audit-log-path", src, parse_log_path)?
         .map_or_else(|| PathBuf::from(DEFAULT_AUDIT_LOG_PATH), |s| s.value);
-    let mem_buf_limit = resolve(mem_buf_limit, "mem-buf-limit", env, text(parse_size))?
+    let mem_buf_limit = resolve(mem_buf_limit, "mem-buf-limit", src, text(parse_size))?
         .unwrap_or_else(|| Setting::default("mem-buf-limit", DEFAULT_MEM_BUF_LIMIT));
-    let log_level = resolve(log_level, "log-level", env, text(parse_log_level))?
+    let log_level = resolve(log_level, "log-level", src, text(parse_log_level))?
         .map_or(DEFAULT_LOG_LEVEL, |s| s.value);
-    let backoff_max = resolve(backoff_timer, "backoff-timer", env, text(positive_duration))?
+    let backoff_max = resolve(backoff_timer, "backoff-timer", src, text(positive_duration))?
         .map_or(DEFAULT_BACKOFF_MAX, |s| s.value);
-    let target = resolve(target, "target", env, text(parse_target))?
-        .ok_or_else(|| {
-            UsageError(
-                "--target is required: HOST:PORT of the fluentd/fluent-bit in_forward \
-                 (or set AUDIT_TARGET)"
-                    .to_string(),
-            )
-        })?
-        .value;
+    let target = resolve(target, "target", src, text(parse_target))?.map(|s| s.value);
     let plaintext =
-        resolve(plaintext, "plaintext", env, text(parse_bool))?.is_some_and(|s| s.value);
+        resolve(plaintext, "plaintext", src, text(parse_bool))?.is_some_and(|s| s.value);
 
     // The TLS settings are checked even with --plaintext, so that a typo does not wait for
     // the day TLS is switched on.
-    let tls_basedir = resolve(tls_basedir, "tls-basedir", env, parse_path)?
+    let tls_basedir = resolve(tls_basedir, "tls-basedir", src, parse_path)?
         .map_or_else(|| PathBuf::from(DEFAULT_TLS_BASEDIR), |s| s.value);
-    // Path::join keeps an absolute name as it is, which is the documented rule.
-    let tls_file = |raw, flag, default| -> Result<PathBuf, UsageError> {
-        let name = resolve(raw, flag, env, parse_path)?
-            .map_or_else(|| PathBuf::from(default), |s| s.value);
-        Ok(tls_basedir.join(name))
+    let tls_name = |raw, flag, default: &str| -> Result<Setting<PathBuf>, UsageError> {
+        Ok(resolve(raw, flag, src, parse_path)?
+            .unwrap_or_else(|| Setting::default(flag, PathBuf::from(default))))
     };
+    let ca_name = tls_name(tls_ca_file, "tls-ca-file", DEFAULT_TLS_CA_FILE)?;
+    let cert_name = tls_name(tls_crt_file, "tls-crt-file", DEFAULT_TLS_CRT_FILE)?;
+    let key_name = tls_name(tls_key_file, "tls-key-file", DEFAULT_TLS_KEY_FILE)?;
+    // Path::join keeps an absolute name as it is, which is the documented rule.
     let tls = TlsArgs {
-        ca: tls_file(tls_ca_file, "tls-ca-file", DEFAULT_TLS_CA_FILE)?,
-        cert: tls_file(tls_crt_file, "tls-crt-file", DEFAULT_TLS_CRT_FILE)?,
-        key: tls_file(tls_key_file, "tls-key-file", DEFAULT_TLS_KEY_FILE)?,
-        vhost: resolve(tls_vhost, "tls-vhost", env, text(parse_host))?
+        ca: tls_basedir.join(&ca_name.value),
+        cert: tls_basedir.join(&cert_name.value),
+        key: tls_basedir.join(&key_name.value),
+        vhost: resolve(tls_vhost, "tls-vhost", src, text(parse_host))?
             .map_or_else(|| DEFAULT_TLS_VHOST.to_string(), |s| s.value),
         verify_hostname: resolve(
             tls_verify_hostname,
             "tls-verify-hostname",
-            env,
+            src,
             text(parse_bool),
         )?
         .is_none_or(|s| s.value),
     };
 
-    let shared_key = resolve_shared_key(shared_key, shared_key_file, env)?;
+    let kube = resolve_kube(
+        KubeRaw {
+            kubecfg,
+            namespace,
+            service_name,
+            secret_name,
+            check_schedule,
+        },
+        src,
+        target.is_some(),
+        plaintext,
+        [&ca_name, &cert_name, &key_name],
+    )?;
+    let fluent_log_level = resolve(
+        fluent_log_level,
+        "fluent-log-level",
+        src,
+        text(parse_fluent_log_level),
+    )?
+    .map(|s| s.value);
+
+    let shared_key = resolve_shared_key(shared_key, shared_key_file, src)?;
     let self_hostname =
-        resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
-    let username = resolve(username, "username", env, text(parse_non_empty))?;
-    let password = resolve(password, "password", env, parse_secret)?;
+        resolve(self_hostname, "self-hostname", src, text(parse_non_empty))?.map(|s| s.value);
+    let username = resolve(username, "username", src, text(parse_non_empty))?;
+    let password = resolve(password, "password", src, parse_secret)?;
     let user_auth = match (username, password) {
         (None, None) => None,
         (Some(username), None) => {
@@ -617,21 +820,21 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
             password: password.value,
         }),
     };
-    let compress = resolve(compress, "compress", env, text(parse_compress))?
+    let compress = resolve(compress, "compress", src, text(parse_compress))?
         .map_or(Compress::None, |s| s.value);
 
     let socket = resolve(
         konnectivity_uds_socket,
         "konnectivity-uds-socket",
-        env,
+        src,
         parse_path,
     )?;
-    let proxy_host = resolve(proxy_host, "proxy-host", env, text(parse_host))?;
-    let proxy_port = resolve(proxy_port, "proxy-port", env, text(parse_port))?
+    let proxy_host = resolve(proxy_host, "proxy-host", src, text(parse_host))?;
+    let proxy_port = resolve(proxy_port, "proxy-port", src, text(parse_port))?
         .map_or(DEFAULT_PROXY_PORT, |s| s.value);
     let proxy_file =
         |raw, flag, default| -> Result<PathBuf, UsageError> {
-            Ok(resolve(raw, flag, env, parse_path)?
+            Ok(resolve(raw, flag, src, parse_path)?
                 .map_or_else(|| PathBuf::from(default), |s| s.value))
         };
     let proxy_ca = proxy_file(proxy_ca_file, "proxy-ca-file", DEFAULT_PROXY_CA_FILE)?;
@@ -669,34 +872,34 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
     let connect_timeout = resolve(
         connect_timeout,
         "connect-timeout",
-        env,
+        src,
         text(positive_duration),
     )?
     .map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.value);
 
-    let position_file = resolve(position_file, "position-file", env, parse_path)?
+    let position_file = resolve(position_file, "position-file", src, parse_path)?
         .map_or_else(|| default_position_file(&audit_log_path), |s| s.value);
-    let tag = resolve(tag, "tag", env, text(parse_non_empty))?
+    let tag = resolve(tag, "tag", src, text(parse_non_empty))?
         .map_or_else(|| DEFAULT_TAG.to_string(), |s| s.value);
     let read_from_head =
-        resolve(read_from_head, "read-from-head", env, text(parse_bool))?.is_none_or(|s| s.value);
-    let max_line_size = resolve(max_line_size, "max-line-size", env, text(positive_size))?
+        resolve(read_from_head, "read-from-head", src, text(parse_bool))?.is_none_or(|s| s.value);
+    let max_line_size = resolve(max_line_size, "max-line-size", src, text(positive_size))?
         .unwrap_or_else(|| Setting::default("max-line-size", DEFAULT_MAX_LINE_SIZE));
-    let max_held_bytes = resolve(max_held_bytes, "max-held-bytes", env, text(positive_size))?
+    let max_held_bytes = resolve(max_held_bytes, "max-held-bytes", src, text(positive_size))?
         .map_or(DEFAULT_MAX_HELD_BYTES, |s| s.value);
-    let ack_timeout = resolve(ack_timeout, "ack-timeout", env, text(positive_duration))?
+    let ack_timeout = resolve(ack_timeout, "ack-timeout", src, text(positive_duration))?
         .map_or(DEFAULT_ACK_TIMEOUT, |s| s.value);
     let shutdown_timeout = resolve(
         shutdown_timeout,
         "shutdown-timeout",
-        env,
+        src,
         text(parse_duration),
     )?
     .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| s.value);
     let stats_interval = resolve(
         stats_interval,
         "stats-interval",
-        env,
+        src,
         text(positive_duration),
     )?
     .map_or(DEFAULT_STATS_INTERVAL, |s| s.value);
@@ -722,6 +925,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         log_level,
         backoff_max,
         target,
+        kube,
         plaintext,
         tls,
         shared_key,
@@ -738,6 +942,7 @@ fn parse_forward(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageE
         ack_timeout,
         shutdown_timeout,
         stats_interval,
+        fluent_log_level,
     }))
 }
 
@@ -786,7 +991,8 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
         }
     }
 
-    let listen = resolve(listen, "listen", env, text(parse_listen))?
+    let src = &Sources { env, config: None };
+    let listen = resolve(listen, "listen", src, text(parse_listen))?
         .ok_or_else(|| {
             UsageError(
                 "--listen is required: HOST:PORT to accept Forward connections on \
@@ -795,17 +1001,17 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
             )
         })?
         .value;
-    let discard = resolve(discard, "discard", env, text(parse_bool))?.is_some_and(|s| s.value);
-    let log_level = resolve(log_level, "log-level", env, text(parse_log_level))?
+    let discard = resolve(discard, "discard", src, text(parse_bool))?.is_some_and(|s| s.value);
+    let log_level = resolve(log_level, "log-level", src, text(parse_log_level))?
         .map_or(DEFAULT_LOG_LEVEL, |s| s.value);
 
-    let cert = resolve(tls_crt_file, "tls-crt-file", env, parse_path)?;
-    let key = resolve(tls_key_file, "tls-key-file", env, parse_path)?;
-    let client_ca = resolve(client_ca, "client-ca", env, parse_path)?;
+    let cert = resolve(tls_crt_file, "tls-crt-file", src, parse_path)?;
+    let key = resolve(tls_key_file, "tls-key-file", src, parse_path)?;
+    let client_ca = resolve(client_ca, "client-ca", src, parse_path)?;
     let max_version = resolve(
         tls_max_version,
         "tls-max-version",
-        env,
+        src,
         text(parse_tls_version),
     )?;
     let tls = match (cert, key) {
@@ -844,21 +1050,21 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
             None
         }
     };
-    let shared_key = resolve_shared_key(shared_key, shared_key_file, env)?;
+    let shared_key = resolve_shared_key(shared_key, shared_key_file, src)?;
     let self_hostname =
-        resolve(self_hostname, "self-hostname", env, text(parse_non_empty))?.map(|s| s.value);
-    let max_clients = resolve(max_clients, "max-clients", env, text(positive_count))?
+        resolve(self_hostname, "self-hostname", src, text(parse_non_empty))?.map(|s| s.value);
+    let max_clients = resolve(max_clients, "max-clients", src, text(positive_count))?
         .map_or(DEFAULT_MAX_CLIENTS, |s| s.value);
     let client_timeout = resolve(
         client_timeout,
         "client-timeout",
-        env,
+        src,
         text(positive_duration),
     )?
     .map_or(DEFAULT_CLIENT_TIMEOUT, |s| s.value);
-    let idle_timeout = resolve(idle_timeout, "idle-timeout", env, text(positive_duration))?
+    let idle_timeout = resolve(idle_timeout, "idle-timeout", src, text(positive_duration))?
         .map_or(DEFAULT_IDLE_TIMEOUT, |s| s.value);
-    let mem_budget = match resolve(mem_budget, "mem-budget", env, text(parse_size))? {
+    let mem_budget = match resolve(mem_budget, "mem-budget", src, text(parse_size))? {
         None => DEFAULT_MEM_BUDGET,
         Some(s) if s.value < MIN_MEM_BUDGET => {
             return Err(UsageError(format!(
@@ -888,10 +1094,10 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
 fn resolve_shared_key(
     value: Option<OsString>,
     file: Option<OsString>,
-    env: Env,
+    src: &Sources,
 ) -> Result<Option<SharedKey>, UsageError> {
-    let value = resolve(value, "shared-key", env, parse_secret)?;
-    let file = resolve(file, "shared-key-file", env, parse_path)?;
+    let value = resolve(value, "shared-key", src, parse_secret)?;
+    let file = resolve(file, "shared-key-file", src, parse_path)?;
     match (value, file) {
         (Some(value), Some(file)) => Err(UsageError(format!(
             "{} and {} are mutually exclusive: give the shared key or the file holding it",
@@ -901,6 +1107,183 @@ fn resolve_shared_key(
         (Some(value), None) => Ok(Some(SharedKey::Value(value.value))),
         (None, Some(file)) => Ok(Some(SharedKey::File(file.value))),
         (None, None) => Ok(None),
+    }
+}
+
+/// The Kubernetes settings as typed, before it is known which of them are used.
+struct KubeRaw {
+    kubecfg: Option<OsString>,
+    namespace: Option<OsString>,
+    service_name: Option<OsString>,
+    secret_name: Option<OsString>,
+    check_schedule: Option<OsString>,
+}
+
+/// Decides whether the Kubernetes API is used and for what. Without a target the Service is
+/// looked up, and the Secret too unless it is switched off; with one the Secret is used only
+/// when its name was given explicitly (flag, environment or config file), so that a
+/// deployment that only ever passed `--target` keeps reading its TLS files and needs no API.
+/// Every setting is checked even when unused, like the TLS ones with `--plaintext`.
+fn resolve_kube(
+    raw: KubeRaw,
+    src: &Sources,
+    has_target: bool,
+    plaintext: bool,
+    tls_names: [&Setting<PathBuf>; 3],
+) -> Result<Option<KubeArgs>, UsageError> {
+    // Empty is allowed: it means none, as an unset HOME does.
+    let kubecfg = resolve(raw.kubecfg, "kubecfg", src, |raw| Ok(PathBuf::from(raw)))?
+        .map_or_else(|| default_kubecfg(src.env), |s| s.value);
+    let namespace = resolve(raw.namespace, "namespace", src, text(parse_namespace))?
+        .map_or_else(|| DEFAULT_NAMESPACE.to_string(), |s| s.value);
+    let service_name = resolve(
+        raw.service_name,
+        "service-name",
+        src,
+        text(parse_service_name),
+    )?
+    .map_or_else(|| DEFAULT_SERVICE_NAME.to_string(), |s| s.value);
+    let secret_name = resolve(raw.secret_name, "secret-name", src, text(parse_secret_name))?;
+    let check_schedule = resolve(
+        raw.check_schedule,
+        "check-schedule",
+        src,
+        text(parse_non_empty),
+    )?
+    .map_or_else(|| DEFAULT_CHECK_SCHEDULE.to_string(), |s| s.value);
+
+    // Plain TCP needs no TLS material, and "" asks for the files under --tls-basedir.
+    let secret = match secret_name {
+        _ if plaintext => None,
+        Some(setting) => setting.value.map(|name| (name, setting.described)),
+        None if has_target => None,
+        None => Some((DEFAULT_SECRET_NAME.to_string(), "--secret-name".to_string())),
+    };
+    let [ca, cert, key] = tls_names;
+    let secret_keys = SecretKeys {
+        ca: secret_key(ca, secret.as_ref())?,
+        cert: secret_key(cert, secret.as_ref())?,
+        key: secret_key(key, secret.as_ref())?,
+    };
+    let kube = |service_name, secret_name| KubeArgs {
+        kubecfg,
+        namespace,
+        service_name,
+        secret_name,
+        check_schedule,
+        secret_keys,
+    };
+    Ok(match (has_target, secret) {
+        (false, secret) => Some(kube(Some(service_name), secret.map(|(name, _)| name))),
+        (true, Some((name, _))) => Some(kube(None, Some(name))),
+        (true, None) => None,
+    })
+}
+
+/// `$HOME/.kube/config`, the original's default; without a HOME there is none.
+fn default_kubecfg(env: Env) -> PathBuf {
+    match env("HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join(".kube/config"),
+        _ => PathBuf::new(),
+    }
+}
+
+/// A TLS file name as a key of the Secret's data, when a Secret (name, where it was set) is
+/// used: the API only has keys of letters, digits, '-', '_' and '.', so a path there can only
+/// be a mistake, and it is better named now than as a missing key at every check.
+fn secret_key(
+    name: &Setting<PathBuf>,
+    secret: Option<&(String, String)>,
+) -> Result<String, UsageError> {
+    let Some((secret, secret_from)) = secret else {
+        return Ok(name.value.to_string_lossy().into_owned());
+    };
+    match name.value.to_str() {
+        Some(key) if check_secret_key(key) => Ok(key.to_string()),
+        _ => Err(UsageError(format!(
+            "{}: {:?} is not a valid key of the Secret {secret:?} ({secret_from}): the TLS \
+             material is read from the Secret's data, whose keys are letters, digits, '-', \
+             '_' and '.'; give the key alone, or set --secret-name \"\" to read the files \
+             under --tls-basedir instead",
+            name.label, name.value
+        ))),
+    }
+}
+
+/// Kubernetes' rule for the data keys of Secrets and ConfigMaps.
+fn check_secret_key(key: &str) -> bool {
+    (1..=253).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && !key.starts_with("..")
+}
+
+/// One label of a Kubernetes name (without the length rule, which differs): lowercase letters,
+/// digits and '-', starting (and, with `first_letter`, beginning with a letter) and ending
+/// with a letter or digit.
+fn is_k8s_label(label: &str, first_letter: bool) -> bool {
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            alnum(first)
+                && (!first_letter || first.is_ascii_lowercase())
+                && alnum(last)
+                && bytes.iter().all(|b| alnum(b) || *b == b'-')
+        }
+        _ => false,
+    }
+}
+
+// The names are checked as the API server checks them, so that a typo is a usage error at
+// start rather than a 404 at every check.
+
+fn parse_namespace(s: &str) -> Result<String, String> {
+    if s.len() <= 63 && is_k8s_label(s, false) {
+        return Ok(s.to_string());
+    }
+    Err(format!(
+        "invalid namespace {s:?}: a DNS-1123 label is 1-63 lowercase letters, digits and \
+         '-', starting and ending with a letter or digit"
+    ))
+}
+
+fn parse_service_name(s: &str) -> Result<String, String> {
+    if s.len() <= 63 && is_k8s_label(s, true) {
+        return Ok(s.to_string());
+    }
+    Err(format!(
+        "invalid Service name {s:?}: a DNS-1035 label is 1-63 lowercase letters, digits and \
+         '-', starting with a letter and ending with a letter or digit"
+    ))
+}
+
+/// A Secret name, or "" for none: the TLS files are then read from `--tls-basedir`.
+fn parse_secret_name(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() <= 253 && s.split('.').all(|label| is_k8s_label(label, false)) {
+        return Ok(Some(s.to_string()));
+    }
+    Err(format!(
+        "invalid Secret name {s:?}: a DNS-1123 subdomain is at most 253 lowercase letters, \
+         digits, '-' and '.', each part between dots starting and ending with a letter or \
+         digit (\"\" for no Secret)"
+    ))
+}
+
+/// fluent-bit's log levels, read as fluent-bit read them (any case, `warning` too): the value
+/// is not used, but a deployment of the fluent-bit based original may still set it.
+fn parse_fluent_log_level(s: &str) -> Result<String, String> {
+    let level = s.to_ascii_lowercase();
+    match level.as_str() {
+        "off" | "error" | "warn" | "warning" | "info" | "debug" | "trace" => Ok(level),
+        _ => Err(format!(
+            "invalid fluent-bit log level {s:?} (use off, error, warn, info, debug or trace)"
+        )),
     }
 }
 
@@ -928,9 +1311,11 @@ fn bool_value(parser: &mut lexopt::Parser) -> OsString {
 /// A parsed setting and the name of where it came from, for errors that involve it.
 struct Setting<T> {
     value: T,
-    /// `--flag` or `AUDIT_FLAG`.
+    /// What an error about this value alone starts with: `--flag`, `AUDIT_FLAG`, or
+    /// `FILE: flag` for the config file.
     label: String,
-    flag: &'static str,
+    /// The same for errors that involve several settings (see `describe`).
+    described: String,
 }
 
 impl<T> Setting<T> {
@@ -938,18 +1323,14 @@ impl<T> Setting<T> {
         Setting {
             value,
             label: format!("--{flag}"),
-            flag,
+            described: format!("--{flag}"),
         }
     }
 
-    /// The label, with the flag added when the value came from the environment, for errors
-    /// that involve several settings.
+    /// Where the value came from, with the flag added when that was the environment, for
+    /// errors that involve several settings.
     fn describe(&self) -> String {
-        if self.label.starts_with("--") {
-            self.label.clone()
-        } else {
-            format!("{} (--{})", self.label, self.flag)
-        }
+        self.described.clone()
     }
 }
 
@@ -958,26 +1339,54 @@ fn env_name(flag: &str) -> String {
     format!("AUDIT_{}", flag.to_ascii_uppercase().replace('-', "_"))
 }
 
-/// Picks the command-line value if given, else the environment's, and parses it; an error is
-/// prefixed with the flag or variable it came from.
+/// Where a setting missing from the command line is looked up, in this order.
+struct Sources<'a> {
+    env: Env<'a>,
+    config: Option<ConfigFile>,
+}
+
+/// The `--config` file's settings, keys checked against the flags and not repeated.
+struct ConfigFile {
+    path: PathBuf,
+    values: Vec<(String, String)>,
+}
+
+/// Picks the command-line value if given, else the environment's, else the config file's, and
+/// parses it; an error is prefixed with where the value came from.
 fn resolve<T>(
     cli: Option<OsString>,
     flag: &'static str,
-    env: Env,
+    src: &Sources,
     parse: impl Fn(OsString) -> Result<T, String>,
 ) -> Result<Option<Setting<T>>, UsageError> {
-    let (raw, label) = match cli {
-        Some(raw) => (raw, format!("--{flag}")),
+    let from_config = |config: &ConfigFile| {
+        let (_, value) = config.values.iter().find(|(key, _)| key == flag)?;
+        let path = config.path.display();
+        Some((
+            OsString::from(value),
+            format!("{path}: {flag}"),
+            format!("{flag} in {path}"),
+        ))
+    };
+    let (raw, label, described) = match cli {
+        Some(raw) => (raw, format!("--{flag}"), format!("--{flag}")),
         None => {
             let name = env_name(flag);
-            match env(&name) {
-                Some(raw) => (raw, name),
-                None => return Ok(None),
+            match (src.env)(&name) {
+                Some(raw) => (raw, name.clone(), format!("{name} (--{flag})")),
+                None => match src.config.as_ref().and_then(from_config) {
+                    Some(found) => found,
+                    None => return Ok(None),
+                },
             }
         }
     };
     match parse(raw) {
-        Ok(value) => Ok(Some(Setting { value, label, flag })),
+        Ok(value) => Ok(Some(Setting {
+            value,
+            label,
+            described,
+        })),
         Err(problem) => Err(UsageError(format!("{label}: {problem}"))),
     }
 }
@@ -1534,18 +1943,50 @@ mod tests {
         }
     }
 
+    /// Asserts that parsing failed with an error that starts with `want`.
+    fn assert_usage_error(got: Result<Command, UsageError>, want: &str, case: &dyn fmt::Debug) {
+        match got {
+            Err(e) => assert!(e.to_string().starts_with(want), "{case:?}: {e}"),
+            Ok(c) => panic!("{case:?} parsed as {c:?}"),
+        }
+    }
+
     /// Arguments and environment of one table row.
     type Args = &'static [&'static str];
     type EnvTable = &'static [(&'static str, &'static str)];
 
     /// Runs `parse` over string arguments and an environment table.
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, UsageError> {
+        run_with_config(args, env, Err("no config file in this test"))
+    }
+
+    /// A config reader for tests: every path reads as `file` (pairs, or the reader's error).
+    fn reader(
+        file: Result<&[(&str, &str)], &str>,
+    ) -> impl Fn(&Path) -> Result<Vec<(String, String)>, String> {
+        let file: Result<Vec<(String, String)>, String> = file
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .map_err(str::to_string);
+        move |_: &Path| file.clone()
+    }
+
+    /// `run`, with `file` as what any `--config` file reads as.
+    fn run_with_config(
+        args: &[&str],
+        env: &[(&str, &str)],
+        file: Result<&[(&str, &str)], &str>,
+    ) -> Result<Command, UsageError> {
         let env: Vec<(String, OsString)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
         let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        parse(args.iter().map(OsString::from), &lookup)
+        parse(args.iter().map(OsString::from), &lookup, &reader(file))
     }
 
     fn forward(args: &[&str], env: &[(&str, &str)]) -> ForwardArgs {
@@ -1561,10 +2002,11 @@ mod tests {
             mem_buf_limit: 200_000_000,
             log_level: LevelFilter::Info,
             backoff_max: Duration::from_secs(10),
-            target: Target {
+            target: Some(Target {
                 host: "fluentd".to_string(),
                 port: 24224,
-            },
+            }),
+            kube: None,
             plaintext: false,
             tls: TlsArgs {
                 ca: PathBuf::from("/fluent-bit/etc/ssl/ca.crt"),
@@ -1587,6 +2029,7 @@ mod tests {
             ack_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(60),
+            fluent_log_level: None,
         }
     }
 
@@ -1636,10 +2079,10 @@ mod tests {
             f.backoff_max = Duration::from_secs(90)
         }),
         ("target", "[::1]:9880", |f| {
-            f.target = Target {
+            f.target = Some(Target {
                 host: "::1".to_string(),
                 port: 9880,
-            }
+            })
         }),
         ("plaintext", "1", |f| f.plaintext = true),
         ("tls-basedir", "/etc/audit/tls", |f| {
@@ -1731,6 +2174,12 @@ mod tests {
             env.retain(|(k, _)| *k != var);
             env.push((&var, value));
             assert_eq!(forward(&[], &env), want, "{var}={value}");
+
+            let mut file = vec![("target", "fluentd:24224")];
+            file.retain(|(k, _)| *k != flag);
+            file.push((flag, value));
+            let got = run_with_config(&["-c", "/etc/af.yaml"], &[], Ok(&file));
+            assert_eq!(got, Ok(Command::Forward(want)), "config {flag}: {value}");
         }
     }
 
@@ -1909,7 +2358,7 @@ mod tests {
                 };
                 let lookup =
                     |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-                let err = match parse(args.clone(), &lookup) {
+                let err = match parse(args.clone(), &lookup, &reader(Err("none"))) {
                     Err(e) => e.to_string(),
                     Ok(c) => panic!("{args:?} {env:?}: parsed as {c:?}"),
                 };
@@ -1955,12 +2404,14 @@ mod tests {
             v
         };
         // Paths need not be UTF-8 ...
-        match parse(args("--audit-log-path"), &env) {
+        match parse(args("--audit-log-path"), &env, &reader(Err("none"))) {
             Ok(Command::Forward(f)) => assert_eq!(f.audit_log_path, PathBuf::from(bad())),
             other => panic!("{other:?}"),
         }
         // ... everything else must be, and the error names the flag.
-        let err = parse(args("--tag"), &env).unwrap_err().to_string();
+        let err = parse(args("--tag"), &env, &reader(Err("none")))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("--tag: ") && err.contains("not valid UTF-8"),
             "{err}"
@@ -2283,22 +2734,18 @@ mod tests {
     }
 
     #[test]
-    fn cli_required_settings() {
+    fn cli_target_errors() {
+        // An empty target is a mistake, not a request for discovery.
         let cases: &[(Args, EnvTable, &str)] = &[
-            (&[], &[], "--target is required"),
-            (&["--plaintext"], &[], "--target is required"),
-            (&[], &[("AUDIT_PLAINTEXT", "1")], "--target is required"),
             (
                 &["--tag=x"],
                 &[("AUDIT_TARGET", "")],
                 "AUDIT_TARGET: invalid address",
             ),
+            (&["--target="], &[], "--target: invalid address \"\""),
         ];
         for &(args, env, want) in cases {
-            match run(args, env) {
-                Err(e) => assert!(e.to_string().starts_with(want), "{args:?}: {e}"),
-                Ok(c) => panic!("{args:?} parsed as {c:?}"),
-            }
+            assert_usage_error(run(args, env), want, &args);
         }
     }
 
@@ -2653,10 +3100,27 @@ mod tests {
         }
     }
 
+    /// The text after `--` of a help line that documents a flag, with or without a short
+    /// flag before it (`-l, --audit-log-path PATH`).
+    fn long_flag(line: &str) -> Option<&str> {
+        let line = line.trim_start();
+        let line = match line.as_bytes() {
+            [b'-', short, b',', b' ', ..] if short.is_ascii_alphabetic() => &line[4..],
+            _ => line,
+        };
+        line.strip_prefix("--")
+    }
+
     #[test]
     fn cli_help_lists_every_flag_default_and_variable() {
         let forward: &[(&str, &str)] = &[
-            ("target", "required"),
+            ("target", "default: none (discovery)"),
+            ("kubecfg", "default: $HOME/.kube/config"),
+            ("namespace", "default: kube-system"),
+            ("service-name", "default: kubernetes-audit-tailer"),
+            ("secret-name", "default: audittailer-client"),
+            ("check-schedule", "default: */1 * * * *"),
+            ("fluent-log-level", "default: info"),
             ("plaintext", "default: false"),
             ("tls-basedir", "default: /fluent-bit/etc/ssl"),
             ("tls-ca-file", "default: ca.crt"),
@@ -2713,7 +3177,7 @@ mod tests {
                 let line = help
                     .lines()
                     .find(|l| {
-                        let rest = l.trim_start().strip_prefix(&format!("--{flag}"));
+                        let rest = long_flag(l).and_then(|l| l.strip_prefix(flag));
                         rest.is_some_and(|r| r.starts_with([' ', '[']))
                     })
                     .unwrap_or_else(|| panic!("no line for --{flag}"));
@@ -2746,9 +3210,9 @@ mod tests {
         for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
             let documented = help
                 .lines()
-                .filter_map(|l| l.trim_start().strip_prefix("--"))
+                .filter_map(long_flag)
                 .filter_map(|l| l.split([' ', '[', '=']).next())
-                .filter(|f| *f != "help" && *f != "version")
+                .filter(|f| !matches!(*f, "help" | "version" | "config"))
                 .count();
             assert_eq!(documented, flags.len(), "{flags:?}");
         }
@@ -3052,10 +3516,609 @@ mod tests {
             ),
         ];
         for &(args, env, want) in err {
-            match run(args, env) {
-                Err(e) => assert!(e.to_string().starts_with(want), "{args:?}: {e}"),
-                Ok(c) => panic!("{args:?} parsed as {c:?}"),
+            assert_usage_error(run(args, env), want, &args);
+        }
+    }
+
+    /// Short flag, long flag, a value, and arguments it needs to show an effect.
+    const SHORT_FLAGS: &[(char, &str, &str, Args)] = &[
+        ('k', "kubecfg", "/k/config", &[]),
+        ('n', "namespace", "audit", &[]),
+        ('s', "service-name", "audittailer", &[]),
+        ('e', "secret-name", "client", &[]),
+        ('l', "audit-log-path", "/x/audit.log", &[]),
+        ('m', "mem-buf-limit", "64M", &[]),
+        ('B', "tls-basedir", "/b", &[]),
+        ('C', "tls-ca-file", "root.pem", &[]),
+        ('R', "tls-crt-file", "c.pem", &[]),
+        ('K', "tls-key-file", "k.pem", &[]),
+        ('H', "tls-vhost", "tailer", &[]),
+        ('S', "check-schedule", "@hourly", &[]),
+        ('b', "backoff-timer", "3s", &[]),
+        ('L', "log-level", "debug", &[]),
+        ('O', "fluent-log-level", "warn", &[]),
+        ('u', "konnectivity-uds-socket", "/run/k.sock", &[]),
+        ('p', "proxy-host", "proxy", &[]),
+        ('P', "proxy-port", "8132", &["--proxy-host=proxy"]),
+    ];
+
+    #[test]
+    fn cli_short_flags() {
+        // Without --target, so that the Kubernetes settings show in the result.
+        let none = forward(&[], &[]);
+        for &(short, long, value, extra) in SHORT_FLAGS {
+            let long_arg = format!("--{long}");
+            let want = forward(&[extra, &[long_arg.as_str(), value]].concat(), &[]);
+            assert_ne!(want, none, "--{long} {value} changes nothing");
+            let flag = format!("-{short}");
+            let attached = format!("-{short}{value}");
+            let equals = format!("-{short}={value}");
+            let forms: [&[&str]; 3] = [&[&flag, value], &[&attached], &[&equals]];
+            for form in forms {
+                assert_eq!(forward(&[extra, form].concat(), &[]), want, "{form:?}");
             }
+            // Help shows each short flag beside its long one.
+            assert!(HELP.contains(&format!("-{short}, --{long} ")), "-{short}");
+        }
+        // -c reads the config file like --config.
+        let file: &[(&str, &str)] = &[("tag", "from-file")];
+        for args in [
+            &["-c", "/f"][..],
+            &["-c/f"],
+            &["-c=/f"],
+            &["--config", "/f"],
+        ] {
+            match run_with_config(args, &[], Ok(file)) {
+                Ok(Command::Forward(f)) => assert_eq!(f.tag, "from-file", "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert!(HELP.contains("-c, --config FILE "));
+        let err: &[(Args, &str)] = &[
+            (&["-l"], "-l: missing value"),
+            (&["-x", "1"], "-x: unknown flag (see --help)"),
+            (&["-m", "12Q"], "--mem-buf-limit: invalid size \"12Q\""),
+            // pflag's short flags are case-sensitive, and so are these.
+            (&["-N", "audit"], "-N: unknown flag"),
+        ];
+        for &(args, want) in err {
+            assert_usage_error(run(args, &[]), want, &args);
+        }
+    }
+
+    /// Flag > environment > config file > default, for settings of each kind.
+    #[test]
+    fn cli_precedence_of_the_four_layers() {
+        type Get = fn(&ForwardArgs) -> String;
+        // (key, [flag, environment, config file] values, default, each value as read)
+        type Row = (
+            &'static str,
+            [&'static str; 3],
+            &'static str,
+            [&'static str; 3],
+            Get,
+        );
+        let rows: &[Row] = &[
+            ("tag", ["f", "e", "c"], "audit", ["f", "e", "c"], |a| {
+                a.tag.clone()
+            }),
+            (
+                "mem-buf-limit",
+                ["100M", "150M", "120M"],
+                "200000000",
+                ["100000000", "150000000", "120000000"],
+                |a| a.mem_buf_limit.to_string(),
+            ),
+            (
+                "read-from-head",
+                ["false", "1", "FALSE"],
+                "true",
+                ["false", "true", "false"],
+                |a| a.read_from_head.to_string(),
+            ),
+            (
+                "target",
+                ["a:1", "b:2", "c:3"],
+                "none",
+                ["a:1", "b:2", "c:3"],
+                |a| {
+                    a.target
+                        .as_ref()
+                        .map_or("none".to_string(), |t| t.to_string())
+                },
+            ),
+            (
+                "namespace",
+                ["flag-ns", "env-ns", "file-ns"],
+                "kube-system",
+                ["flag-ns", "env-ns", "file-ns"],
+                |a| {
+                    a.kube
+                        .as_ref()
+                        .map_or("no kube".to_string(), |k| k.namespace.clone())
+                },
+            ),
+        ];
+        for &(key, given, default, read, get) in rows {
+            // Every subset of the three layers: bit 0 flag, bit 1 environment, bit 2 file.
+            for set in 0..8u8 {
+                let flag = format!("--{key}={}", given[0]);
+                let var = env_name(key);
+                let mut args = vec!["--config=/etc/af.yaml"];
+                let mut env = vec![];
+                let mut file = vec![];
+                if set & 1 != 0 {
+                    args.push(&flag);
+                }
+                if set & 2 != 0 {
+                    env.push((var.as_str(), given[1]));
+                }
+                if set & 4 != 0 {
+                    file.push((key, given[2]));
+                }
+                let want = (0..3)
+                    .find(|i| set & (1 << i) != 0)
+                    .map_or(default, |i| read[i]);
+                match run_with_config(&args, &env, Ok(&file)) {
+                    Ok(Command::Forward(f)) => {
+                        assert_eq!(get(&f), want, "{args:?} {env:?} {file:?}")
+                    }
+                    other => panic!("{args:?} {env:?} {file:?}: {other:?}"),
+                }
+            }
+        }
+        // A lower layer is not even parsed when a higher one is set.
+        let file: &[(&str, &str)] = &[("tag", ""), ("mem-buf-limit", "12Q")];
+        let got = run_with_config(
+            &["-c", "/f", "--mem-buf-limit=100M"],
+            &[("AUDIT_TAG", "e")],
+            Ok(file),
+        );
+        match got {
+            Ok(Command::Forward(f)) => {
+                assert_eq!((f.tag.as_str(), f.mem_buf_limit), ("e", 100_000_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // --config itself is not read from the environment (as in the original).
+        let got = run_with_config(&[], &[("AUDIT_CONFIG", "/f")], Err("must not be read"));
+        assert!(matches!(got, Ok(Command::Forward(_))), "{got:?}");
+        // Keys in any case, as viper matched them.
+        let file: &[(&str, &str)] = &[("Audit-Log-Path", "/x/a.log")];
+        match run_with_config(&["-c", "/f"], &[], Ok(file)) {
+            Ok(Command::Forward(f)) => assert_eq!(f.audit_log_path, Path::new("/x/a.log")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_config_file_errors() {
+        type Case = (
+            Args,
+            Result<&'static [(&'static str, &'static str)], &'static str>,
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                &["-c", "/etc/af.yaml"],
+                Ok(&[("audit-log-paht", "/x")]),
+                "--config /etc/af.yaml: unknown key \"audit-log-paht\" (the keys are the long \
+                 flag names, as in audit-log-path: /auditlog/audit.log)",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("help", "true")]),
+                "--config /f: unknown key \"help\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("listen", "a:1")]),
+                "--config /f: unknown key \"listen\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("config", "/other.yaml")]),
+                "--config /f: config: cannot be set in the config file itself",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("tag", "a"), ("TAG", "b")]),
+                "--config /f: key \"tag\" is given twice",
+            ),
+            (
+                &["--config", "/f"],
+                Err("line 3: expected key: value"),
+                "--config /f: line 3: expected key: value",
+            ),
+            (
+                &["-c", "/etc/af.yaml"],
+                Ok(&[("mem-buf-limit", "12Q")]),
+                "/etc/af.yaml: mem-buf-limit: invalid size \"12Q\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("namespace", "Audit")]),
+                "/f: namespace: invalid namespace \"Audit\"",
+            ),
+            (
+                &["-c", "/f"],
+                Ok(&[("shared-key", "k"), ("shared-key-file", "/k")]),
+                "shared-key in /f and shared-key-file in /f are mutually exclusive",
+            ),
+            (
+                &["-c", "/f", "--shared-key-file=/k"],
+                Ok(&[("shared-key", "k")]),
+                "shared-key in /f and --shared-key-file are mutually exclusive",
+            ),
+            (&["--config="], Ok(&[]), "--config: must not be empty"),
+            (&["-c"], Ok(&[]), "-c: missing value"),
+        ];
+        for &(args, file, want) in cases {
+            assert_usage_error(run_with_config(args, &[], file), want, &(args, file));
+        }
+        // A secret's value never shows, wherever it came from.
+        let file: &[(&str, &str)] = &[("username", "u"), ("password", "hunter2")];
+        let err = run_with_config(&["-c", "/f"], &[], Ok(file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("username in /f and password in /f: user authentication needs"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        // Help and version do not read the file.
+        assert_eq!(
+            run_with_config(&["-c", "/f", "-h"], &[], Err("unread")),
+            Ok(Command::Help(HELP))
+        );
+        // Every key the file may hold is a flag, documented in HELP.
+        for &key in FORWARD_SETTINGS {
+            let file = [(key, "x")];
+            if let Err(e) = run_with_config(&["-c", "/f"], &[], Ok(&file)) {
+                assert!(!e.to_string().contains("unknown key"), "{key}: {e}");
+            }
+            let arg = format!("--{key}=x");
+            if let Err(e) = run(&[arg.as_str()], &[]) {
+                assert!(!e.to_string().contains("unknown flag"), "{arg}: {e}");
+            }
+            assert!(
+                HELP.lines()
+                    .any(|l| long_flag(l).is_some_and(|f| f.starts_with(key))),
+                "{key}"
+            );
+        }
+    }
+
+    fn kube_defaults() -> KubeArgs {
+        KubeArgs {
+            kubecfg: PathBuf::new(),
+            namespace: "kube-system".to_string(),
+            service_name: Some("kubernetes-audit-tailer".to_string()),
+            secret_name: Some("audittailer-client".to_string()),
+            check_schedule: "*/1 * * * *".to_string(),
+            secret_keys: SecretKeys {
+                ca: "ca.crt".to_string(),
+                cert: "audittailer-client.crt".to_string(),
+                key: "audittailer-client.key".to_string(),
+            },
+        }
+    }
+
+    /// Which of the Service and the Secret are used, by `--target`, the explicit secret name,
+    /// `--secret-name ""` and `--plaintext`.
+    #[test]
+    fn cli_target_discovery_and_secret() {
+        type KubeEdit = fn(&mut KubeArgs);
+        // (arguments, environment, target, kube: None or the edit of kube_defaults())
+        type Case = (Args, EnvTable, Option<&'static str>, Option<KubeEdit>);
+        let cases: &[Case] = &[
+            // Discovery: the Service and the default Secret.
+            (&[], &[], None, Some(|_| {})),
+            // Gardener's environment, unchanged from the original's deployments.
+            (
+                &[],
+                &[
+                    (
+                        "AUDIT_KUBECFG",
+                        "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig",
+                    ),
+                    ("AUDIT_NAMESPACE", "audit"),
+                    ("AUDIT_SERVICE_NAME", "audittailer"),
+                    ("AUDIT_SECRET_NAME", "audittailer-client"),
+                    ("AUDIT_TLS_CA_FILE", "ca.crt"),
+                    ("AUDIT_TLS_CRT_FILE", "tls.crt"),
+                    ("AUDIT_TLS_KEY_FILE", "tls.key"),
+                    ("AUDIT_TLS_VHOST", "audittailer"),
+                ],
+                None,
+                Some(|k| {
+                    k.kubecfg =
+                        "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig"
+                            .into();
+                    k.namespace = "audit".to_string();
+                    k.service_name = Some("audittailer".to_string());
+                    k.secret_keys.cert = "tls.crt".to_string();
+                    k.secret_keys.key = "tls.key".to_string();
+                }),
+            ),
+            // --target alone: no API at all, as before discovery existed.
+            (&["--target=f:1"], &[], Some("f:1"), None),
+            (
+                &["--target=f:1"],
+                &[("AUDIT_SERVICE_NAME", "audittailer")],
+                Some("f:1"),
+                None,
+            ),
+            // --target with an explicit Secret: the Secret, not the Service.
+            (
+                &["--target=f:1", "-e", "client"],
+                &[],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                    k.secret_name = Some("client".to_string());
+                }),
+            ),
+            (
+                &["--target=f:1"],
+                &[("AUDIT_SECRET_NAME", "client")],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                    k.secret_name = Some("client".to_string());
+                }),
+            ),
+            // Explicit counts, even when it names the default.
+            (
+                &["--target=f:1", "--secret-name=audittailer-client"],
+                &[],
+                Some("f:1"),
+                Some(|k| {
+                    k.service_name = None;
+                }),
+            ),
+            // No Secret: "" (from anywhere) or plain TCP.
+            (
+                &["--secret-name="],
+                &[],
+                None,
+                Some(|k| k.secret_name = None),
+            ),
+            (
+                &[],
+                &[("AUDIT_SECRET_NAME", "")],
+                None,
+                Some(|k| k.secret_name = None),
+            ),
+            (
+                &["--target=f:1", "--secret-name", ""],
+                &[],
+                Some("f:1"),
+                None,
+            ),
+            (&["--plaintext"], &[], None, Some(|k| k.secret_name = None)),
+            (
+                &["--plaintext", "--target=f:1", "-e", "client"],
+                &[],
+                Some("f:1"),
+                None,
+            ),
+            // Without a Secret the TLS file names may be paths.
+            (
+                &["-e", "", "--tls-crt-file=certs/tls.crt"],
+                &[],
+                None,
+                Some(|k| {
+                    k.secret_name = None;
+                    k.secret_keys.cert = "certs/tls.crt".to_string();
+                }),
+            ),
+            (
+                &["--check-schedule=@every 30s", "--secret-name=a.b-c"],
+                &[],
+                None,
+                Some(|k| {
+                    k.check_schedule = "@every 30s".to_string();
+                    k.secret_name = Some("a.b-c".to_string());
+                }),
+            ),
+        ];
+        for &(args, env, target, edit) in cases {
+            let got = forward(args, env);
+            assert_eq!(
+                got.target.map(|t| t.to_string()).as_deref(),
+                target,
+                "{args:?} {env:?}"
+            );
+            let want = edit.map(|edit| {
+                let mut k = kube_defaults();
+                edit(&mut k);
+                k
+            });
+            assert_eq!(got.kube, want, "{args:?} {env:?}");
+        }
+        // The target and the Secret from the config file.
+        let file: &[(&str, &str)] = &[("target", "f:1"), ("secret-name", "client")];
+        match run_with_config(&["-c", "/f"], &[], Ok(file)) {
+            Ok(Command::Forward(f)) => {
+                let k = f.kube.expect("an explicit Secret uses the API");
+                assert_eq!(
+                    (k.service_name, k.secret_name.as_deref()),
+                    (None, Some("client"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_kubecfg_default_is_under_home() {
+        let cases: &[(Args, EnvTable, &str)] = &[
+            (&[], &[("HOME", "/home/u")], "/home/u/.kube/config"),
+            (&[], &[("HOME", "/")], "/.kube/config"),
+            // No HOME: no kubeconfig (empty path), not "/.kube/config".
+            (&[], &[], ""),
+            (&[], &[("HOME", "")], ""),
+            (&["-k", "/k"], &[("HOME", "/home/u")], "/k"),
+            (
+                &[],
+                &[("HOME", "/home/u"), ("AUDIT_KUBECFG", "rel/kc")],
+                "rel/kc",
+            ),
+            (&["--kubecfg="], &[("HOME", "/home/u")], ""),
+            // Not expanded in a given value: the shell does that, as for the original.
+            (&["--kubecfg=$HOME/kc"], &[("HOME", "/home/u")], "$HOME/kc"),
+        ];
+        for &(args, env, want) in cases {
+            let kube = forward(args, env).kube.expect("discovery");
+            assert_eq!(kube.kubecfg, Path::new(want), "{args:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn cli_fluent_log_level_is_validated_and_kept() {
+        let cases: &[(Args, EnvTable, Option<&str>)] = &[
+            (&[], &[], None),
+            (&["--fluent-log-level=info"], &[], Some("info")),
+            (&["-O", "off"], &[], Some("off")),
+            (&["-O", "Error"], &[], Some("error")),
+            (&["-O", "WARN"], &[], Some("warn")),
+            (&["-O", "warning"], &[], Some("warning")),
+            (&["-O", "debug"], &[], Some("debug")),
+            (&[], &[("AUDIT_FLUENT_LOG_LEVEL", "trace")], Some("trace")),
+        ];
+        for &(args, env, want) in cases {
+            let got = forward(&[REQUIRED, args].concat(), env);
+            assert_eq!(got.fluent_log_level.as_deref(), want, "{args:?} {env:?}");
+            // It changes nothing else.
+            assert_eq!(
+                ForwardArgs {
+                    fluent_log_level: None,
+                    ..got
+                },
+                defaults()
+            );
+        }
+        let err: &[(Args, EnvTable, &str)] = &[
+            (
+                &["--fluent-log-level=verbose"],
+                &[],
+                "--fluent-log-level: invalid fluent-bit log level \"verbose\" (use off, \
+                 error, warn, info, debug or trace)",
+            ),
+            (
+                &[],
+                &[("AUDIT_FLUENT_LOG_LEVEL", "")],
+                "AUDIT_FLUENT_LOG_LEVEL: invalid",
+            ),
+            (&["-O", "fatal"], &[], "--fluent-log-level: invalid"),
+        ];
+        for &(args, env, want) in err {
+            assert_usage_error(run(args, env), want, &args);
+        }
+    }
+
+    #[test]
+    fn cli_kubernetes_names_are_checked() {
+        let long63 = "a".repeat(63);
+        let long64 = format!("--namespace={}", "a".repeat(64));
+        let label = "a".repeat(63);
+        let sub253 = format!("--secret-name={label}.{label}.{label}.{}", "a".repeat(61));
+        let sub254 = format!("--secret-name={label}.{label}.{label}.{}", "a".repeat(62));
+        let ok: Vec<Vec<String>> = vec![
+            vec!["--namespace=a".into()],
+            vec![format!("--namespace={long63}")],
+            vec!["-n".into(), "0-audit".into()],
+            vec!["--service-name=t".into()],
+            vec!["--service-name=tailer-0".into()],
+            vec!["--secret-name=0.a-b.c".into()],
+            vec![sub253.clone()],
+        ];
+        for args in ok {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert!(run(&args, &[]).is_ok(), "{args:?}: {:?}", run(&args, &[]));
+        }
+        let err: Vec<(Vec<&str>, EnvTable, &str)> = vec![
+            (
+                vec!["--namespace=Kube-System"],
+                &[],
+                "--namespace: invalid namespace \"Kube-System\": a DNS-1123 label is 1-63 \
+                 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ),
+            (vec!["-n", ""], &[], "--namespace: invalid namespace \"\""),
+            (vec![&long64], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "-a"], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "a-"], &[], "--namespace: invalid namespace"),
+            (vec!["-n", "a.b"], &[], "--namespace: invalid namespace"),
+            (
+                vec![],
+                &[("AUDIT_SERVICE_NAME", "1tailer")],
+                "AUDIT_SERVICE_NAME: invalid Service name \"1tailer\": a DNS-1035 label is \
+                 1-63 lowercase letters, digits and '-', starting with a letter",
+            ),
+            (
+                vec!["-s", "tailer_0"],
+                &[],
+                "--service-name: invalid Service name",
+            ),
+            (
+                vec!["-s", ""],
+                &[],
+                "--service-name: invalid Service name \"\"",
+            ),
+            (
+                vec!["-e", "Client"],
+                &[],
+                "--secret-name: invalid Secret name \"Client\": a DNS-1123 subdomain",
+            ),
+            (
+                vec!["-e", "a..b"],
+                &[],
+                "--secret-name: invalid Secret name",
+            ),
+            (vec!["-e", ".a"], &[], "--secret-name: invalid Secret name"),
+            (vec!["-e", "a/b"], &[], "--secret-name: invalid Secret name"),
+            (vec![&sub254], &[], "--secret-name: invalid Secret name"),
+            (
+                vec!["--check-schedule="],
+                &[],
+                "--check-schedule: must not be empty",
+            ),
+            // Checked even when unused, so that a typo does not wait for the day it is used.
+            (
+                vec!["--target=f:1", "-n", "A"],
+                &[],
+                "--namespace: invalid namespace",
+            ),
+            (
+                vec!["--target=f:1", "-s", "A"],
+                &[],
+                "--service-name: invalid Service name",
+            ),
+            // With a Secret the TLS file names are its data keys.
+            (
+                vec!["-e", "client", "--tls-crt-file=certs/tls.crt"],
+                &[],
+                "--tls-crt-file: \"certs/tls.crt\" is not a valid key of the Secret \
+                 \"client\" (--secret-name): the TLS material is read from the Secret's data, \
+                 whose keys are letters, digits, '-', '_' and '.'; give the key alone, or set \
+                 --secret-name \"\" to read the files under --tls-basedir instead",
+            ),
+            (
+                vec![],
+                &[("AUDIT_TLS_KEY_FILE", "/etc/tls.key")],
+                "AUDIT_TLS_KEY_FILE: \"/etc/tls.key\" is not a valid key of the Secret \
+                 \"audittailer-client\" (--secret-name)",
+            ),
+            (
+                vec!["--target=f:1", "--tls-ca-file=.."],
+                &[("AUDIT_SECRET_NAME", "client")],
+                "--tls-ca-file: \"..\" is not a valid key of the Secret \"client\" \
+                 (AUDIT_SECRET_NAME (--secret-name))",
+            ),
+        ];
+        for (args, env, want) in err {
+            assert_usage_error(run(&args, env), want, &args);
         }
     }
 }

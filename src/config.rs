@@ -8,21 +8,29 @@ use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
 
-use crate::cli::{ForwardArgs, Proxy, SharedKey, TlsArgs};
+use crate::cli::{ForwardArgs, KubeArgs, Proxy, SharedKey, TlsArgs};
 use crate::conn;
 use crate::handshake;
+use crate::kube;
 use crate::sys::{self, Inotify};
 use crate::tls;
 
 pub struct Config {
+    /// The Kubernetes client's settings, when the Service or the Secret is read from the API.
+    pub kube: Option<kube::client::Settings>,
     pub route: conn::Route,
     pub tls: Option<tls::ClientTls>,
     pub handshake: Option<handshake::ClientConfig>,
 }
 
 /// Start-up: any error here is a configuration error (exit 2).
-pub fn load(args: &ForwardArgs) -> Result<Config, String> {
-    let tls = if args.plaintext {
+pub fn load(args: &ForwardArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let kube = match &args.kube {
+        None => None,
+        Some(k) => Some(kube_settings(args, k, env)?),
+    };
+    let tls = if args.plaintext || args.tls_from_secret() {
+        // From the Secret: the material arrives with the first check, before any connection.
         None
     } else {
         if !args.tls.verify_hostname {
@@ -58,9 +66,46 @@ pub fn load(args: &ForwardArgs) -> Result<Config, String> {
         },
     };
     Ok(Config {
+        kube,
         route,
         tls,
         handshake,
+    })
+}
+
+/// The kubeconfig (or the in-cluster service account with `--kubecfg ""`), the schedule and
+/// what to look up. Errors name the flag or the file.
+fn kube_settings(
+    args: &ForwardArgs,
+    k: &KubeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<kube::client::Settings, String> {
+    let schedule = kube::schedule::parse(&k.check_schedule)
+        .map_err(|e| format!("--check-schedule {:?}: {e}", k.check_schedule))?;
+    let api = if k.kubecfg.as_os_str().is_empty() {
+        kube::kubeconfig::in_cluster(env)
+            .map_err(|e| format!("--kubecfg \"\" (in-cluster): {e}"))?
+    } else {
+        kube::kubeconfig::load(&k.kubecfg).map_err(|e| format!("--kubecfg {e}"))?
+    };
+    Ok(kube::client::Settings {
+        api,
+        namespace: k.namespace.clone(),
+        service: k.service_name.clone(),
+        fixed_target: args.target.clone(),
+        secret: match (&k.secret_name, args.plaintext) {
+            (Some(name), false) => Some(kube::client::SecretRef {
+                name: name.clone(),
+                ca_key: k.secret_keys.ca.clone(),
+                crt_key: k.secret_keys.cert.clone(),
+                key_key: k.secret_keys.key.clone(),
+            }),
+            _ => None,
+        },
+        vhost: args.tls.vhost.clone(),
+        verify_hostname: args.tls.verify_hostname,
+        schedule,
+        schedule_text: k.check_schedule.clone(),
     })
 }
 
@@ -214,5 +259,12 @@ pub fn reload_tls(args: &TlsArgs) -> Option<tls::ClientTls> {
             error!("TLS material changed but cannot be used ({e}); keeping the previous one");
             None
         }
+    }
+}
+
+impl ForwardArgs {
+    /// The receiver's client TLS material comes from a Secret, not from files.
+    pub fn tls_from_secret(&self) -> bool {
+        !self.plaintext && self.kube.as_ref().is_some_and(|k| k.secret_name.is_some())
     }
 }

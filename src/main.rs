@@ -24,6 +24,7 @@ mod tls;
 mod transcode;
 mod transport;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 fn init_logging(level: log::LevelFilter) {
@@ -38,9 +39,15 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
+/// Reads the original's `-c/--config` YAML file as flat `key: value` pairs.
+fn read_flat_config(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    kube::yaml::flat_config(&text)
+}
+
 fn main() -> ExitCode {
     let env = |k: &str| std::env::var_os(k);
-    let cmd = match cli::parse(std::env::args_os().skip(1), &env) {
+    let cmd = match cli::parse(std::env::args_os().skip(1), &env, &read_flat_config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("audit-forwarder: {e}");
@@ -58,7 +65,13 @@ fn main() -> ExitCode {
         }
         cli::Command::Forward(args) => {
             init_logging(args.log_level);
-            let cfg = match config::load(&args) {
+            if let Some(level) = &args.fluent_log_level {
+                log::info!(
+                    "--fluent-log-level={level} is ignored: there is no fluent-bit, this process \
+                     delivers the records itself (use --log-level)"
+                );
+            }
+            let cfg = match config::load(&args, &|k: &str| std::env::var(k).ok()) {
                 Ok(c) => c,
                 Err(e) => {
                     log::error!("{e}");

@@ -16,6 +16,7 @@ use mio::{Events, Poll, Registry, Token};
 
 use crate::cli::{ForwardArgs, Target};
 use crate::config::Config;
+use crate::kube;
 use crate::resolve::{self, Resolver};
 use crate::tls;
 
@@ -55,7 +56,7 @@ pub const PROXY_CERTS: Token = Token(4);
 pub const RESOLVER: Token = Token(5);
 pub const KUBE: Token = Token(16);
 
-pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
+pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let registry = poll
         .registry()
@@ -63,10 +64,16 @@ pub fn run(args: &ForwardArgs, cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("epoll: {e}"))?;
     let waker = Arc::new(mio::Waker::new(&registry, RESOLVER).map_err(|e| format!("epoll: {e}"))?);
     let lookup: resolve::Lookup = Arc::new(resolve::system_lookup);
-    let resolver = Resolver::sharing(lookup, waker);
+    let resolver = Resolver::sharing(lookup.clone(), waker.clone());
 
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(watches::Signals::new(&registry)?)];
     sources.extend(watches::certificate_watches(args, &registry)?);
+    if let Some(settings) = cfg.kube.take() {
+        let resolver = Resolver::sharing(lookup, waker);
+        sources.push(Box::new(kube::client::Kube::new(
+            settings, resolver, &registry, KUBE,
+        )?));
+    }
     let mut pipeline = Pipeline::new(args, cfg, &registry, resolver)?;
 
     let mut events = Events::with_capacity(64);

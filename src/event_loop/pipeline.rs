@@ -108,7 +108,12 @@ impl Pipeline {
         let mut rng = SplitMix(u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])));
         let conn = Conn::new(
             conn::Settings {
-                target: Some(args.target.clone()),
+                // With the Kubernetes API, the client announces the receiver once it (and its TLS
+                // material) is known.
+                target: match args.kube {
+                    Some(_) => None,
+                    None => args.target.clone(),
+                },
                 route: cfg.route,
                 backoff_max: args.backoff_max,
                 ack_timeout: args.ack_timeout,
@@ -130,7 +135,10 @@ impl Pipeline {
         info!(
             "forwarding {} to {} (position file {}, window {} KiB)",
             args.audit_log_path.display(),
-            args.target,
+            match (&args.target, &args.kube) {
+                (Some(t), _) => t.to_string(),
+                (None, _) => "the tailer the Kubernetes Service names".into(),
+            },
             args.position_file.display(),
             window / 1024
         );

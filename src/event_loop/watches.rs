@@ -76,7 +76,7 @@ pub fn certificate_watches(
     registry: &Registry,
 ) -> Result<Vec<Box<dyn Source>>, String> {
     let mut out: Vec<Box<dyn Source>> = Vec::new();
-    if !args.plaintext {
+    if !args.plaintext && !args.tls_from_secret() {
         let t = args.tls.clone();
         let files = vec![t.ca.clone(), t.cert.clone(), t.key.clone()];
         let reload = Box::new(move || config::reload_tls(&t).map(Effect::ReceiverTls));

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rustls::{ClientConfig, ClientConnection};
@@ -184,7 +184,10 @@ impl Kube {
             _ => None,
         };
         let ca = s.api.ca_pem.as_ref().map(|b| tls::Pem {
-            origin: format!("{}: cluster {:?} certificate authority", s.api.origin, s.api.cluster),
+            origin: format!(
+                "{}: cluster {:?} certificate authority",
+                s.api.origin, s.api.cluster
+            ),
             bytes: b.clone(),
         });
         if s.api.insecure {
@@ -293,17 +296,27 @@ impl Kube {
             Object::Secret => api::secret_path(
                 &self.s.api.base_path,
                 ns,
-                self.s.secret.as_ref().map(|r| r.name.as_str()).unwrap_or(""),
+                self.s
+                    .secret
+                    .as_ref()
+                    .map(|r| r.name.as_str())
+                    .unwrap_or(""),
             ),
-            Object::Service => {
-                api::service_path(&self.s.api.base_path, ns, self.s.service.as_deref().unwrap_or(""))
-            }
+            Object::Service => api::service_path(
+                &self.s.api.base_path,
+                ns,
+                self.s.service.as_deref().unwrap_or(""),
+            ),
         }
     }
 
     /// Starts the GET of the object at the head of the queue.
     fn start(&mut self, now: Instant) {
-        if self.token.as_ref().is_some_and(|t| now >= t.read_at + TOKEN_MAX_AGE) {
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| now >= t.read_at + TOKEN_MAX_AGE)
+        {
             if let Some(t) = self.token.as_mut() {
                 t.reload(now);
             }
@@ -316,7 +329,11 @@ impl Kube {
     }
 
     /// Advances the request in flight; returns its answer or a fault once there is one.
-    fn advance(&mut self, registry: &Registry, now: Instant) -> Option<Result<http::Response, String>> {
+    fn advance(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+    ) -> Option<Result<http::Response, String>> {
         loop {
             let fetch = self.fetch.take()?;
             match self.step(fetch, registry, now) {
@@ -443,11 +460,20 @@ impl Kube {
         }
     }
 
-    fn dial(&self, addrs: &[SocketAddr], at: usize, registry: &Registry) -> Result<Transport, String> {
+    fn dial(
+        &self,
+        addrs: &[SocketAddr],
+        at: usize,
+        registry: &Registry,
+    ) -> Result<Transport, String> {
         let addr = addrs[at];
         let mut sock = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         registry
-            .register(&mut sock, self.sock_token, Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut sock,
+                self.sock_token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .map_err(|e| format!("register socket: {e}"))?;
         Ok(Transport::new(Socket::Tcp(sock)))
     }
@@ -472,7 +498,10 @@ impl Kube {
             return http::Auth::Bearer(t.clone());
         }
         if let Some((u, p)) = &self.s.api.basic {
-            return http::Auth::Basic(u.clone(), p.clone());
+            return http::Auth::Basic {
+                username: u.clone(),
+                password: p.clone(),
+            };
         }
         http::Auth::None
     }
@@ -493,8 +522,8 @@ impl Kube {
     fn handle(&mut self, o: Object, resp: http::Response, out: &mut Vec<Effect>) -> bool {
         let what = self.name_of(o);
         let answer = match o {
-            Object::Service => api::service(&resp).map(Thing::Service),
-            Object::Secret => api::secret(&resp).map(Thing::Secret),
+            Object::Service => map(api::service(&resp), Thing::Service),
+            Object::Secret => map(api::secret(&resp), Thing::Secret),
         };
         match answer {
             Answer::Found(Thing::Service(svc)) => match api::target(&svc) {
@@ -521,15 +550,15 @@ impl Kube {
                     return true;
                 };
                 let made = api::material(&secret, &r.ca_key, &r.crt_key, &r.key_key).and_then(
-                    |(ca, crt, key)| {
+                    |m| {
                         let pem = |k: &str, bytes: Vec<u8>| tls::Pem {
                             origin: format!("{what} key {k:?}"),
                             bytes,
                         };
                         tls::client_tls_from_pem(
-                            &pem(&r.ca_key, ca),
-                            &pem(&r.crt_key, crt),
-                            &pem(&r.key_key, key),
+                            &pem(&r.ca_key, m.ca),
+                            &pem(&r.crt_key, m.cert),
+                            &pem(&r.key_key, m.key),
                             &self.s.vhost,
                             self.s.verify_hostname,
                         )
@@ -610,8 +639,13 @@ impl Kube {
 
     fn secret_wait(&self) -> String {
         match self.secret_version {
-            Some(_) => "keeping the current client certificate, checking again at the next tick".into(),
-            None => "nothing is sent until a usable secret is read; checking again at the next tick".into(),
+            Some(_) => {
+                "keeping the current client certificate, checking again at the next tick".into()
+            }
+            None => {
+                "nothing is sent until a usable secret is read; checking again at the next tick"
+                    .into()
+            }
         }
     }
 
@@ -712,6 +746,15 @@ enum Thing {
     Secret(api::Secret),
 }
 
+fn map<T>(a: Answer<T>, f: impl FnOnce(T) -> Thing) -> Answer<Thing> {
+    match a {
+        Answer::Found(t) => Answer::Found(f(t)),
+        Answer::NotFound(m) => Answer::NotFound(m),
+        Answer::Denied { code, message } => Answer::Denied { code, message },
+        Answer::Failed(m) => Answer::Failed(m),
+    }
+}
+
 fn bracket(ip: &str) -> String {
     match ip.contains(':') {
         true => format!("[{ip}]"),
@@ -731,7 +774,12 @@ fn exchange(
     }
     while *sent < out.len() {
         match t.write(&out[*sent..]) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection closed",
+                ))
+            }
             Ok(n) => *sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
@@ -763,7 +811,9 @@ fn exchange(
 
 impl Source for Kube {
     fn owns(&self, token: Token) -> bool {
-        token == self.sock_token || token == self.watch_token || token == crate::event_loop::RESOLVER
+        token == self.sock_token
+            || token == self.watch_token
+            || token == crate::event_loop::RESOLVER
     }
 
     fn on_event(&mut self, token: Token, registry: &Registry, out: &mut Vec<Effect>) {
@@ -813,6 +863,9 @@ impl Source for Kube {
             None => self.retry_at,
         };
         let token = self.token.as_ref().map(|t| t.read_at + TOKEN_MAX_AGE);
-        [Some(self.next_check), fetch, token].into_iter().flatten().min()
+        [Some(self.next_check), fetch, token]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

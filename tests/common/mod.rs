@@ -1101,6 +1101,9 @@ pub fn fwd_args(log: &Path, port: u16, extra: &[&str]) -> Vec<String> {
 /// marked with `--- forwarder start #N ---`.
 pub struct Forwarder {
     args: Vec<String>,
+    /// Environment variables set for every run (AUDIT_* ones included: configuration by
+    /// environment alone is how Gardener deploys it).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Set when the current run's stderr reaches EOF, i.e. the process is gone; readable
     /// through `&self` so waits can stop early.
@@ -1112,8 +1115,17 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn start(args: Vec<String>) -> Forwarder {
+        Forwarder::start_env(args, &[])
+    }
+
+    /// Starts with `env` set on top of the cleaned environment.
+    pub fn start_env(args: Vec<String>, env: &[(&str, &str)]) -> Forwarder {
         let mut f = Forwarder {
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             stderr_closed: Arc::new(AtomicBool::new(false)),
             output: Arc::new(Mutex::new(Vec::new())),
@@ -1129,6 +1141,7 @@ impl Forwarder {
         lock(&self.output)
             .extend_from_slice(format!("--- forwarder start #{} ---\n", self.starts).as_bytes());
         let mut child = base_command(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} {:?}: {e}", bin(), self.args));
         let (out, err) = take_pipes(&mut child);
