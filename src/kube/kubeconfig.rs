@@ -17,7 +17,7 @@ use super::{base64, json};
 /// The service account mount every pod gets, read by [`in_cluster`].
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ApiConfig {
     /// The kubeconfig's path, or "in-cluster".
     pub origin: String,
@@ -142,7 +142,25 @@ fn resolve(text: &str, dir: &Path, origin: &str) -> Result<ApiConfig, String> {
         }
     };
 
-    let us = Fields::of(format!("user {user:?}"), user_node)?;
+    let mut api = ApiConfig {
+        origin: origin.to_string(),
+        context: context.to_string(),
+        cluster: cluster.to_string(),
+        user: user.to_string(),
+        ..ApiConfig::default()
+    };
+    read_user(
+        &mut api,
+        &Fields::of(format!("user {user:?}"), user_node)?,
+        dir,
+    )?;
+    let cl = Fields::of(format!("cluster {cluster:?}"), cluster_node)?;
+    read_cluster(&mut api, &cl, cluster_item, dir)?;
+    Ok(api)
+}
+
+/// The user entry's credentials into `api`.
+fn read_user(api: &mut ApiConfig, us: &Fields, dir: &Path) -> Result<(), String> {
     let what = &us.what;
     if us.present("exec") {
         return Err(format!(
@@ -163,9 +181,9 @@ fn resolve(text: &str, dir: &Path, origin: &str) -> Result<ApiConfig, String> {
     {
         return Err(format!("{what}: impersonation ({key}) is not supported"));
     }
-    let client_cert_pem = us.pem("client-certificate-data", "client-certificate", dir)?;
-    let client_key_pem = us.pem("client-key-data", "client-key", dir)?;
-    match (&client_cert_pem, &client_key_pem) {
+    api.client_cert_pem = us.pem("client-certificate-data", "client-certificate", dir)?;
+    api.client_key_pem = us.pem("client-key-data", "client-key", dir)?;
+    match (&api.client_cert_pem, &api.client_key_pem) {
         (Some(_), None) => {
             return Err(format!(
                 "{what}: client-key-data or client-key must be given with the client certificate"
@@ -178,63 +196,50 @@ fn resolve(text: &str, dir: &Path, origin: &str) -> Result<ApiConfig, String> {
         }
         _ => {}
     }
-    let token = us.string("token")?.map(str::to_string);
-    let token_file = us.string("tokenFile")?.map(|p| dir.join(p));
-    let basic = match (us.string("username")?, us.string("password")?) {
+    api.token = us.string("token")?.map(str::to_string);
+    api.token_file = us.string("tokenFile")?.map(|p| dir.join(p));
+    api.basic = match (us.string("username")?, us.string("password")?) {
         (None, None) => None,
         (u, p) => Some((u.unwrap_or("").to_string(), p.unwrap_or("").to_string())),
     };
-    if basic.is_some() && (token.is_some() || token_file.is_some()) {
+    if api.basic.is_some() && (api.token.is_some() || api.token_file.is_some()) {
         return Err(format!(
             "{what}: username/password and a bearer token (token or tokenFile) are both set; \
              client-go refuses this too, keep one"
         ));
     }
+    Ok(())
+}
 
-    let cl = Fields::of(format!("cluster {cluster:?}"), cluster_node)?;
+/// The cluster entry (the list item `item` holding `cl`) into `api`: where the server is and
+/// how to verify it. Read after the user, whose client certificate counts as a TLS setting.
+fn read_cluster(api: &mut ApiConfig, cl: &Fields, item: &Node, dir: &Path) -> Result<(), String> {
     let what = &cl.what;
     if cl.present("proxy-url") {
         return Err(format!(
             "{what}: proxy-url is not supported; use --proxy-host and --proxy-port"
         ));
     }
-    let ca_pem = cl.pem("certificate-authority-data", "certificate-authority", dir)?;
-    let insecure = cl.flag("insecure-skip-tls-verify")?;
-    if insecure && ca_pem.is_some() {
+    api.ca_pem = cl.pem("certificate-authority-data", "certificate-authority", dir)?;
+    api.insecure = cl.flag("insecure-skip-tls-verify")?;
+    if api.insecure && api.ca_pem.is_some() {
         return Err(format!(
             "{what}: insecure-skip-tls-verify is set together with a certificate authority; \
              client-go refuses this (\"specifying a root certificates file with the insecure \
              flag is not allowed\"), keep one"
         ));
     }
-    let tls_server_name = cl.string("tls-server-name")?.map(str::to_string);
+    api.tls_server_name = cl.string("tls-server-name")?.map(str::to_string);
     let server_node = cl.get("server");
     let server = cl
         .string("server")?
-        .ok_or_else(|| format!("{what}{} has no server", cluster_item.at()))?;
-    let has_tls = ca_pem.is_some() || insecure || client_cert_pem.is_some();
-    let (host, port, base_path) = parse_server(server, has_tls).map_err(|e| {
+        .ok_or_else(|| format!("{what}{} has no server", item.at()))?;
+    let has_tls = api.ca_pem.is_some() || api.insecure || api.client_cert_pem.is_some();
+    (api.host, api.port, api.base_path) = parse_server(server, has_tls).map_err(|e| {
         let at = server_node.map(Node::at).unwrap_or_default();
         format!("{what}: server {server:?}{at}: {e}")
     })?;
-
-    Ok(ApiConfig {
-        origin: origin.to_string(),
-        context: context.to_string(),
-        cluster: cluster.to_string(),
-        user: user.to_string(),
-        host,
-        port,
-        base_path,
-        ca_pem,
-        insecure,
-        tls_server_name,
-        client_cert_pem,
-        client_key_pem,
-        token,
-        token_file,
-        basic,
-    })
+    Ok(())
 }
 
 /// The configuration of a pod's service account (client-go's `rest.InClusterConfig`): the API
@@ -268,20 +273,12 @@ fn in_cluster_from(env: &dyn Fn(&str) -> Option<String>, sa: &Path) -> Result<Ap
     let token = token.trim();
     Ok(ApiConfig {
         origin: "in-cluster".into(),
-        context: String::new(),
-        cluster: String::new(),
-        user: String::new(),
         host,
         port,
-        base_path: String::new(),
         ca_pem: Some(ca),
-        insecure: false,
-        tls_server_name: None,
-        client_cert_pem: None,
-        client_key_pem: None,
         token: (!token.is_empty()).then(|| token.to_string()),
         token_file: Some(token_file),
-        basic: None,
+        ..ApiConfig::default()
     })
 }
 
