@@ -225,3 +225,103 @@ fn k01_gardener_environment_only_delivers_and_follows_a_rotated_token() {
     fwd.term_ok();
     drop(s.dir);
 }
+
+#[test]
+fn k02_service_port_change_then_deletion_and_recreation_lose_nothing() {
+    let mut s = setup("kube02");
+    let (port_a, port_b) = (free_port(), free_port());
+    let rx_a = tls_tailer(port_a, "ca1.crt");
+    s.api.set_service(SERVICE, NS, "127.0.0.1", &[port_a], "1");
+    let lines = audit_events(0..6000);
+    s.writer.write_lines(&lines[..2000]);
+    let env = gardener_env(&s.kubeconfig, &s.writer.log_path(), &s.basedir);
+    let mut fwd = start_env(&env);
+    expect_all_at(&[&rx_a], &mut fwd, &lines[..2000], "before the change");
+
+    // The Service moves to another port (a second tailer) while lines keep coming.
+    let rx_b = tls_tailer(port_b, "ca1.crt");
+    s.writer.write_lines(&lines[2000..3000]);
+    s.api.set_service(SERVICE, NS, "127.0.0.1", &[port_b], "2");
+    let line = expect_log(
+        &fwd,
+        &["receiver changed from", &port_b.to_string()],
+        "switch",
+    );
+    eprintln!("[k02] {line}");
+    s.writer.write_lines(&lines[3000..4000]);
+    expect_all_at(
+        &[&rx_a, &rx_b],
+        &mut fwd,
+        &lines[..4000],
+        "across the port change",
+    );
+    assert!(
+        rx_b.line_count() > 0,
+        "the new port got nothing; it was never used"
+    );
+
+    // The Service goes away: delivery pauses, nothing is lost, and it resumes on return.
+    s.api.delete_service(SERVICE, NS);
+    let line = expect_log(&fwd, &["service audit/audittailer", "not found"], "gone");
+    eprintln!("[k02] {line}");
+    let before = rx_a.line_count() + rx_b.line_count();
+    s.writer.write_lines(&lines[4000..5000]);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        rx_a.line_count() + rx_b.line_count(),
+        before,
+        "records were sent while the Service was gone"
+    );
+    s.api.set_service(SERVICE, NS, "127.0.0.1", &[port_b], "3");
+    s.writer.write_lines(&lines[5000..]);
+    expect_all_at(
+        &[&rx_a, &rx_b],
+        &mut fwd,
+        &lines,
+        "after the Service returned",
+    );
+    fwd.term_ok();
+}
+
+#[test]
+fn k03_rotated_secret_brings_a_new_client_certificate() {
+    let mut s = setup("kube03");
+    let port = free_port();
+    let mut rx = tls_tailer(port, "ca1.crt");
+    s.api.set_service(SERVICE, NS, "127.0.0.1", &[port], "1");
+    let lines = audit_events(0..2000);
+    s.writer.write_lines(&lines[..1000]);
+    let env = gardener_env(&s.kubeconfig, &s.writer.log_path(), &s.basedir);
+    let mut fwd = start_env(&env);
+    expect_all_at(
+        &[&rx],
+        &mut fwd,
+        &lines[..1000],
+        "with the first certificate",
+    );
+
+    // The tailer now trusts only clients of ca2: the old certificate is refused until the
+    // Secret brings one from ca2.
+    let ca2 = pki().arg("ca2.crt");
+    rx.restart_with(tailer_tls_args(
+        "server.crt",
+        "server-rsa.key",
+        &["--client-ca", &ca2],
+    ));
+    s.writer.write_lines(&lines[1000..1500]);
+    thread::sleep(Duration::from_secs(2));
+    set_secret(
+        &s.api,
+        "101",
+        &secret_data("ca1.crt", "client-ca2.crt", "client-ca2.key"),
+    );
+    let line = expect_log(
+        &fwd,
+        &["secret audit/audittailer-client", "resourceversion 101"],
+        "new secret",
+    );
+    eprintln!("[k03] {line}");
+    s.writer.write_lines(&lines[1500..]);
+    expect_all_at(&[&rx], &mut fwd, &lines, "with the rotated certificate");
+    fwd.term_ok();
+}
