@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::sys::json_special_mask;
+
 /// Fluentd's EventTime: seconds and nanoseconds since the Unix epoch (Forward protocol v1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventTime {
@@ -598,23 +600,23 @@ fn escaped_string(
             None => return Err(Invalid::Unterminated),
         }
         // The plain run to the next special byte. Runs between escapes are short, so it goes a
-        // word at a time, each word written whole and the output advanced past its plain bytes:
-        // one load serves both the search and the copy.
+        // block at a time, each block written whole and the output advanced past its plain
+        // bytes: one load serves both the search and the copy.
         loop {
-            let Some(word) = s.get(stop..).and_then(<[u8]>::first_chunk::<8>) else {
+            let Some(block) = s.get(stop..).and_then(<[u8]>::first_chunk::<16>) else {
                 let run = stop;
                 stop = find_special(s, run);
                 copy_run(s, run, stop, out);
                 break;
             };
-            let bits = special_bits(u64::from_le_bytes(*word));
-            if bits == 0 {
-                out.block(word, 8);
-                stop += 8;
+            let mask = json_special_mask(block);
+            if mask == 0 {
+                out.block(block, 16);
+                stop += 16;
                 continue;
             }
-            let n = (bits.trailing_zeros() / 8) as usize;
-            out.block(word, n);
+            let n = mask.trailing_zeros() as usize;
+            out.block(block, n);
             stop += n;
             break;
         }
@@ -784,73 +786,17 @@ fn copy_run(s: &[u8], start: usize, stop: usize, out: &mut Out) {
     out.slice(&rest[..n]);
 }
 
-/// Whether `block` holds a `"`, `\` or control byte. Written as one OR per kind of byte with no
-/// early exit, which LLVM compiles to a vector compare and a `pmovmskb` each (SSE2 on x86-64, NEON
-/// on aarch64) instead of a byte loop.
-#[inline(always)]
-fn has_special(block: &[u8; 16]) -> bool {
-    let (mut quote, mut backslash, mut control) = (0u8, 0u8, 0u8);
-    for &c in block {
-        quote |= u8::from(c == b'"');
-        backslash |= u8::from(c == b'\\');
-        control |= u8::from(c < 0x20);
-    }
-    quote | backslash | control != 0
-}
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// Bit 7 of each byte of `x` that is `"`, `\` or below 0x20 is set, and possibly of some bytes
-/// above such a byte, never below one: a byte matches when its high bit survives
-/// `(v - 1) & !v` on the byte XORed with the target (zero test) or `(x - 0x20) & !x` (below-0x20
-/// test), and borrows only run upward from a true match. So the lowest flag is always a real one.
-#[inline(always)]
-fn special_bits(x: u64) -> u64 {
-    let quote = x ^ (LO * u64::from(b'"'));
-    let backslash = x ^ (LO * u64::from(b'\\'));
-    ((quote.wrapping_sub(LO) & !quote)
-        | (backslash.wrapping_sub(LO) & !backslash)
-        | (x.wrapping_sub(LO * 0x20) & !x))
-        & HI
-}
-
-/// Index of the first `"`, `\` or control byte of `block`, or 16. Found with word arithmetic on
-/// the bytes rather than from the vector compare, whose result LLVM moves to a general register
-/// by way of memory: that store and reload would sit on the chain from one string's start to the
-/// next (where a string ends is where parsing resumes), and that chain, not the instruction
-/// count, bounds how fast short strings go.
-#[inline(always)]
-fn first_special(block: &[u8; 16]) -> usize {
-    let (lo, hi) = block.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
-    let lo = special_bits(u64::from_le_bytes(*lo));
-    if lo != 0 {
-        return (lo.trailing_zeros() / 8) as usize;
-    }
-    let hi = hi
-        .first_chunk::<8>()
-        .map_or(HI, |hi| special_bits(u64::from_le_bytes(*hi)));
-    8 + (hi.trailing_zeros() / 8) as usize
-}
-
 /// Index of the first `"`, `\` or control byte at or after `i`, or `s.len()`.
 ///
-/// Sixteen bytes at a time: most keys and values are shorter, so the loop usually exits on its
-/// first test and the exit branch stays predictable.
+/// Sixteen bytes at a time, each block classified by `sys::json_special_mask` (SSE2 on x86-64):
+/// most keys and values are shorter, so the loop usually exits on its first test and the exit
+/// branch stays predictable.
 #[inline(always)]
 fn find_special(s: &[u8], mut i: usize) -> usize {
-    // A third of keys and values end within eight bytes: word arithmetic alone finds that end
-    // sooner than a vector compare whose result has to reach a general register.
-    if let Some(word) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
-        let bits = special_bits(u64::from_le_bytes(*word));
-        if bits != 0 {
-            return i + (bits.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
     while let Some(block) = s.get(i..).and_then(<[u8]>::first_chunk::<16>) {
-        if has_special(block) {
-            return i + first_special(block);
+        let mask = json_special_mask(block);
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
         }
         i += 16;
     }
@@ -858,7 +804,7 @@ fn find_special(s: &[u8], mut i: usize) -> usize {
     let rest = s.get(i..).unwrap_or_default();
     let mut block = [b'"'; 16];
     block[..rest.len()].copy_from_slice(rest);
-    i + first_special(&block)
+    i + json_special_mask(&block).trailing_zeros() as usize
 }
 
 fn str_header_len(len: usize) -> usize {
