@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::sys::json_special_mask;
+
 /// Fluentd's EventTime: seconds and nanoseconds since the Unix epoch (Forward protocol v1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventTime {
@@ -623,29 +625,42 @@ fn escaped_string(
     copy_run(s, start, stop, out);
     loop {
         match s.get(stop) {
+            Some(b'\\') => {
+                // Escaped JSON inside audit values (`requestObject` annotations) has an escape
+                // every dozen bytes: a table turns the common ones into their byte without the
+                // jump on the escape letter, which mispredicts on such mixed text.
+                let one = s
+                    .get(stop + 1)
+                    .map_or(0, |&e| ONE_BYTE_ESCAPE[usize::from(e)]);
+                if one != 0 {
+                    out.byte(one);
+                    stop += 2;
+                } else {
+                    stop = escape(s, stop, out)?;
+                }
+            }
             Some(b'"') => break,
-            Some(b'\\') => stop = escape(s, stop, out)?,
             Some(_) => return Err(Invalid::ControlChar),
             None => return Err(Invalid::Unterminated),
         }
         // The plain run to the next special byte. Runs between escapes are short, so it goes a
-        // word at a time, each word written whole and the output advanced past its plain bytes:
-        // one load serves both the search and the copy.
+        // block at a time, each block written whole and the output advanced past its plain
+        // bytes: one load serves both the search and the copy.
         loop {
-            let Some(word) = s.get(stop..).and_then(<[u8]>::first_chunk::<8>) else {
+            let Some(block) = s.get(stop..).and_then(<[u8]>::first_chunk::<16>) else {
                 let run = stop;
                 stop = find_special(s, run);
                 copy_run(s, run, stop, out);
                 break;
             };
-            let bits = special_bits(u64::from_le_bytes(*word));
-            if bits == 0 {
-                out.block(word, 8);
-                stop += 8;
+            let mask = json_special_mask(block);
+            if mask == 0 {
+                out.block(block, 16);
+                stop += 16;
                 continue;
             }
-            let n = (bits.trailing_zeros() / 8) as usize;
-            out.block(word, n);
+            let n = mask.trailing_zeros() as usize;
+            out.block(block, n);
             stop += n;
             break;
         }
@@ -654,46 +669,55 @@ fn escaped_string(
     Ok((body, stop + 1, end))
 }
 
-/// Decodes the escape at `s[at] == b'\\'` into `out`; returns the index after it.
+/// What each two-byte escape `\\x` decodes to, indexed by `x`; 0 for `u` and for the letters
+/// JSON does not allow, which `escape` sorts out.
+const ONE_BYTE_ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t[b'/' as usize] = b'/';
+    t[b'b' as usize] = 0x08;
+    t[b'f' as usize] = 0x0c;
+    t[b'n' as usize] = b'\n';
+    t[b'r' as usize] = b'\r';
+    t[b't' as usize] = b'\t';
+    t
+};
+
+/// Decodes the escape at `s[at] == b'\\'` that `ONE_BYTE_ESCAPE` does not cover (`\uXXXX`, or an
+/// invalid one) into `out`; returns the index after it.
 fn escape(s: &[u8], at: usize, out: &mut Out) -> Result<usize, Invalid> {
-    let byte = match s.get(at + 1) {
-        Some(b'"') => b'"',
-        Some(b'\\') => b'\\',
-        Some(b'/') => b'/',
-        Some(b'b') => 0x08,
-        Some(b'f') => 0x0c,
-        Some(b'n') => b'\n',
-        Some(b'r') => b'\r',
-        Some(b't') => b'\t',
-        Some(b'u') => {
-            let cp = hex4(s, at + 2)?;
-            let (c, next) = match cp {
-                0xd800..=0xdbff => {
-                    // A high surrogate counts only when a low one follows as the next escape;
-                    // alone (like a lone low surrogate) it cannot be UTF-8 and becomes U+FFFD.
-                    let low = match s.get(at + 6..at + 8) {
-                        Some(b"\\u") => hex4(s, at + 8)?,
-                        _ => 0,
-                    };
-                    if (0xdc00..=0xdfff).contains(&low) {
-                        let c = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
-                        (char::from_u32(c), at + 12)
-                    } else {
-                        (None, at + 6)
-                    }
-                }
-                _ => (char::from_u32(cp), at + 6),
+    if s.get(at + 1) != Some(&b'u') {
+        return Err(Invalid::Escape);
+    }
+    let cp = hex4(s, at + 2)?;
+    // `\u003c`, `\u0026`: Go's encoder escapes HTML characters this way.
+    if cp < 0x80 {
+        out.byte(cp as u8);
+        return Ok(at + 6);
+    }
+    let (c, next) = match cp {
+        0xd800..=0xdbff => {
+            // A high surrogate counts only when a low one follows as the next escape;
+            // alone (like a lone low surrogate) it cannot be UTF-8 and becomes U+FFFD.
+            let low = match s.get(at + 6..at + 8) {
+                Some(b"\\u") => hex4(s, at + 8)?,
+                _ => 0,
             };
-            let mut buf = [0u8; 4];
-            let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
-            let n = c.encode_utf8(&mut buf).len();
-            out.block(&buf, n);
-            return Ok(next);
+            if (0xdc00..=0xdfff).contains(&low) {
+                let c = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+                (char::from_u32(c), at + 12)
+            } else {
+                (None, at + 6)
+            }
         }
-        _ => return Err(Invalid::Escape),
+        _ => (char::from_u32(cp), at + 6),
     };
-    out.byte(byte);
-    Ok(at + 2)
+    let mut buf = [0u8; 4];
+    let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
+    let n = c.encode_utf8(&mut buf).len();
+    out.block(&buf, n);
+    Ok(next)
 }
 
 /// The number at `s[start]` (`-` or a digit); returns the index after it.
@@ -815,73 +839,17 @@ fn copy_run(s: &[u8], start: usize, stop: usize, out: &mut Out) {
     out.slice(&rest[..n]);
 }
 
-/// Whether `block` holds a `"`, `\` or control byte. Written as one OR per kind of byte with no
-/// early exit, which LLVM compiles to a vector compare and a `pmovmskb` each (SSE2 on x86-64, NEON
-/// on aarch64) instead of a byte loop.
-#[inline(always)]
-fn has_special(block: &[u8; 16]) -> bool {
-    let (mut quote, mut backslash, mut control) = (0u8, 0u8, 0u8);
-    for &c in block {
-        quote |= u8::from(c == b'"');
-        backslash |= u8::from(c == b'\\');
-        control |= u8::from(c < 0x20);
-    }
-    quote | backslash | control != 0
-}
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// Bit 7 of each byte of `x` that is `"`, `\` or below 0x20 is set, and possibly of some bytes
-/// above such a byte, never below one: a byte matches when its high bit survives
-/// `(v - 1) & !v` on the byte XORed with the target (zero test) or `(x - 0x20) & !x` (below-0x20
-/// test), and borrows only run upward from a true match. So the lowest flag is always a real one.
-#[inline(always)]
-fn special_bits(x: u64) -> u64 {
-    let quote = x ^ (LO * u64::from(b'"'));
-    let backslash = x ^ (LO * u64::from(b'\\'));
-    ((quote.wrapping_sub(LO) & !quote)
-        | (backslash.wrapping_sub(LO) & !backslash)
-        | (x.wrapping_sub(LO * 0x20) & !x))
-        & HI
-}
-
-/// Index of the first `"`, `\` or control byte of `block`, or 16. Found with word arithmetic on
-/// the bytes rather than from the vector compare, whose result LLVM moves to a general register
-/// by way of memory: that store and reload would sit on the chain from one string's start to the
-/// next (where a string ends is where parsing resumes), and that chain, not the instruction
-/// count, bounds how fast short strings go.
-#[inline(always)]
-fn first_special(block: &[u8; 16]) -> usize {
-    let (lo, hi) = block.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
-    let lo = special_bits(u64::from_le_bytes(*lo));
-    if lo != 0 {
-        return (lo.trailing_zeros() / 8) as usize;
-    }
-    let hi = hi
-        .first_chunk::<8>()
-        .map_or(HI, |hi| special_bits(u64::from_le_bytes(*hi)));
-    8 + (hi.trailing_zeros() / 8) as usize
-}
-
 /// Index of the first `"`, `\` or control byte at or after `i`, or `s.len()`.
 ///
-/// Sixteen bytes at a time: most keys and values are shorter, so the loop usually exits on its
-/// first test and the exit branch stays predictable.
+/// Sixteen bytes at a time, each block classified by `sys::json_special_mask` (SSE2 on x86-64):
+/// most keys and values are shorter, so the loop usually exits on its first test and the exit
+/// branch stays predictable.
 #[inline(always)]
 fn find_special(s: &[u8], mut i: usize) -> usize {
-    // A third of keys and values end within eight bytes: word arithmetic alone finds that end
-    // sooner than a vector compare whose result has to reach a general register.
-    if let Some(word) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
-        let bits = special_bits(u64::from_le_bytes(*word));
-        if bits != 0 {
-            return i + (bits.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
     while let Some(block) = s.get(i..).and_then(<[u8]>::first_chunk::<16>) {
-        if has_special(block) {
-            return i + first_special(block);
+        let mask = json_special_mask(block);
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
         }
         i += 16;
     }
@@ -889,7 +857,7 @@ fn find_special(s: &[u8], mut i: usize) -> usize {
     let rest = s.get(i..).unwrap_or_default();
     let mut block = [b'"'; 16];
     block[..rest.len()].copy_from_slice(rest);
-    i + first_special(&block)
+    i + json_special_mask(&block).trailing_zeros() as usize
 }
 
 fn str_header_len(len: usize) -> usize {
