@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use log::{error, info, warn};
 
 use crate::cli::{ForwardArgs, KubeArgs, Proxy, SharedKey, TlsArgs};
-use crate::conn;
-use crate::handshake;
+use crate::forward::handshake;
 use crate::kube;
+use crate::net::conn;
+use crate::net::tls;
 use crate::sys::{self, Inotify};
-use crate::tls;
 
 pub struct Config {
     /// The Kubernetes client's settings, when the Service or the Secret is read from the API.

@@ -4,25 +4,14 @@
 
 mod cli;
 mod config;
-mod conn;
 mod escape;
 mod event_loop;
+mod follow;
 mod forward;
-mod handshake;
 mod kube;
-mod lines;
-mod msgpack;
-mod offsets;
-mod outbox;
-mod proxy;
-mod resolve;
-mod sha512;
+mod net;
 mod sys;
-mod tail;
 mod tailer;
-mod tls;
-mod transcode;
-mod transport;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -22,12 +22,12 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::cli::{SharedKey, TailerTls};
 use crate::config;
-use crate::forward;
-use crate::handshake;
-use crate::msgpack::{self, Limits, Scanner};
+use crate::forward::codec as forward;
+use crate::forward::handshake;
+use crate::forward::msgpack::{self, Limits, Scanner};
+use crate::net::tls;
+use crate::net::transport::{flush_tls, tls_failure, tls_write, TlsFailure};
 use crate::sys;
-use crate::tls;
-use crate::transport::{flush_tls, tls_failure, tls_write, TlsFailure};
 
 pub struct TailerArgs {
     /// `host:port`; host may be a name, an IPv4 address or a bracketed IPv6 address.
@@ -1140,7 +1140,7 @@ impl<W: Write> Sink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{ClientStep, HandshakeError};
+    use crate::forward::handshake::{ClientStep, HandshakeError};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};

@@ -17,8 +17,8 @@ use mio::{Events, Poll, Registry, Token};
 use crate::cli::{ForwardArgs, Target};
 use crate::config::Config;
 use crate::kube;
-use crate::resolve::{self, Resolver};
-use crate::tls;
+use crate::net::resolve::{self, Resolver};
+use crate::net::tls;
 
 pub use pipeline::Pipeline;
 

@@ -12,15 +12,15 @@ use mio::{Interest, Registry, Token};
 use super::{Effect, CONN, INOTIFY};
 use crate::cli::{Compress, ForwardArgs};
 use crate::config::Config;
-use crate::conn::{self, Conn};
 use crate::escape;
-use crate::lines::Piece;
-use crate::offsets::{self, Store};
-use crate::outbox::{Builder, Outbox};
-use crate::resolve::Resolver;
+use crate::follow::lines::Piece;
+use crate::follow::offsets::{self, Store};
+use crate::follow::tail::{Progress, Tail};
+use crate::forward::outbox::{Builder, Outbox};
+use crate::forward::transcode::{self, Kind};
+use crate::net::conn::{self, Conn};
+use crate::net::resolve::Resolver;
 use crate::sys;
-use crate::tail::{Progress, Tail};
-use crate::transcode::{self, Kind};
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
 const CHUNK_TARGET: usize = 512 * 1024;
@@ -398,7 +398,7 @@ fn rejected_file(position_file: &std::path::Path) -> std::path::PathBuf {
 
 /// Logs a record the receiver would not take and appends it to the rejected-records file, so
 /// nothing is thrown away unseen.
-fn set_aside(path: &std::path::Path, r: &crate::outbox::Rejected) {
+fn set_aside(path: &std::path::Path, r: &crate::forward::outbox::Rejected) {
     use std::io::Write;
     let kept = std::fs::OpenOptions::new()
         .create(true)

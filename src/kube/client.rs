@@ -30,9 +30,9 @@ use super::schedule::Schedule;
 use crate::cli::Target;
 use crate::config;
 use crate::event_loop::{Effect, Source};
-use crate::resolve::{Resolver, Ticket};
-use crate::tls;
-use crate::transport::{Socket, Transport};
+use crate::net::resolve::{Resolver, Ticket};
+use crate::net::tls;
+use crate::net::transport::{Socket, Transport};
 
 /// Longest time one GET may take, connect and TLS included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,9 +240,9 @@ impl Kube {
             }
         };
         info!(
-            "kubernetes API https://{}:{} ({}, context {:?}); checking{}{} in namespace {} at start and on schedule {}",
-            s.api.host,
-            s.api.port,
+            "kubernetes API https://{}{} ({}, context {:?}); checking{}{} in namespace {} at start and on schedule {}",
+            s.api.authority(),
+            s.api.base_path,
             s.api.origin,
             s.api.context,
             s.service
@@ -429,7 +429,7 @@ impl Kube {
                 mut parser,
                 deadline,
             } => {
-                let peer = format!("https://{}:{}", self.s.api.host, self.s.api.port);
+                let peer = format!("https://{}", self.s.api.authority());
                 let result = exchange(&mut t, &out, &mut sent, &mut parser);
                 match result {
                     Ok(Some(resp)) => {
@@ -449,7 +449,7 @@ impl Kube {
                     })),
                     Err(e) => {
                         let _ = registry.deregister(&mut t.sock);
-                        let e = match crate::transport::tls_failure(&e) {
+                        let e = match crate::net::transport::tls_failure(&e) {
                             Some(te) => format!("TLS with {peer}: {te}"),
                             None => e.to_string(),
                         };
@@ -478,15 +478,11 @@ impl Kube {
         Ok(Transport::new(Socket::Tcp(sock)))
     }
 
+    /// `host[:port]` as the Host header takes it (the port only when not 443).
     fn host_header(&self) -> String {
-        let host = &self.s.api.host;
-        let host = match host.contains(':') {
-            true => format!("[{host}]"),
-            false => host.clone(),
-        };
         match self.s.api.port {
-            443 => host,
-            p => format!("{host}:{p}"),
+            443 => self.s.api.authority().trim_end_matches(":443").to_string(),
+            _ => self.s.api.authority(),
         }
     }
 
@@ -673,8 +669,9 @@ impl Kube {
     /// The API could not be reached or could not serve: log once, retry with backoff.
     fn fault(&mut self, why: String, now: Instant) {
         let line = format!(
-            "kubernetes API https://{}:{}: {why}; retrying in {:.0?}",
-            self.s.api.host, self.s.api.port, self.backoff
+            "kubernetes API https://{}: {why}; retrying in {:.0?}",
+            self.s.api.authority(),
+            self.backoff
         );
         let key = format!("{}:{why}", self.s.api.host);
         if self.last_fault.as_deref() == Some(key.as_str()) {
@@ -717,8 +714,8 @@ impl Kube {
                 Ok(resp) => {
                     if self.last_fault.take().is_some() {
                         info!(
-                            "kubernetes API https://{}:{} answers again",
-                            self.s.api.host, self.s.api.port
+                            "kubernetes API https://{} answers again",
+                            self.s.api.authority()
                         );
                     }
                     self.backoff = BACKOFF_START;

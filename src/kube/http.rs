@@ -161,6 +161,7 @@ pub struct Response {
 
 impl Response {
     /// The first header called `name`, compared without regard to case.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

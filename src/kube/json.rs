@@ -3,8 +3,8 @@
 //! (`transcode::object_to_msgpack`) and read back from its msgpack, so there is one JSON parser
 //! in the project and these documents get the same strictness as audit lines.
 
-use crate::msgpack::{Kind, Reader};
-use crate::transcode;
+use crate::forward::msgpack::{Kind, Reader};
+use crate::forward::transcode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -26,7 +26,7 @@ pub fn parse(text: &[u8]) -> Result<Value, String> {
     read(&mut r).map_err(|e| format!("reading back the parsed JSON: {e:?}"))
 }
 
-fn read(r: &mut Reader) -> Result<Value, crate::msgpack::Error> {
+fn read(r: &mut Reader) -> Result<Value, crate::forward::msgpack::Error> {
     Ok(match r.peek_kind()? {
         Kind::Nil => {
             r.skip()?;
@@ -95,6 +95,7 @@ impl Value {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),

@@ -431,7 +431,7 @@ fn from_unix(secs: i64) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transcode::days_from_civil;
+    use crate::forward::transcode::days_from_civil;
 
     /// "YYYY-MM-DD HH:MM:SS" (optionally ".mmm") in UTC.
     fn utc(text: &str) -> SystemTime {

@@ -19,7 +19,7 @@
 //!   connection without any PONG when the shared key does not match.
 
 use crate::escape;
-use crate::sha512::Sha512;
+use crate::forward::sha512::Sha512;
 use std::fmt;
 
 /// Largest HELO, PING or PONG accepted from a peer (real ones are a few hundred bytes).
@@ -823,7 +823,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sha512::sha512;
+    use crate::forward::sha512::sha512;
 
     const SALT_RANDOM: [u8; 16] = *b"\x00\x01\x02\x03\xfc\xfd\xfe\xff0123abcd";
     const NONCE: [u8; 16] = *b"\xff\xfe\x80\x81nonce-bytes\x00";

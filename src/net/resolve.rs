@@ -57,6 +57,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn new(lookup: Lookup, waker: Waker) -> Resolver {
         Resolver::sharing(lookup, Arc::new(waker))
     }

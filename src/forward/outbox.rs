@@ -13,9 +13,9 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use crate::escape;
-use crate::forward;
-use crate::msgpack;
-use crate::offsets::Position;
+use crate::follow::offsets::Position;
+use crate::forward::codec as forward;
+use crate::forward::msgpack;
 
 /// Connections the receiver dropped in a row while the same chunk was the oldest one written
 /// and unacked, before that chunk is taken apart. A receiver that restarts now and then hits one
@@ -815,7 +815,7 @@ fn record_json(entry: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offsets::FileId;
+    use crate::follow::offsets::FileId;
 
     fn pos(off: u64) -> Position {
         Position {
@@ -937,9 +937,9 @@ mod tests {
                 "x".repeat(n)
             };
             let line = format!("{{\"n\":{i},\"pad\":\"{pad}\"}}");
-            crate::transcode::append_entry(
+            crate::forward::transcode::append_entry(
                 line.as_bytes(),
-                crate::transcode::now_event_time(),
+                crate::forward::transcode::now_event_time(),
                 b.entries(),
             );
             b.records += 1;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 use log::{debug, error, info, warn};
 
-use crate::lines::{Piece, Splitter};
-use crate::offsets::{self, FileId, Fingerprint, Position, Start, FINGERPRINT_BYTES};
+use crate::follow::lines::{Piece, Splitter};
+use crate::follow::offsets::{self, FileId, Fingerprint, Position, Start, FINGERPRINT_BYTES};
 use crate::sys::{Inotify, InotifyEvent};
 
 const READ_BUF: usize = 256 * 1024;
@@ -916,7 +916,7 @@ fn parse_backup_time(s: &str) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
-    let days = crate::transcode::days_from_civil(y, mo, d);
+    let days = crate::forward::transcode::days_from_civil(y, mo, d);
     Some(((days * 86400 + h * 3600 + mi * 60 + se) * 1000) + ms)
 }
 

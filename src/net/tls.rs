@@ -280,7 +280,10 @@ pub fn client_tls(s: &ClientSettings) -> Result<ClientTls, TlsError> {
     let ca = Pem::read(&s.files.ca)?;
     let cert = Pem::read(&s.files.cert)?;
     let key = Pem::read(&s.files.key)?;
-    client_tls_from_pem(&ca, &cert, &key, &s.vhost, s.verify_hostname)
+    let mut t = client_tls_from_pem(&ca, &cert, &key, &s.vhost, s.verify_hostname)?;
+    // Failures are explained in terms of the flag the operator sets, not the joined path.
+    t.ca_origin = "--tls-ca-file".into();
+    Ok(t)
 }
 
 /// [`client_tls`] from material held in memory (the tailer's client Secret): roots only from

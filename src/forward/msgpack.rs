@@ -1356,7 +1356,7 @@ pub(crate) mod tests {
 
     /// The hand-written audit lines of `tests/data` (its README says what each covers), compiled
     /// in so that no test reads anything outside the repository.
-    pub(crate) const AUDIT_SAMPLES: &str = include_str!("../tests/data/audit-events.jsonl");
+    pub(crate) const AUDIT_SAMPLES: &str = include_str!("../../tests/data/audit-events.jsonl");
 
     /// The sample lines that are JSON objects, parsed, in file order.
     pub(crate) fn sample_events() -> Vec<serde_json::Value> {

@@ -24,14 +24,14 @@ use rustls::ClientConnection;
 
 use crate::cli::Target;
 use crate::escape;
-use crate::forward;
-use crate::handshake;
-use crate::outbox::{AckError, Outbox};
-use crate::proxy;
-use crate::resolve::{Resolver, Ticket};
+use crate::forward::codec as forward;
+use crate::forward::handshake;
+use crate::forward::outbox::{AckError, Outbox};
+use crate::net::proxy;
+use crate::net::resolve::{Resolver, Ticket};
+use crate::net::tls;
+use crate::net::transport::{tls_failure, Socket, Transport};
 use crate::sys;
-use crate::tls;
-use crate::transport::{tls_failure, Socket, Transport};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Acks are tiny; anything bigger than this without a complete message is not an ack stream.
@@ -852,18 +852,14 @@ impl Conn {
 
     fn describe(&self, e: &io::Error, t: &Transport) -> String {
         if let Some(err) = tls_failure(e) {
-            let vhost = self
-                .cfg
-                .tls
-                .as_ref()
-                .map(|t| t.vhost.as_str())
-                .unwrap_or("");
-            let presented = self.cfg.tls.as_ref().and_then(|t| t.client.presented.get());
             // konnectivity may answer 200 and then write its HTTP error into the tunnel.
             if let Some(what) = proxy::describe_non_tls(&t.first) {
                 return what;
             }
-            return tls::explain(err, vhost, presented.as_deref());
+            return match &self.cfg.tls {
+                Some(setup) => setup.client.explain(err, &setup.vhost),
+                None => tls::explain(err, "", None),
+            };
         }
         if e.kind() == io::ErrorKind::UnexpectedEof
             && t.inner.as_ref().is_some_and(|c| c.is_handshaking())
@@ -1074,8 +1070,8 @@ fn read_acks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resolve::tests::{woken, Gate};
-    use crate::resolve::Lookup;
+    use crate::net::resolve::tests::{woken, Gate};
+    use crate::net::resolve::Lookup;
     use mio::{Events, Poll, Waker};
     use std::net::TcpListener;
 

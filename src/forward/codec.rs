@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::Read;
 
 use crate::escape;
-use crate::msgpack::{self, Kind, Limits, Reader};
+use crate::forward::msgpack::{self, Kind, Limits, Reader};
 
 /// Largest ack we accept: a chunk id is 24 bytes, so anything near this is not an ack.
 pub const MAX_ACK_LEN: usize = 4096;

@@ -1883,7 +1883,7 @@ mod tests {
 
     /// The sample audit lines of `tests/data`, each named `file:line`.
     fn sample_lines() -> Vec<(String, Vec<u8>)> {
-        crate::msgpack::tests::AUDIT_SAMPLES
+        crate::forward::msgpack::tests::AUDIT_SAMPLES
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.is_empty())
@@ -2084,19 +2084,19 @@ mod tests {
         let mut out = Vec::with_capacity(1 << 20);
         let mut rates: Vec<f64> = (0..rounds)
             .map(|_| {
-                let mut splitter = crate::lines::Splitter::new(1 << 20);
+                let mut splitter = crate::follow::lines::Splitter::new(1 << 20);
                 let (mut json, mut other) = (0usize, 0usize);
                 let start = std::time::Instant::now();
                 let mut offset = 0u64;
                 for chunk in data.chunks(64 * 1024) {
                     splitter.feed(chunk, offset, |piece, _| match piece {
-                        crate::lines::Piece::Line(line) => {
+                        crate::follow::lines::Piece::Line(line) => {
                             match append_entry(line, NOW, &mut out) {
                                 Kind::Json => json += 1,
                                 Kind::Fallback => other += 1,
                             }
                         }
-                        crate::lines::Piece::TooLong { .. } => other += 1,
+                        crate::follow::lines::Piece::TooLong { .. } => other += 1,
                     });
                     offset += chunk.len() as u64;
                     std::hint::black_box(&out);
