@@ -541,10 +541,11 @@ impl Kube {
                     self.found = Some(Target { host: ip, port });
                     self.announce(out);
                 }
+                // `e` names the Service already.
                 Err(e) => self.log_once(
                     o,
                     log::Level::Error,
-                    format!("{what}: {e}; keeping the current receiver, checking again at the next tick"),
+                    format!("{e}; keeping the current receiver, checking again at the next tick"),
                 ),
             },
             Answer::Found(Thing::Secret(secret)) => {
