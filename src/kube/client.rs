@@ -521,6 +521,11 @@ impl Kube {
             Object::Service => map(api::service(&resp), Thing::Service),
             Object::Secret => map(api::secret(&resp), Thing::Secret),
         };
+        // A 5xx is an answer but not a recovery: counting it as one would log the fault again
+        // on every retry and reset the backoff to its start.
+        if !matches!(answer, Answer::Failed(_)) {
+            self.recovered();
+        }
         match answer {
             Answer::Found(Thing::Service(svc)) => match api::target(&svc) {
                 Ok((ip, port)) => {
@@ -532,10 +537,11 @@ impl Kube {
                     self.found = Some(Target { host: ip, port });
                     self.announce(out);
                 }
+                // `e` names the Service already.
                 Err(e) => self.log_once(
                     o,
                     log::Level::Error,
-                    format!("{what}: {e}; keeping the current receiver, checking again at the next tick"),
+                    format!("{e}; keeping the current receiver, checking again at the next tick"),
                 ),
             },
             Answer::Found(Thing::Secret(secret)) => {
@@ -545,8 +551,8 @@ impl Kube {
                 let Some(r) = self.s.secret.clone() else {
                     return true;
                 };
-                let made = api::material(&secret, &r.ca_key, &r.crt_key, &r.key_key).and_then(
-                    |m| {
+                let made =
+                    api::material(&secret, &r.ca_key, &r.crt_key, &r.key_key).and_then(|m| {
                         let pem = |k: &str, bytes: Vec<u8>| tls::Pem {
                             origin: format!("{what} key {k:?}"),
                             bytes,
@@ -559,8 +565,7 @@ impl Kube {
                             self.s.verify_hostname,
                         )
                         .map_err(|e| e.to_string())
-                    },
-                );
+                    });
                 match made {
                     Ok(client) => {
                         self.log_once(
@@ -631,6 +636,17 @@ impl Kube {
             }
         }
         true
+    }
+
+    /// The API served a request: the fault logged before (if any) is over.
+    fn recovered(&mut self) {
+        if self.last_fault.take().is_some() {
+            info!(
+                "kubernetes API https://{} answers again",
+                self.s.api.authority()
+            );
+        }
+        self.backoff = BACKOFF_START;
     }
 
     fn secret_wait(&self) -> String {
@@ -712,13 +728,6 @@ impl Kube {
             };
             match result {
                 Ok(resp) => {
-                    if self.last_fault.take().is_some() {
-                        info!(
-                            "kubernetes API https://{} answers again",
-                            self.s.api.authority()
-                        );
-                    }
-                    self.backoff = BACKOFF_START;
                     if self.handle(o, resp, out) {
                         self.queue.remove(0);
                         self.retried_401 = false;
