@@ -166,16 +166,23 @@ fn k01_gardener_environment_only_delivers_and_follows_a_rotated_token() {
     let env = gardener_env(&s.kubeconfig, &s.writer.log_path(), &s.basedir);
     let mut fwd = start_env(&env);
     expect_all_at(&[&rx], &mut fwd, &lines[..1500], "first half via discovery");
-    expect_log(
-        &fwd,
-        &["secret audit/audittailer-client", "resourceversion 100"],
-        "secret read",
-    );
-    expect_log(
-        &fwd,
-        &["service audit/audittailer", "receiver 127.0.0.1"],
-        "service read",
-    );
+    for (all, what) in [
+        (
+            &["kubernetes api https://127.0.0.1", "checking service"][..],
+            "start",
+        ),
+        (
+            &["secret audit/audittailer-client", "resourceversion 100"][..],
+            "secret read",
+        ),
+        (
+            &["service audit/audittailer", "receiver 127.0.0.1"][..],
+            "service read",
+        ),
+        (&["receiver is 127.0.0.1"][..], "receiver announced"),
+    ] {
+        eprintln!("[k01] {}", expect_log(&fwd, all, what));
+    }
     assert_eq!(
         fs::read_dir(&s.basedir).expect("basedir").count(),
         0,
