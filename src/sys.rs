@@ -170,6 +170,26 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// The machine's hostname (the default `--self-hostname`).
+/// The effective uid and gid this process runs as, for messages about permissions.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid take no arguments, cannot fail and touch no memory of ours.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Who may do what with `path`: "owner UID:GID mode 0NNN", or why that is unknown.
+pub fn describe_access(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "owner {}:{} mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(e) => format!("not inspectable: {e}"),
+    }
+}
+
 pub fn hostname() -> io::Result<String> {
     let mut buf = [0u8; 256];
     syscall!(gethostname(

@@ -64,6 +64,8 @@ pub struct Pipeline {
     next_stats: Instant,
     next_flush: Instant,
     next_dir_retry: Instant,
+    /// Writing the position file fails, since when and how often.
+    position_failing: Option<Failing>,
     /// Set by a stop: reading has ended and this is when waiting for acks ends too.
     draining: Option<Instant>,
     /// The last read pass stopped because the window or the memory limit was full, not because
@@ -171,6 +173,7 @@ impl Pipeline {
             next_stats: started + args.stats_interval,
             next_flush: started + FLUSH_EVERY,
             next_dir_retry: started + DIR_RETRY,
+            position_failing: None,
             draining: None,
             read_blocked: false,
         })
@@ -269,7 +272,7 @@ impl Pipeline {
 
         let now = Instant::now();
         if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
-            save_position(&mut self.store, &self.outbox);
+            save_position(&mut self.store, &self.outbox, &mut self.position_failing);
             self.next_flush = now + FLUSH_EVERY;
         }
         if now >= self.next_stats {
@@ -286,7 +289,7 @@ impl Pipeline {
                     );
                 }
                 self.conn.close(registry);
-                save_position(&mut self.store, &self.outbox);
+                save_position(&mut self.store, &self.outbox, &mut self.position_failing);
                 self.log_stats();
                 info!("stopped");
                 return Ok(true);
@@ -448,13 +451,67 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
     outbox.seal(builder, tag, gzip, id);
 }
 
-fn save_position(store: &mut Store, outbox: &Outbox) {
-    if let Some(p) = outbox.committed() {
-        if let Err(e) = store.save(p) {
-            error!("writing position file {}: {e}", store.path().display());
+/// Writes the committed position. A failure is said once with what would fix it, then
+/// reminded every few minutes with a count, not at every 200 ms flush; the write is retried at
+/// every flush, so a fixed permission is picked up at once.
+fn save_position(store: &mut Store, outbox: &Outbox, failing: &mut Option<Failing>) {
+    let Some(p) = outbox.committed() else {
+        return;
+    };
+    match store.save(p) {
+        Ok(()) => {
+            if let Some(f) = failing.take() {
+                info!(
+                    "position file {} written again after {} failed attempts",
+                    store.path().display(),
+                    f.count
+                );
+            }
+        }
+        Err(e) => {
+            let now = Instant::now();
+            match failing {
+                Some(f) => {
+                    f.count += 1;
+                    if now >= f.remind_at {
+                        error!(
+                            "writing position file {} still fails ({e}); {} attempts since the first failure; after a restart lines since the last saved position are sent again",
+                            store.path().display(),
+                            f.count
+                        );
+                        f.remind_at = now + REMIND_EVERY;
+                    }
+                }
+                None => {
+                    let dir = store
+                        .path()
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    let (uid, gid) = sys::ids();
+                    error!(
+                        "writing position file {}: {e}; its directory {} has {}, this process runs as uid {uid} gid {gid}: make the directory writable for it (an fsGroup on the volume, or --position-file in a writable directory); retrying at every flush",
+                        store.path().display(),
+                        dir.display(),
+                        sys::describe_access(dir)
+                    );
+                    *failing = Some(Failing {
+                        count: 1,
+                        remind_at: now + REMIND_EVERY,
+                    });
+                }
+            }
         }
     }
 }
+
+/// A failure that repeats: how often, and when to say so again.
+struct Failing {
+    count: u64,
+    remind_at: Instant,
+}
+
+const REMIND_EVERY: Duration = Duration::from_secs(300);
 
 /// Malformed lines are logged at a bounded rate: the first at once, then a summary at most
 /// every 10 seconds.
