@@ -67,3 +67,25 @@ deps:
     echo "installing ${missing[*]}" >&2
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# docker or podman (ENGINE=podman to choose); tag localhost/audit-forwarder:dev, the name the
+# kind/ manifests use. The tailer is the same image with the `tailer` argument.
+#
+# Build the scratch image from the Containerfile
+image:
+    kind/image.sh
+
+# Needs docker or podman, kind, kubectl and openssl (it says which is missing). KEEP=1 keeps
+# the cluster, TAILER=fluentd receives with fluentd instead of our tailer. Not part of
+# `just test`: kind/ is checked there by tests/kind_files.rs.
+#
+# kind cluster with audit logging: sidecar -> tailer, PASS when the test's API calls arrive
+kind-e2e:
+    kind/e2e.sh
+
+# Same as kind-e2e, with the sidecar reaching the tailer through a konnectivity tunnel
+# (egress selector, konnectivity server on a Unix socket, agent DaemonSet).
+#
+# kind-e2e through konnectivity (AUDIT_KONNECTIVITY_UDS_SOCKET)
+kind-e2e-konnectivity:
+    kind/e2e.sh --konnectivity
