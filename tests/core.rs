@@ -1567,3 +1567,53 @@ fn t21_acks_that_free_the_whole_window_are_followed_by_data_at_once() {
     );
     fwd.term_ok();
 }
+
+/// Issue 11: a position file that cannot be written is said once, with what fixes it, not at
+/// every 200 ms flush; delivery goes on, and a fixed directory is picked up without a restart.
+#[test]
+fn t22_unwritable_position_file_is_said_once_and_picked_up_when_fixed() {
+    let dir = TempDir::new("t22");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let lines = audit_events(0..300);
+    w.write_lines(&lines[..100]);
+    let port = free_port();
+    let rx = Tailer::start(port);
+    // The directory does not exist yet (root ignores permission bits, a missing directory
+    // fails for every uid).
+    let pos_dir = dir.join("state");
+    let pos = pos_dir.join("audit.pos");
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--position-file", pos.to_str().expect("utf-8 path")],
+    ));
+    assert!(rx.wait_all_lines(&lines[..100], secs(30)), "first lines");
+    w.write_lines(&lines[100..200]);
+    assert!(rx.wait_all_lines(&lines[..200], secs(30)), "more lines");
+    thread::sleep(Duration::from_secs(2));
+    let text = fwd.stderr_text();
+    let errors = lines_mentioning(&text, &["error", "position file"], &[]);
+    assert_eq!(
+        errors.len(),
+        1,
+        "want one ERROR about the position file in over 2 s of flushes, got: {errors:#?}"
+    );
+    assert!(
+        errors[0].contains("runs as uid") && errors[0].contains("state"),
+        "the ERROR must name the directory and our uid: {}",
+        errors[0]
+    );
+    fs::create_dir_all(&pos_dir).expect("mkdir");
+    w.write_lines(&lines[200..]);
+    assert!(rx.wait_all_lines(&lines, secs(30)), "all lines");
+    assert!(
+        fwd.wait_log("written again after", secs(10)),
+        "the recovery is said"
+    );
+    assert!(
+        wait_until(secs(10), || fs::read_to_string(&pos)
+            .is_ok_and(|t| !t.is_empty())),
+        "the position file is written once the directory exists"
+    );
+    fwd.term_ok();
+}
