@@ -277,6 +277,16 @@ const DEFAULT_SECRET_NAME: &str = "audittailer-client";
 const DEFAULT_CHECK_SCHEDULE: &str = "*/1 * * * *";
 
 /// What the process was asked to do.
+/// What `--version` prints: the crate version and the commit it was built from (see build.rs;
+/// "unknown (built without git)" when neither `AUDIT_FORWARDER_COMMIT` nor git was there).
+pub const VERSION: &str = concat!(
+    "audit-forwarder ",
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AUDIT_FORWARDER_COMMIT_ID"),
+    ")"
+);
+
 // Built once at startup and moved once into the mode that runs: boxing would save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +295,7 @@ pub enum Command {
     Tailer(TailerArgs),
     /// Print this text on stdout and exit 0.
     Help(&'static str),
-    /// Print `audit-forwarder <version>` and exit 0.
+    /// Print [`VERSION`] and exit 0.
     Version,
 }
 
@@ -3098,6 +3108,15 @@ mod tests {
         for (args, want) in cases {
             assert_eq!(run(args, &[]).as_ref(), Ok(want), "{args:?}");
         }
+        let commit = env!("AUDIT_FORWARDER_COMMIT_ID");
+        assert!(!commit.is_empty());
+        assert_eq!(
+            VERSION,
+            format!(
+                "audit-forwarder {} (commit {commit})",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
     }
 
     /// The text after `--` of a help line that documents a flag, with or without a short

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         cli::Command::Version => {
-            println!("audit-forwarder {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", cli::VERSION);
             return ExitCode::SUCCESS;
         }
         cli::Command::Forward(args) => {

@@ -4,29 +4,32 @@
 //! the loop through a `mio::Waker` when an answer is there; the connection collects it on its
 //! next turn. Literal addresses are answered at once, without the thread.
 //!
-//! The lookup itself is one replaceable function ([`system_lookup`]): the static build for a
-//! scratch image may swap in its own reader of `/etc/hosts` and `/etc/resolv.conf`, and tests
-//! inject lookups that block or return chosen addresses.
+//! The lookup itself is one replaceable function ([`system_lookup`]): our own reader of
+//! `/etc/hosts` and `/etc/resolv.conf` (`dns`), not the C library's, so that the static binary
+//! in a scratch image needs no NSS modules; tests inject lookups that block or return chosen
+//! addresses.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use mio::Waker;
 
+use crate::net::dns;
+
 /// Every address `host` has, in the order they should be tried; an error names the host.
 pub type Lookup = Arc<dyn Fn(&str, u16) -> Result<Vec<SocketAddr>, String> + Send + Sync>;
 
-/// The C library's `getaddrinfo` (through std), which orders the addresses by RFC 6724.
+/// `/etc/hosts`, then the nameservers of `/etc/resolv.conf` (see `dns`): IPv4 addresses first.
 pub fn system_lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
+    let ips = dns::lookup(host)?;
+    if ips.is_empty() {
         return Err(format!("resolve {host}: no addresses"));
     }
-    Ok(addrs)
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// A lookup that was asked for; its answer is collected with [`Resolver::answer`].

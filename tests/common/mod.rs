@@ -777,7 +777,21 @@ fn send_signal(child: &Child, sig: libc::c_int) {
 }
 
 fn base_command(args: &[String]) -> Command {
-    let mut cmd = Command::new(bin());
+    launched_command(&[], args)
+}
+
+/// The binary with `args`, started through `launcher` when it is not empty: its first word is
+/// the program, the rest go before `args` (tests/emptyroot.rs: `chroot --userspec=U:G ROOT
+/// /audit-forwarder`; chroot execs, so the child's pid is the binary's).
+fn launched_command(launcher: &[String], args: &[String]) -> Command {
+    let mut cmd = match launcher.split_first() {
+        Some((program, before)) => {
+            let mut c = Command::new(program);
+            c.args(before);
+            c
+        }
+        None => Command::new(bin()),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -854,6 +868,8 @@ pub struct Tailer {
     starts: usize,
     /// Arguments after `--listen ADDR` (TLS, shared key); kept for restarts.
     extra: Vec<String>,
+    /// See [`launched_command`]; empty for the binary itself.
+    launcher: Vec<String>,
 }
 
 impl Tailer {
@@ -863,6 +879,12 @@ impl Tailer {
 
     /// `audit-forwarder tailer --listen 127.0.0.1:PORT <extra...>`.
     pub fn start_with(port: u16, extra: Vec<String>) -> Tailer {
+        Tailer::start_launched(port, extra, Vec::new())
+    }
+
+    /// Like [`Tailer::start_with`], the binary started through `launcher` (see
+    /// [`launched_command`]).
+    pub fn start_launched(port: u16, extra: Vec<String>, launcher: Vec<String>) -> Tailer {
         let mut t = Tailer {
             port,
             child: None,
@@ -871,6 +893,7 @@ impl Tailer {
             threads: Vec::new(),
             starts: 0,
             extra,
+            launcher,
         };
         t.spawn();
         t
@@ -895,7 +918,7 @@ impl Tailer {
             self.starts += 1;
             lock(&self.stderr)
                 .extend_from_slice(format!("--- tailer start #{} ---\n", self.starts).as_bytes());
-            let mut child = base_command(&args)
+            let mut child = launched_command(&self.launcher, &args)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {} tailer: {e}", bin()));
             let (out, err) = take_pipes(&mut child);
@@ -1111,6 +1134,8 @@ pub struct Forwarder {
     output: Arc<Mutex<Vec<u8>>>,
     threads: Vec<JoinHandle<()>>,
     starts: usize,
+    /// See [`launched_command`]; empty for the binary itself.
+    launcher: Vec<String>,
 }
 
 impl Forwarder {
@@ -1120,7 +1145,18 @@ impl Forwarder {
 
     /// Starts with `env` set on top of the cleaned environment.
     pub fn start_env(args: Vec<String>, env: &[(&str, &str)]) -> Forwarder {
+        Forwarder::start_launched(args, env, Vec::new())
+    }
+
+    /// Like [`Forwarder::start_env`], the binary started through `launcher` (see
+    /// [`launched_command`]).
+    pub fn start_launched(
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        launcher: Vec<String>,
+    ) -> Forwarder {
         let mut f = Forwarder {
+            launcher,
             args,
             env: env
                 .iter()
@@ -1140,7 +1176,7 @@ impl Forwarder {
         self.starts += 1;
         lock(&self.output)
             .extend_from_slice(format!("--- forwarder start #{} ---\n", self.starts).as_bytes());
-        let mut child = base_command(&self.args)
+        let mut child = launched_command(&self.launcher, &self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} {:?}: {e}", bin(), self.args));
