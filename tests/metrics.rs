@@ -289,6 +289,7 @@ fn m01_scrape_matches_what_the_tailer_received() {
     assert_eq!(metric(&m, "ready"), 1.0);
     let target = format!("target_info{{target=\"127.0.0.1:{port}\"}}");
     assert_eq!(metric(&m, &target), 1.0);
+    assert_eq!(metric(&m, "connected"), 1.0);
     assert!(metric(&m, "build_info{version=\"0.1.0\"}") == 1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -357,7 +358,8 @@ fn m02_killed_tailer_turns_readyz_503_and_back() {
     assert!(counted, "no refused connection counted: {m:#?}");
     assert_eq!(metric(&m, "ready"), 0.0);
     let target = format!("target_info{{target=\"127.0.0.1:{port}\"}}");
-    assert_eq!(metric(&m, &target), 0.0);
+    assert_eq!(metric(&m, &target), 1.0);
+    assert_eq!(metric(&m, "connected"), 0.0);
     assert_eq!(get(mport, "/healthz").0, 200);
 
     tailer.restart();

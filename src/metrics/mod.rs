@@ -164,7 +164,8 @@ pub fn render(s: &Snapshot) -> String {
     metric(
         "lag_bytes",
         "gauge",
-        "Bytes of the audit log files not read yet (file sizes minus where reading stands).",
+        "Bytes of the audit log files not read yet (file sizes minus where reading stands); \
+         read but unacked bytes are bytes_read_total - bytes_acked_total.",
         &one(s.lag_bytes),
     );
     metric(
@@ -216,11 +217,14 @@ pub fn render(s: &Snapshot) -> String {
     metric(
         "target_info",
         "gauge",
-        "The receiver (empty while not known); 1 while connected, else 0.",
-        &[(
-            format!("{{target=\"{}\"}}", label(target)),
-            if s.connected { 1.0 } else { 0.0 },
-        )],
+        "Always 1; the receiver is the label (empty while not known).",
+        &[(format!("{{target=\"{}\"}}", label(target)), 1.0)],
+    );
+    metric(
+        "connected",
+        "gauge",
+        "1 while connected to the receiver (TLS and handshake done), else 0.",
+        &one(u64::from(s.connected)),
     );
     metric(
         "position_writes_total",
@@ -607,6 +611,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("audit_forwarder_target_info{target=\"a\\\"b\\\\c\"} 1\n"));
+        assert!(text.contains("audit_forwarder_connected 1\n"));
         assert!(text.contains("audit_forwarder_connection_failures_total{reason=\"refused\"} 2\n"));
         // Every sample follows its own HELP and TYPE lines.
         let mut declared = String::new();
