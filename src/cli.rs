@@ -76,6 +76,10 @@ OPTIONS:
         On shutdown, how long to keep waiting for outstanding acks.
     --stats-interval DURATION     [AUDIT_STATS_INTERVAL] default: 60s
         How often the stats line is logged; greater than 0.
+    --metrics-address HOST:PORT   [AUDIT_METRICS_ADDRESS] default: none (off)
+        Serve /metrics (Prometheus text format), /healthz (the process runs) and /readyz
+        (200 while connected to the receiver and acks come back, else 503 with the reason)
+        over HTTP on this address, e.g. 0.0.0.0:9090; \"\" for none.
     -L, --log-level LEVEL         [AUDIT_LOG_LEVEL] default: info
         One of error, warn, info, debug, trace.
     -O, --fluent-log-level LEVEL  [AUDIT_FLUENT_LOG_LEVEL] default: info
@@ -333,6 +337,8 @@ pub struct ForwardArgs {
     pub ack_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
+    /// Where to serve /metrics, /healthz and /readyz; None: nowhere.
+    pub metrics_address: Option<String>,
     /// Some: `--fluent-log-level` was set (valid, lowercase). Nothing uses it: it is kept
     /// only so that the caller can say once that it is ignored.
     pub fluent_log_level: Option<String>,
@@ -562,6 +568,7 @@ const FORWARD_SETTINGS: &[&str] = &[
     "backoff-timer",
     "shutdown-timeout",
     "stats-interval",
+    "metrics-address",
     "log-level",
     "fluent-log-level",
     "tls-basedir",
@@ -667,6 +674,7 @@ fn parse_forward(
     let mut ack_timeout = None;
     let mut shutdown_timeout = None;
     let mut stats_interval = None;
+    let mut metrics_address = None;
     let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
@@ -720,6 +728,7 @@ fn parse_forward(
             Long("ack-timeout") => ack_timeout = Some(parser.value()?),
             Long("shutdown-timeout") => shutdown_timeout = Some(parser.value()?),
             Long("stats-interval") => stats_interval = Some(parser.value()?),
+            Long("metrics-address") => metrics_address = Some(parser.value()?),
             Short('h') | Long("help") => return Ok(Command::Help(HELP)),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(value) if value == "tailer" && after_secret.is_none() => {
@@ -913,6 +922,13 @@ fn parse_forward(
         text(positive_duration),
     )?
     .map_or(DEFAULT_STATS_INTERVAL, |s| s.value);
+    let metrics_address = resolve(
+        metrics_address,
+        "metrics-address",
+        src,
+        text(parse_metrics_address),
+    )?
+    .and_then(|s| s.value);
 
     // Saturating: a max line size near u64::MAX must read as "needs more than any limit", not
     // wrap into a small minimum.
@@ -952,6 +968,7 @@ fn parse_forward(
         ack_timeout,
         shutdown_timeout,
         stats_interval,
+        metrics_address,
         fluent_log_level,
     }))
 }
@@ -1658,6 +1675,14 @@ fn parse_listen(s: &str) -> Result<String, String> {
     parse_host_port(s, 0).map(|_| s.to_string())
 }
 
+/// A listen address, or "" for none (an empty variable in a manifest turns it off).
+fn parse_metrics_address(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    parse_listen(s).map(Some)
+}
+
 fn parse_host_port(s: &str, min_port: u16) -> Result<Target, String> {
     let invalid = |problem: String| format!("invalid address {s:?}: {problem}");
     let (host, port) = if let Some(bracketed) = s.strip_prefix('[') {
@@ -2039,6 +2064,7 @@ mod tests {
             ack_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(60),
+            metrics_address: None,
             fluent_log_level: None,
         }
     }
@@ -2157,6 +2183,9 @@ mod tests {
         }),
         ("stats-interval", "300ms", |f| {
             f.stats_interval = Duration::from_millis(300)
+        }),
+        ("metrics-address", "0.0.0.0:9090", |f| {
+            f.metrics_address = Some("0.0.0.0:9090".to_string())
         }),
     ];
 
@@ -3171,6 +3200,7 @@ mod tests {
             ("backoff-timer", "default: 10s"),
             ("shutdown-timeout", "default: 10s"),
             ("stats-interval", "default: 60s"),
+            ("metrics-address", "default: none (off)"),
             ("log-level", "default: info"),
         ];
         let tailer: &[(&str, &str)] = &[
@@ -3991,6 +4021,73 @@ mod tests {
         for &(args, env, want) in cases {
             let kube = forward(args, env).kube.expect("discovery");
             assert_eq!(kube.kubecfg, Path::new(want), "{args:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn cli_metrics_address() {
+        let cases: &[(Args, EnvTable, Option<&str>)] = &[
+            (&[], &[], None),
+            (
+                &["--metrics-address=0.0.0.0:9090"],
+                &[],
+                Some("0.0.0.0:9090"),
+            ),
+            (&["--metrics-address", "[::]:9090"], &[], Some("[::]:9090")),
+            (
+                &["--metrics-address", "localhost:0"],
+                &[],
+                Some("localhost:0"),
+            ),
+            (
+                &[],
+                &[("AUDIT_METRICS_ADDRESS", "127.0.0.1:8080")],
+                Some("127.0.0.1:8080"),
+            ),
+            // An empty variable (a manifest's default) means off.
+            (&[], &[("AUDIT_METRICS_ADDRESS", "")], None),
+            (
+                &["--metrics-address="],
+                &[("AUDIT_METRICS_ADDRESS", "a:1")],
+                None,
+            ),
+        ];
+        for &(args, env, want) in cases {
+            let got = forward(&[REQUIRED, args].concat(), env);
+            assert_eq!(got.metrics_address.as_deref(), want, "{args:?} {env:?}");
+            assert_eq!(
+                ForwardArgs {
+                    metrics_address: None,
+                    ..got
+                },
+                defaults()
+            );
+        }
+        let err: &[(Args, EnvTable, &str)] = &[
+            (
+                &["--metrics-address=9090"],
+                &[],
+                "--metrics-address: invalid address \"9090\"",
+            ),
+            (
+                &[],
+                &[("AUDIT_METRICS_ADDRESS", ":9090")],
+                "AUDIT_METRICS_ADDRESS: invalid",
+            ),
+            (
+                &["--metrics-address", "::1:9090"],
+                &[],
+                "--metrics-address: invalid",
+            ),
+            (
+                &["--metrics-address", "a:70000"],
+                &[],
+                "--metrics-address: invalid",
+            ),
+        ];
+        for &(args, env, want) in err {
+            let args = [REQUIRED, args].concat();
+            assert_usage_error(run(&args, env), want, &args);
         }
     }
 

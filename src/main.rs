@@ -9,6 +9,7 @@ mod event_loop;
 mod follow;
 mod forward;
 mod kube;
+mod metrics;
 mod net;
 mod sys;
 mod tailer;

@@ -3,7 +3,9 @@
 //! the position file), the signals, the certificate-file watches ([`watches`]) and the
 //! Kubernetes client (`kube::client`). `run` only polls, hands each event to the source that
 //! owns its token, asks every source for its deadline, and passes what one source learned
-//! (stop, new TLS material, a new receiver address) to the data path as an [`Effect`].
+//! (stop, new TLS material, a new receiver address) to the data path as an [`Effect`]. The
+//! metrics endpoint is a source too, and after each turn answers its pending requests with the
+//! data path's [`Pipeline::snapshot`].
 
 mod pipeline;
 mod watches;
@@ -17,6 +19,7 @@ use mio::{Events, Poll, Registry, Token};
 use crate::cli::{ForwardArgs, Target};
 use crate::config::Config;
 use crate::kube;
+use crate::metrics;
 use crate::net::resolve::{self, Resolver};
 use crate::net::tls;
 
@@ -46,7 +49,8 @@ pub trait Source {
     fn deadline(&self) -> Option<Instant>;
 }
 
-/// Tokens by owner; the Kubernetes client takes the range from `KUBE`.
+/// Tokens by owner; the Kubernetes client takes the range from `KUBE`, the metrics endpoint
+/// the range from `METRICS` (its listener, then one per client).
 pub const SIGNALS: Token = Token(0);
 pub const INOTIFY: Token = Token(1);
 pub const CONN: Token = Token(2);
@@ -55,6 +59,7 @@ pub const PROXY_CERTS: Token = Token(4);
 /// The resolver threads' shared wake-up: answers are collected by their owners every turn.
 pub const RESOLVER: Token = Token(5);
 pub const KUBE: Token = Token(16);
+pub const METRICS: Token = Token(32);
 
 pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
@@ -75,6 +80,11 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
         )?));
     }
     let mut pipeline = Pipeline::new(args, cfg, &registry, resolver)?;
+    // Kept apart from `sources` because it alone also reads the data path's figures.
+    let mut metrics = match &args.metrics_address {
+        Some(addr) => Some(metrics::Server::new(addr, &registry, METRICS)?),
+        None => None,
+    };
 
     let mut events = Events::with_capacity(64);
     let mut effects = Vec::new();
@@ -82,6 +92,8 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
         let now = Instant::now();
         let wake = sources
             .iter()
+            .map(|s| s.as_ref())
+            .chain(metrics.as_ref().map(|m| m as &dyn Source))
             .filter_map(|s| s.deadline())
             .chain(pipeline.deadline(now))
             .min()
@@ -93,13 +105,17 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
         }
         for ev in events.iter() {
             let token = ev.token();
-            for s in sources.iter_mut().filter(|s| s.owns(token)) {
-                s.on_event(token, &registry, &mut effects);
+            let all = sources.iter_mut().map(|s| s.as_mut());
+            for s in all.chain(metrics.as_mut().map(|m| m as &mut dyn Source)) {
+                if s.owns(token) {
+                    s.on_event(token, &registry, &mut effects);
+                }
             }
             pipeline.on_event(token);
         }
         let now = Instant::now();
-        for s in sources.iter_mut() {
+        let all = sources.iter_mut().map(|s| s.as_mut());
+        for s in all.chain(metrics.as_mut().map(|m| m as &mut dyn Source)) {
             s.on_time(now, &registry, &mut effects);
         }
         for e in effects.drain(..) {
@@ -107,6 +123,9 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
         }
         if pipeline.turn(&registry)? {
             return Ok(());
+        }
+        if let Some(m) = metrics.as_mut().filter(|m| m.has_pending()) {
+            m.answer_pending(&pipeline.snapshot(), &registry);
         }
     }
 }

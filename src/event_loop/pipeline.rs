@@ -18,7 +18,8 @@ use crate::follow::offsets::{self, Store};
 use crate::follow::tail::{Progress, Tail};
 use crate::forward::outbox::{Builder, Outbox};
 use crate::forward::transcode::{self, Kind};
-use crate::net::conn::{self, Conn};
+use crate::metrics::Snapshot;
+use crate::net::conn::{self, Conn, FailClass};
 use crate::net::resolve::Resolver;
 use crate::sys;
 
@@ -33,6 +34,13 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const DIR_RETRY: Duration = Duration::from_secs(1);
 
 struct Stats {
+    lines_read: u64,
+    bytes_read: u64,
+    position_writes: u64,
+    position_write_failures: u64,
+    /// `acked_total.records` when it last grew, and when that was (wall clock, for the metric).
+    acked_seen: u64,
+    last_ack: Option<std::time::SystemTime>,
     malformed: u64,
     rejected: u64,
     skipped_long: u64,
@@ -152,6 +160,12 @@ impl Pipeline {
             conn,
             store,
             stats: Stats {
+                lines_read: 0,
+                bytes_read: 0,
+                position_writes: 0,
+                position_write_failures: 0,
+                acked_seen: 0,
+                last_ack: None,
                 malformed: 0,
                 rejected: 0,
                 skipped_long: 0,
@@ -269,10 +283,19 @@ impl Pipeline {
             set_aside(&self.rejected_path, &r);
         }
         self.note_peak();
+        if self.outbox.acked_total.records != self.stats.acked_seen {
+            self.stats.acked_seen = self.outbox.acked_total.records;
+            self.stats.last_ack = Some(std::time::SystemTime::now());
+        }
 
         let now = Instant::now();
         if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
-            save_position(&mut self.store, &self.outbox, &mut self.position_failing);
+            save_position(
+                &mut self.store,
+                &self.outbox,
+                &mut self.position_failing,
+                &mut self.stats,
+            );
             self.next_flush = now + FLUSH_EVERY;
         }
         if now >= self.next_stats {
@@ -289,7 +312,12 @@ impl Pipeline {
                     );
                 }
                 self.conn.close(registry);
-                save_position(&mut self.store, &self.outbox, &mut self.position_failing);
+                save_position(
+                    &mut self.store,
+                    &self.outbox,
+                    &mut self.position_failing,
+                    &mut self.stats,
+                );
                 self.log_stats();
                 info!("stopped");
                 return Ok(true);
@@ -336,6 +364,8 @@ impl Pipeline {
                     Piece::Line(line) => {
                         builder.records += 1;
                         builder.source_bytes += line.len() as u64 + 1;
+                        stats.lines_read += 1;
+                        stats.bytes_read += line.len() as u64 + 1;
                         if transcode::append_entry(line, et, builder.entries()) == Kind::Fallback {
                             stats.malformed += 1;
                             note_malformed(stats, name, line);
@@ -371,6 +401,40 @@ impl Pipeline {
             seal(outbox, builder, tag, gzip, rng);
         }
         Ok(())
+    }
+
+    /// The figures of the metrics endpoint, at this moment.
+    pub fn snapshot(&self) -> Snapshot {
+        let failures = &self.conn.failures;
+        Snapshot {
+            lines_read: self.stats.lines_read,
+            bytes_read: self.stats.bytes_read,
+            records_acked: self.outbox.acked_total.records,
+            bytes_acked: self.outbox.acked_total.source_bytes,
+            chunks_unacked: self.outbox.unacked() as u64,
+            buffered_bytes: buffered(&self.tail, &self.builder, &self.outbox) as u64,
+            buffered_peak_bytes: self.stats.peak as u64,
+            mem_buf_limit: self.limit as u64,
+            lag_bytes: self.tail.lag_bytes(),
+            lines_too_long: self.stats.skipped_long,
+            lines_not_json: self.stats.malformed,
+            records_rejected: self.stats.rejected,
+            reconnects: self.conn.reconnects,
+            connection_failures: FailClass::ALL
+                .iter()
+                .zip(failures)
+                .map(|(c, n)| (c.name(), *n))
+                .collect(),
+            last_ack: self.stats.last_ack,
+            target: self.conn.target(),
+            connected: self.conn.is_ready(),
+            last_failure: self.conn.last_failure().map(str::to_string),
+            oldest_unacked_age: self.outbox.oldest_unacked_sent().map(|(t, _)| t.elapsed()),
+            ack_timeout: self.conn.ack_timeout(),
+            position_writes: self.stats.position_writes,
+            position_write_failures: self.stats.position_write_failures,
+            read_problem: self.tail.open_problem().map(str::to_string),
+        }
     }
 
     fn note_peak(&mut self) {
@@ -454,10 +518,16 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
 /// Writes the committed position. A failure is said once with what would fix it, then
 /// reminded every few minutes with a count, not at every 200 ms flush; the write is retried at
 /// every flush, so a fixed permission is picked up at once.
-fn save_position(store: &mut Store, outbox: &Outbox, failing: &mut Option<Failing>) {
+fn save_position(
+    store: &mut Store,
+    outbox: &Outbox,
+    failing: &mut Option<Failing>,
+    stats: &mut Stats,
+) {
     let Some(p) = outbox.committed() else {
         return;
     };
+    stats.position_writes += 1;
     match store.save(p) {
         Ok(()) => {
             if let Some(f) = failing.take() {
@@ -469,6 +539,7 @@ fn save_position(store: &mut Store, outbox: &Outbox, failing: &mut Option<Failin
             }
         }
         Err(e) => {
+            stats.position_write_failures += 1;
             let now = Instant::now();
             match failing {
                 Some(f) => {

@@ -213,6 +213,14 @@ impl Tail {
         self.wd.is_none() || self.open_failed
     }
 
+    /// Why a file we need cannot be opened or listed right now (retried on every tick).
+    pub fn open_problem(&self) -> Option<&str> {
+        match &self.last_open_error {
+            Some((text, _)) if self.open_failed => Some(text),
+            _ => None,
+        }
+    }
+
     /// The position to commit once everything handed out so far is acked: where reading
     /// stands, or the end of the last finished file while the current one cannot be told apart
     /// from others yet (identity rule 3).

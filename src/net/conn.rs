@@ -162,6 +162,85 @@ pub struct Conn {
     /// The address of the attempt's socket, named in the log line of its failure.
     peer: Option<String>,
     rng: u64,
+    /// Failures by [`FailClass`], for the metrics.
+    pub failures: [u64; FailClass::ALL.len()],
+    /// The phase the last transition started from: what a failure is classified by.
+    phase: FailClass,
+}
+
+/// A coarse reason class of a connection failure, for the metrics: an operator alerts on
+/// "refused" differently than on "tls".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailClass {
+    Resolve,
+    Refused,
+    Timeout,
+    Tls,
+    Proxy,
+    Handshake,
+    /// The receiver closed or reset an established connection.
+    Closed,
+    Other,
+}
+
+impl FailClass {
+    pub const ALL: [FailClass; 8] = [
+        FailClass::Resolve,
+        FailClass::Refused,
+        FailClass::Timeout,
+        FailClass::Tls,
+        FailClass::Proxy,
+        FailClass::Handshake,
+        FailClass::Closed,
+        FailClass::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailClass::Resolve => "resolve",
+            FailClass::Refused => "refused",
+            FailClass::Timeout => "timeout",
+            FailClass::Tls => "tls",
+            FailClass::Proxy => "proxy",
+            FailClass::Handshake => "handshake",
+            FailClass::Closed => "closed",
+            FailClass::Other => "other",
+        }
+    }
+
+    /// The class a state's failures fall in unless their text says otherwise.
+    fn of_state(state: &State) -> FailClass {
+        match state {
+            State::Down { .. } => FailClass::Other,
+            State::Resolving { .. } => FailClass::Resolve,
+            State::Connecting { .. } => FailClass::Refused,
+            State::ProxyTls { .. } | State::Tls { .. } => FailClass::Tls,
+            State::Proxying { .. } => FailClass::Proxy,
+            State::Handshake { .. } => FailClass::Handshake,
+            State::Ready { .. } => FailClass::Closed,
+        }
+    }
+
+    /// The failure's class from the phase it happened in and its text: timeouts are one class
+    /// whatever the phase; a connect that failed otherwise than by refusal (no route, a
+    /// konnectivity socket missing) is "other", as are protocol faults of an open connection.
+    fn classify(phase: FailClass, reason: &str) -> FailClass {
+        let r = reason.to_ascii_lowercase();
+        if r.contains("timed out") || r.contains("timeout") || r.contains("no answer") {
+            return FailClass::Timeout;
+        }
+        match phase {
+            FailClass::Refused if !r.contains("refused") => FailClass::Other,
+            FailClass::Closed
+                if !["closed", "reset", "eof", "end of file", "broken pipe"]
+                    .iter()
+                    .any(|w| r.contains(w)) =>
+            {
+                FailClass::Other
+            }
+            other => other,
+        }
+    }
 }
 
 type Step = Result<(), String>;
@@ -183,6 +262,8 @@ impl Conn {
             plan: Plan::default(),
             peer: None,
             rng: seed | 1,
+            failures: [0; FailClass::ALL.len()],
+            phase: FailClass::Other,
         }
     }
 
@@ -227,6 +308,25 @@ impl Conn {
 
     pub fn has_target(&self) -> bool {
         self.cfg.target.is_some()
+    }
+
+    /// The receiver as `HOST:PORT`, if known.
+    pub fn target(&self) -> Option<String> {
+        self.cfg.target.as_ref().map(|t| t.to_string())
+    }
+
+    /// Connected and past TLS and the handshake: chunks may flow.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    /// Why the last attempt or connection failed, until one succeeds.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last_failure.as_deref()
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        self.cfg.ack_timeout
     }
 
     /// The receiver for log lines.
@@ -288,6 +388,7 @@ impl Conn {
     fn step(&mut self, registry: &Registry, outbox: &mut Outbox, now: Instant) -> Step {
         loop {
             let state = std::mem::replace(&mut self.state, State::Down { retry_at: now });
+            self.phase = FailClass::of_state(&state);
             let (next, again) = self.advance(state, registry, outbox, now)?;
             self.state = next;
             if !again {
@@ -892,6 +993,14 @@ impl Conn {
         // already (closing the descriptor removes it from epoll); only its address is left.
         let delay = self.next_backoff();
         let at = peer_hint(&self.peer.take());
+        let class = FailClass::classify(self.phase, &reason);
+        if let Some(n) = FailClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .and_then(|i| self.failures.get_mut(i))
+        {
+            *n += 1;
+        }
         if self.last_failure.as_deref() == Some(reason.as_str()) {
             debug!(
                 "{}{at}: {reason}; retrying in {:.1}s",
@@ -1074,6 +1183,57 @@ mod tests {
     use crate::net::resolve::Lookup;
     use mio::{Events, Poll, Waker};
     use std::net::TcpListener;
+
+    #[test]
+    fn conn_failure_classes() {
+        use FailClass::*;
+        let cases = [
+            (
+                Refused,
+                "connect to 127.0.0.1:9: Connection refused (os error 111)",
+                Refused,
+            ),
+            (
+                Refused,
+                "connect to 127.0.0.1:9: timed out after 10s",
+                Timeout,
+            ),
+            (
+                Refused,
+                "connect to 10.0.0.1:9: No route to host (os error 113)",
+                Other,
+            ),
+            (Resolve, "resolve tailer: no addresses", Resolve),
+            (
+                Resolve,
+                "resolve tailer: no answer within 10s (--connect-timeout)",
+                Timeout,
+            ),
+            (Tls, "invalid peer certificate: UnknownIssuer", Tls),
+            (Proxy, "the proxy answered 403 Forbidden", Proxy),
+            (
+                Handshake,
+                "shared-key handshake: the server refused",
+                Handshake,
+            ),
+            (Closed, "Connection reset by peer (os error 104)", Closed),
+            (Closed, "the receiver closed the connection (EOF)", Closed),
+            (
+                Closed,
+                "ack timeout: no ack for chunk x within 60s",
+                Timeout,
+            ),
+            (Closed, "an ack for a chunk we did not send", Other),
+            (Other, "register socket: out of memory", Other),
+        ];
+        for (phase, reason, want) in cases {
+            assert_eq!(
+                FailClass::classify(phase, reason),
+                want,
+                "{phase:?} {reason}"
+            );
+        }
+    }
 
     const CONN: Token = Token(1);
     const WAKE: Token = Token(9);

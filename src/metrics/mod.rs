@@ -1,0 +1,626 @@
+//! `--metrics-address`: the forwarder seen from outside. It owns the listening socket, the
+//! connections of scrapers and probes (at most [`MAX_CLIENTS`], each with a deadline), and the
+//! rendering of a [`Snapshot`] of the data path into the Prometheus text format (`/metrics`) and
+//! into the readiness verdict (`/readyz`). It runs on the forwarder's loop, so everything it does
+//! is bounded: a request is read only up to [`http_server::MAX_HEAD`], a connection lives at most
+//! [`CLIENT_DEADLINE`], and extra connections are closed as they are accepted; none of it waits.
+
+pub mod http_server;
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{debug, info};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+use crate::event_loop::{Effect, Source};
+use http_server::{Decision, Route, Status};
+
+/// Scrapers and probes held at once; a connection beyond it is closed as soon as it is accepted.
+pub const MAX_CLIENTS: usize = 64;
+/// How long one connection may take from accept to the last byte of its answer (a slowloris
+/// client that trickles its request is closed then).
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections accepted in one turn before the loop gets back to forwarding; the rest wait for
+/// the next turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Bytes read and thrown away after the answer (so closing does not reset the connection
+/// before the client has read it); a client still sending past this is closed.
+const DRAIN_MAX: usize = 64 * 1024;
+
+/// The data path's figures at one moment: plain numbers and strings, taken by
+/// `Pipeline::snapshot` each time a scrape or probe is answered.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub lines_read: u64,
+    pub bytes_read: u64,
+    pub records_acked: u64,
+    pub bytes_acked: u64,
+    pub chunks_unacked: u64,
+    pub buffered_bytes: u64,
+    pub buffered_peak_bytes: u64,
+    pub mem_buf_limit: u64,
+    pub lag_bytes: u64,
+    pub lines_too_long: u64,
+    pub lines_not_json: u64,
+    pub records_rejected: u64,
+    pub reconnects: u64,
+    /// Connection failures by coarse reason (`net::conn::FailClass` names), every class listed.
+    pub connection_failures: Vec<(&'static str, u64)>,
+    pub last_ack: Option<SystemTime>,
+    /// The receiver as `HOST:PORT`, when one is known.
+    pub target: Option<String>,
+    /// Connected and handshaken, chunks may flow.
+    pub connected: bool,
+    pub last_failure: Option<String>,
+    /// How long the oldest chunk sent has waited for its ack.
+    pub oldest_unacked_age: Option<Duration>,
+    pub ack_timeout: Duration,
+    pub position_writes: u64,
+    pub position_write_failures: u64,
+    /// Why the audit log cannot be read right now, if it cannot.
+    pub read_problem: Option<String>,
+}
+
+/// `/readyz`: ready once connected and acks come back; otherwise the one reason why not.
+pub fn readiness(s: &Snapshot) -> Result<(), String> {
+    if let Some(p) = &s.read_problem {
+        return Err(one_line(&format!("cannot read the audit log: {p}")));
+    }
+    let Some(target) = &s.target else {
+        return Err("no target yet (the receiver is not known)".to_string());
+    };
+    if !s.connected {
+        let why = match &s.last_failure {
+            Some(f) => format!("not connected to {target}: {f}"),
+            None => format!("not connected to {target} yet"),
+        };
+        return Err(one_line(&why));
+    }
+    if s.oldest_unacked_age.is_some_and(|age| age >= s.ack_timeout) {
+        return Err(format!(
+            "no ack from {target} within {:?} (--ack-timeout)",
+            s.ack_timeout
+        ));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The Prometheus text exposition format (version 0.0.4) of a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP audit_forwarder_{name} {help}");
+        let _ = writeln!(out, "# TYPE audit_forwarder_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "audit_forwarder_{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    metric(
+        "build_info",
+        "gauge",
+        "Always 1; the version is a label.",
+        &[(
+            format!("{{version=\"{}\"}}", label(env!("CARGO_PKG_VERSION"))),
+            1.0,
+        )],
+    );
+    metric(
+        "lines_read_total",
+        "counter",
+        "Audit log lines read (each becomes one record).",
+        &one(s.lines_read),
+    );
+    metric(
+        "bytes_read_total",
+        "counter",
+        "Bytes of audit log lines read, newlines included.",
+        &one(s.bytes_read),
+    );
+    metric(
+        "records_acked_total",
+        "counter",
+        "Records the receiver acknowledged.",
+        &one(s.records_acked),
+    );
+    metric(
+        "bytes_acked_total",
+        "counter",
+        "Audit log bytes whose records the receiver acknowledged.",
+        &one(s.bytes_acked),
+    );
+    metric(
+        "chunks_unacked",
+        "gauge",
+        "Chunks sealed and not yet acknowledged (in flight or waiting to be sent).",
+        &one(s.chunks_unacked),
+    );
+    metric(
+        "buffered_bytes",
+        "gauge",
+        "Bytes held in memory for lines read but not yet acknowledged.",
+        &one(s.buffered_bytes),
+    );
+    metric(
+        "buffered_peak_bytes",
+        "gauge",
+        "The most bytes held in memory so far.",
+        &one(s.buffered_peak_bytes),
+    );
+    metric(
+        "mem_buf_limit_bytes",
+        "gauge",
+        "--mem-buf-limit: the bound of buffered_bytes.",
+        &one(s.mem_buf_limit),
+    );
+    metric(
+        "lag_bytes",
+        "gauge",
+        "Bytes of the audit log files not read yet (file sizes minus where reading stands); \
+         read but unacked bytes are bytes_read_total - bytes_acked_total.",
+        &one(s.lag_bytes),
+    );
+    metric(
+        "lines_skipped_total",
+        "counter",
+        "Lines not delivered, by reason (too_long: over --max-line-size).",
+        &[("{reason=\"too_long\"}".to_string(), s.lines_too_long as f64)],
+    );
+    metric(
+        "lines_not_json_total",
+        "counter",
+        "Lines that are not JSON objects, delivered wrapped as {\"log\": line}.",
+        &one(s.lines_not_json),
+    );
+    metric(
+        "records_rejected_total",
+        "counter",
+        "Records set aside because the receiver kept dropping the connection over them.",
+        &one(s.records_rejected),
+    );
+    metric(
+        "reconnects_total",
+        "counter",
+        "Connections to the receiver established after the first one.",
+        &one(s.reconnects),
+    );
+    let failures: Vec<(String, f64)> = s
+        .connection_failures
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", label(reason)), *n as f64))
+        .collect();
+    metric(
+        "connection_failures_total",
+        "counter",
+        "Connection attempts or connections that failed, by coarse reason.",
+        &failures,
+    );
+    let last_ack = s
+        .last_ack
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs() as f64);
+    metric(
+        "last_ack_timestamp_seconds",
+        "gauge",
+        "Unix time of the last ack that acknowledged records; 0 before the first.",
+        &[(String::new(), last_ack)],
+    );
+    let target = s.target.as_deref().unwrap_or("");
+    metric(
+        "target_info",
+        "gauge",
+        "Always 1; the receiver is the label (empty while not known).",
+        &[(format!("{{target=\"{}\"}}", label(target)), 1.0)],
+    );
+    metric(
+        "connected",
+        "gauge",
+        "1 while connected to the receiver (TLS and handshake done), else 0.",
+        &one(u64::from(s.connected)),
+    );
+    metric(
+        "position_writes_total",
+        "counter",
+        "Writes of the position file, successful or not.",
+        &one(s.position_writes),
+    );
+    metric(
+        "position_write_failures_total",
+        "counter",
+        "Writes of the position file that failed.",
+        &one(s.position_write_failures),
+    );
+    metric(
+        "log_unreadable",
+        "gauge",
+        "1 while an audit log file cannot be opened, else 0.",
+        &one(u64::from(s.read_problem.is_some())),
+    );
+    metric(
+        "ready",
+        "gauge",
+        "1 when /readyz answers 200, else 0.",
+        &one(u64::from(readiness(s).is_ok())),
+    );
+    out
+}
+
+/// A label value with `\`, `"` and newlines escaped as the text format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+enum Phase {
+    Reading,
+    /// A request that needs the data path's figures: answered after the turn.
+    Pending {
+        route: Route,
+        head: bool,
+    },
+    Writing {
+        out: Vec<u8>,
+        at: usize,
+    },
+    /// The answer is out and our side shut: reading what the client still sends until it
+    /// closes, so our close does not reset the connection under an unread answer.
+    Draining {
+        drained: usize,
+    },
+}
+
+struct Client {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+    phase: Phase,
+    interest: Interest,
+}
+
+/// The metrics endpoint as a source of the loop. Its listener has `base`; client `i` has
+/// `base + 1 + i`.
+pub struct Server {
+    listener: TcpListener,
+    base: Token,
+    clients: Vec<Option<Client>>,
+    /// The last accept pass stopped at [`ACCEPTS_PER_TURN`]: more may be waiting, and
+    /// edge-triggered readiness will not say so again.
+    backlog: bool,
+}
+
+impl Server {
+    pub fn new(addr: &str, registry: &Registry, base: Token) -> Result<Server, String> {
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
+        let shown = std_listener
+            .local_addr()
+            .map_or_else(|_| addr.to_string(), |a| a.to_string());
+        let mut listener = TcpListener::from_std(std_listener);
+        registry
+            .register(&mut listener, base, Interest::READABLE)
+            .map_err(|e| format!("register metrics listener: {e}"))?;
+        info!("serving /metrics, /healthz and /readyz on http://{shown}");
+        Ok(Server {
+            listener,
+            base,
+            clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+            backlog: false,
+        })
+    }
+
+    /// Whether a request waits for [`Server::answer_pending`].
+    pub fn has_pending(&self) -> bool {
+        self.clients
+            .iter()
+            .flatten()
+            .any(|c| matches!(c.phase, Phase::Pending { .. }))
+    }
+
+    /// Answers every request that waits for the data path's figures.
+    pub fn answer_pending(&mut self, snap: &Snapshot, registry: &Registry) {
+        let mut metrics = None;
+        for slot in 0..self.clients.len() {
+            let Some(c) = &mut self.clients[slot] else {
+                continue;
+            };
+            let Phase::Pending { route, head } = c.phase else {
+                continue;
+            };
+            let out = match route {
+                Route::Metrics => {
+                    let body = metrics.get_or_insert_with(|| render(snap));
+                    http_server::response(
+                        Status::Ok,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        body.as_bytes(),
+                        head,
+                    )
+                }
+                Route::Readyz => match readiness(snap) {
+                    Ok(()) => http_server::text(Status::Ok, "ok", head),
+                    Err(why) => http_server::text(Status::Unavailable, &why, head),
+                },
+                Route::Healthz => http_server::text(Status::Ok, "ok", head),
+            };
+            c.phase = Phase::Writing { out, at: 0 };
+            self.progress(slot, registry);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        self.backlog = false;
+        for _ in 0..ACCEPTS_PER_TURN {
+            let (mut sock, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EMFILE and the like: the next connection's event tries again.
+                Err(e) => {
+                    debug!("metrics: accept: {e}");
+                    return;
+                }
+            };
+            let Some(slot) = self.clients.iter().position(|c| c.is_none()) else {
+                debug!("metrics: {peer}: {MAX_CLIENTS} connections open already, closing");
+                continue;
+            };
+            let token = Token(self.base.0 + 1 + slot);
+            if registry
+                .register(&mut sock, token, Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.clients[slot] = Some(Client {
+                sock,
+                buf: Vec::new(),
+                deadline: Instant::now() + CLIENT_DEADLINE,
+                phase: Phase::Reading,
+                interest: Interest::READABLE,
+            });
+            // Data may have arrived with the connection; its edge is already past.
+            self.progress(slot, registry);
+        }
+        self.backlog = true;
+    }
+
+    /// Moves one client as far as its socket allows; closes it when it is done or broken.
+    fn progress(&mut self, slot: usize, registry: &Registry) {
+        let Some(c) = &mut self.clients[slot] else {
+            return;
+        };
+        let keep = match step(c) {
+            Ok(keep) => keep,
+            Err(e) => {
+                debug!("metrics client: {e}");
+                false
+            }
+        };
+        let want = match c.phase {
+            Phase::Writing { .. } => Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        let mut keep = keep;
+        if keep && want != c.interest {
+            let token = Token(self.base.0 + 1 + slot);
+            keep = registry.reregister(&mut c.sock, token, want).is_ok();
+            c.interest = want;
+        }
+        if !keep {
+            self.close(slot, registry);
+        }
+    }
+
+    fn close(&mut self, slot: usize, registry: &Registry) {
+        if let Some(mut c) = self.clients[slot].take() {
+            let _ = registry.deregister(&mut c.sock);
+        }
+    }
+}
+
+/// One client's progress; false when it is finished.
+fn step(c: &mut Client) -> io::Result<bool> {
+    loop {
+        match &mut c.phase {
+            Phase::Reading => {
+                let mut chunk = [0u8; 2048];
+                let eof = match c.sock.read(&mut chunk) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&chunk[..n]);
+                        false
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                c.phase = match http_server::decide(&c.buf) {
+                    Decision::Partial if eof => return Ok(false),
+                    Decision::Partial => continue,
+                    Decision::Serve {
+                        route: Route::Healthz,
+                        head,
+                    } => Phase::Writing {
+                        out: http_server::text(Status::Ok, "ok", head),
+                        at: 0,
+                    },
+                    Decision::Serve { route, head } => Phase::Pending { route, head },
+                    Decision::Refuse(status) => Phase::Writing {
+                        out: http_server::text(status, refusal(status), false),
+                        at: 0,
+                    },
+                };
+                c.buf = Vec::new();
+            }
+            // Nothing to do until the loop hands over the figures.
+            Phase::Pending { .. } => return Ok(true),
+            Phase::Writing { out, at } => {
+                if *at == out.len() {
+                    let _ = c.sock.shutdown(Shutdown::Write);
+                    c.phase = Phase::Draining { drained: 0 };
+                    continue;
+                }
+                match c.sock.write(&out[*at..]) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => *at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Phase::Draining { drained } => {
+                let mut sink = [0u8; 4096];
+                match c.sock.read(&mut sink) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => {
+                        *drained += n;
+                        if *drained > DRAIN_MAX {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+fn refusal(status: Status) -> &'static str {
+    match status {
+        Status::NotFound => "not found: the paths are /metrics, /healthz and /readyz",
+        Status::MethodNotAllowed => "method not allowed: only GET and HEAD",
+        Status::HeaderTooLarge => "request head too large",
+        _ => "bad request",
+    }
+}
+
+impl Source for Server {
+    fn owns(&self, token: Token) -> bool {
+        (self.base.0..=self.base.0 + MAX_CLIENTS).contains(&token.0)
+    }
+
+    fn on_event(&mut self, token: Token, registry: &Registry, _out: &mut Vec<Effect>) {
+        if token == self.base {
+            self.accept(registry);
+        } else {
+            self.progress(token.0 - self.base.0 - 1, registry);
+        }
+    }
+
+    fn on_time(&mut self, now: Instant, registry: &Registry, _out: &mut Vec<Effect>) {
+        if self.backlog {
+            self.accept(registry);
+        }
+        for slot in 0..self.clients.len() {
+            if self.clients[slot]
+                .as_ref()
+                .is_some_and(|c| now >= c.deadline)
+            {
+                self.close(slot, registry);
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.backlog {
+            return Some(Instant::now());
+        }
+        self.clients.iter().flatten().map(|c| c.deadline).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Snapshot {
+        Snapshot {
+            target: Some("tailer:24224".into()),
+            connected: true,
+            ack_timeout: Duration::from_secs(60),
+            connection_failures: vec![("refused", 2), ("tls", 0)],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn metrics_readiness_table() {
+        type Edit = fn(&mut Snapshot);
+        let cases: &[(Edit, Result<(), &str>)] = &[
+            (|_| {}, Ok(())),
+            (
+                |s| s.oldest_unacked_age = Some(Duration::from_secs(5)),
+                Ok(()),
+            ),
+            (
+                |s| s.target = None,
+                Err("no target yet (the receiver is not known)"),
+            ),
+            (
+                |s| s.connected = false,
+                Err("not connected to tailer:24224 yet"),
+            ),
+            (
+                |s| {
+                    s.connected = false;
+                    s.last_failure = Some("connect to 127.0.0.1:1:\n refused".into());
+                },
+                Err("not connected to tailer:24224: connect to 127.0.0.1:1: refused"),
+            ),
+            (
+                |s| s.oldest_unacked_age = Some(Duration::from_secs(60)),
+                Err("no ack from tailer:24224 within 60s (--ack-timeout)"),
+            ),
+            (
+                |s| {
+                    s.target = None;
+                    s.read_problem = Some("cannot open /a/audit.log: Permission denied".into())
+                },
+                Err("cannot read the audit log: cannot open /a/audit.log: Permission denied"),
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut s = healthy();
+            edit(&mut s);
+            assert_eq!(readiness(&s), want.map_err(str::to_string), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_render_has_help_type_and_escaped_labels() {
+        let mut s = healthy();
+        s.target = Some("a\"b\\c".into());
+        s.records_acked = 7;
+        let text = render(&s);
+        assert!(
+            text.contains("audit_forwarder_records_acked_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("audit_forwarder_target_info{target=\"a\\\"b\\\\c\"} 1\n"));
+        assert!(text.contains("audit_forwarder_connected 1\n"));
+        assert!(text.contains("audit_forwarder_connection_failures_total{reason=\"refused\"} 2\n"));
+        // Every sample follows its own HELP and TYPE lines.
+        let mut declared = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared = rest.split(' ').next().unwrap_or("").to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&declared), "{line} after TYPE {declared}");
+            }
+        }
+    }
+}

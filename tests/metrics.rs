@@ -1,0 +1,463 @@
+//! End-to-end tests of `--metrics-address`: `/metrics` scraped during real runs to the tailer and
+//! parsed whole by a strict Prometheus text-format reader, its counters checked against what the
+//! tailer received; `/readyz` following the receiver going away and coming back; and hostile
+//! clients on the metrics port (garbage, oversized heads, slow and idle connections) that must
+//! not cost a single record.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const DELIVERY: Duration = Duration::from_secs(60);
+
+/// One request on its own connection; the status code and body of the answer (the server
+/// always closes). Panics on a connection that closes without an answer.
+fn http(port: u16, request: &[u8]) -> (u16, String) {
+    try_http(port, request).unwrap_or_else(|e| panic!("{:?}: {e}", lossy(request)))
+}
+
+fn try_http(port: u16, request: &[u8]) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(answer).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no complete head in {text:?}"))?;
+    let code = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+    if !request.starts_with(b"HEAD ") && body.len() != length {
+        return Err(format!(
+            "body of {} bytes, Content-Length {length}",
+            body.len()
+        ));
+    }
+    Ok((code, body.to_string()))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(100)]).into_owned()
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    http(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Samples by `name{labels}` (labels as written), after checking every line of the text format:
+/// HELP and TYPE before a family's samples, each family declared once, names and label syntax
+/// valid, values numbers, counters named `_total`, every metric prefixed `audit_forwarder_`.
+fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    fn name_ok(n: &str) -> bool {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    if !text.ends_with('\n') {
+        return Err("the text does not end with a newline".into());
+    }
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, tail) = (parts.next(), parts.next(), parts.next());
+            let name = name.ok_or_else(|| bad("comment without a name"))?;
+            if !name_ok(name) || !name.starts_with("audit_forwarder_") {
+                return Err(bad("bad metric name"));
+            }
+            match kw {
+                Some("HELP") => {
+                    let help = tail
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| bad("empty HELP"))?;
+                    if helps.insert(name.into(), help.into()).is_some() {
+                        return Err(bad("HELP twice"));
+                    }
+                }
+                Some("TYPE") => {
+                    let kind = tail.ok_or_else(|| bad("TYPE without a type"))?;
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(bad("unknown type"));
+                    }
+                    if kind == "counter" && !name.ends_with("_total") {
+                        return Err(bad("counter not named _total"));
+                    }
+                    if !helps.contains_key(name) {
+                        return Err(bad("TYPE before HELP"));
+                    }
+                    if types.insert(name.into(), kind.into()).is_some() {
+                        return Err(bad("TYPE twice"));
+                    }
+                }
+                _ => return Err(bad("unknown comment")),
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            return Err(bad("empty line or bare comment"));
+        }
+        let name_end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
+        let name = &line[..name_end];
+        if !name_ok(name) || !types.contains_key(name) {
+            return Err(bad("sample of an undeclared metric"));
+        }
+        let mut rest = &line[name_end..];
+        let mut key = name.to_string();
+        if let Some(labels) = rest.strip_prefix('{') {
+            // name="value" pairs, values with \\, \" and \n escapes.
+            let mut at = labels;
+            loop {
+                if let Some(after) = at.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = at.find('=').ok_or_else(|| bad("label without ="))?;
+                if !name_ok(&at[..eq]) || !at[eq + 1..].starts_with('"') {
+                    return Err(bad("bad label"));
+                }
+                let mut chars = at[eq + 2..].char_indices();
+                let close = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return Err(bad("bad escape")),
+                        },
+                        Some((j, '"')) => break eq + 2 + j,
+                        Some((_, '\n')) | None => return Err(bad("unterminated label value")),
+                        Some(_) => {}
+                    }
+                };
+                at = &at[close + 1..];
+                at = at.strip_prefix(',').unwrap_or(at);
+            }
+            key.push_str(&line[name_end..line.len() - rest.len()]);
+        }
+        let mut fields = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| bad("no space before the value"))?
+            .split(' ');
+        let value = fields.next().unwrap_or("");
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().map_err(|_| bad("value is not a number"))?,
+        };
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>().map_err(|_| bad("bad timestamp"))?;
+        }
+        if fields.next().is_some() {
+            return Err(bad("trailing fields"));
+        }
+        if samples.insert(key, v).is_some() {
+            return Err(bad("sample twice"));
+        }
+    }
+    Ok(samples)
+}
+
+/// A scrape, parsed whole; a malformed line fails the test.
+fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let (code, body) = get(port, "/metrics");
+    assert_eq!(code, 200, "/metrics answered {code}: {body}");
+    parse_prometheus(&body).unwrap_or_else(|e| panic!("/metrics: {e}\n{body}"))
+}
+
+fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(&format!("audit_forwarder_{key}"))
+        .unwrap_or_else(|| panic!("no audit_forwarder_{key} in {m:#?}"))
+}
+
+/// Sum of every sample of one family (all label sets).
+fn family_sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    let name = format!("audit_forwarder_{name}");
+    m.iter()
+        .filter(|(k, _)| *k == &name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn with_metrics(log: &std::path::Path, port: u16, mport: u16, extra: &[&str]) -> Vec<String> {
+    let addr = format!("127.0.0.1:{mport}");
+    let mut args = fwd_args(log, port, &["--metrics-address", &addr]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn wait_metrics_up(f: &mut Forwarder, mport: u16) {
+    let up = wait_until(secs(20), || port_listening(mport) || f.exited());
+    f.assert_alive("metrics listener");
+    assert!(
+        up,
+        "metrics port {mport} not listening; stderr:\n{}",
+        f.stderr_text()
+    );
+}
+
+#[test]
+fn harness_prometheus_parser_rejects_malformed_lines() {
+    let good = "# HELP audit_forwarder_x_total X.\n# TYPE audit_forwarder_x_total counter\n\
+                audit_forwarder_x_total{a=\"q\\\"\\\\\",b=\"\"} 3\naudit_forwarder_x_total 1e3\n";
+    let m = parse_prometheus(good).unwrap();
+    assert_eq!(m["audit_forwarder_x_total"], 1000.0);
+    assert_eq!(m["audit_forwarder_x_total{a=\"q\\\"\\\\\",b=\"\"}"], 3.0);
+    let head = "# HELP audit_forwarder_x_total X.\n# TYPE audit_forwarder_x_total counter\n";
+    for bad in [
+        "audit_forwarder_x_total 1\n",
+        "# TYPE audit_forwarder_x_total counter\naudit_forwarder_x_total 1\n",
+        "# HELP audit_forwarder_x X.\n# TYPE audit_forwarder_x counter\naudit_forwarder_x 1\n",
+    ] {
+        assert!(parse_prometheus(bad).is_err(), "{bad:?}");
+    }
+    for sample in [
+        "audit_forwarder_x_total one",
+        "audit_forwarder_x_total  1",
+        "audit_forwarder_x_total{a=\"1} 1",
+        "audit_forwarder_x_total{a=1} 1",
+        "audit_forwarder_x_total{a=\"\\x\"} 1",
+        "audit_forwarder_x_total 1 2 3",
+        "audit_forwarder_y_total 1",
+        "",
+    ] {
+        let text = format!("{head}{sample}\n");
+        assert!(parse_prometheus(&text).is_err(), "{sample:?}");
+    }
+}
+
+/// m01: the counters agree with what the tailer received, the lag falls to 0, and the probes
+/// answer as documented.
+#[test]
+fn m01_scrape_matches_what_the_tailer_received() {
+    let dir = TempDir::new("m01");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let first = audit_events(0..3000);
+    w.write_lines(&first);
+    let (port, mport) = (free_port(), free_port());
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(with_metrics(&w.log_path(), port, mport, &[]));
+    wait_metrics_up(&mut fwd, mport);
+    // A scrape while lines are still being written and sent parses too.
+    let more = audit_events(3000..6000);
+    for part in more.chunks(500) {
+        w.write_lines(part);
+        scrape(mport);
+    }
+    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    expect_all_within(&tailer, &mut fwd, &all, "6000 lines", DELIVERY);
+    let bytes: usize = all.iter().map(|l| l.len() + 1).sum();
+
+    let mut m = BTreeMap::new();
+    let settled = wait_until(secs(20), || {
+        m = scrape(mport);
+        metric(&m, "records_acked_total") >= 6000.0 && metric(&m, "lag_bytes") == 0.0
+    });
+    assert!(settled, "acked and lag did not settle: {m:#?}");
+    let received = tailer.line_count() as f64;
+    assert_eq!(metric(&m, "records_acked_total"), received, "{m:#?}");
+    assert_eq!(metric(&m, "lines_read_total"), 6000.0);
+    assert_eq!(metric(&m, "bytes_read_total"), bytes as f64);
+    assert_eq!(metric(&m, "bytes_acked_total"), bytes as f64);
+    assert_eq!(metric(&m, "chunks_unacked"), 0.0);
+    assert_eq!(metric(&m, "lines_skipped_total{reason=\"too_long\"}"), 0.0);
+    assert_eq!(metric(&m, "mem_buf_limit_bytes"), 200_000_000.0);
+    assert_eq!(family_sum(&m, "connection_failures_total"), 0.0);
+    assert_eq!(metric(&m, "reconnects_total"), 0.0);
+    assert_eq!(metric(&m, "ready"), 1.0);
+    let target = format!("target_info{{target=\"127.0.0.1:{port}\"}}");
+    assert_eq!(metric(&m, &target), 1.0);
+    assert_eq!(metric(&m, "connected"), 1.0);
+    assert!(metric(&m, "build_info{version=\"0.1.0\"}") == 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last_ack = metric(&m, "last_ack_timestamp_seconds");
+    assert!(
+        (now - last_ack).abs() < 120.0,
+        "last ack {last_ack}, now {now}"
+    );
+    // The position file is written as acks come in (every 200 ms at most).
+    let wrote = wait_until(secs(10), || {
+        metric(&scrape(mport), "position_writes_total") >= 1.0
+    });
+    assert!(wrote, "no position file write counted");
+    assert_eq!(metric(&scrape(mport), "position_write_failures_total"), 0.0);
+
+    assert_eq!(get(mport, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get(mport, "/readyz"), (200, "ok\n".to_string()));
+    let (code, body) = http(mport, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!((code, body.as_str()), (200, ""));
+    fwd.term_ok();
+}
+
+/// m02: a killed tailer shows as a failure with its reason and /readyz 503 with a one-line
+/// reason; when it comes back, a reconnect and /readyz 200, and nothing is lost.
+#[test]
+fn m02_killed_tailer_turns_readyz_503_and_back() {
+    let dir = TempDir::new("m02");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let first = audit_events(0..1000);
+    w.write_lines(&first);
+    let (port, mport) = (free_port(), free_port());
+    let mut tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(with_metrics(
+        &w.log_path(),
+        port,
+        mport,
+        &["--backoff-timer", "500ms"],
+    ));
+    wait_metrics_up(&mut fwd, mport);
+    expect_all_within(&tailer, &mut fwd, &first, "first 1000", DELIVERY);
+    assert!(wait_until(secs(10), || get(mport, "/readyz").0 == 200));
+
+    tailer.kill();
+    let second = audit_events(1000..2000);
+    w.write_lines(&second);
+    let mut last = (0, String::new());
+    let down = wait_until(secs(30), || {
+        last = get(mport, "/readyz");
+        last.0 == 503
+    });
+    assert!(down, "/readyz stayed {last:?} with the tailer killed");
+    assert!(
+        last.1
+            .starts_with(&format!("not connected to 127.0.0.1:{port}")),
+        "{last:?}"
+    );
+    assert_eq!(last.1.lines().count(), 1, "{last:?}");
+    let refused = "connection_failures_total{reason=\"refused\"}";
+    let mut m = BTreeMap::new();
+    let counted = wait_until(secs(30), || {
+        m = scrape(mport);
+        metric(&m, refused) >= 1.0
+    });
+    assert!(counted, "no refused connection counted: {m:#?}");
+    assert_eq!(metric(&m, "ready"), 0.0);
+    let target = format!("target_info{{target=\"127.0.0.1:{port}\"}}");
+    assert_eq!(metric(&m, &target), 1.0);
+    assert_eq!(metric(&m, "connected"), 0.0);
+    assert_eq!(get(mport, "/healthz").0, 200);
+
+    tailer.restart();
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    expect_all_within(&tailer, &mut fwd, &all, "2000 after the restart", DELIVERY);
+    let up = wait_until(secs(30), || get(mport, "/readyz").0 == 200);
+    assert!(
+        up,
+        "/readyz did not return to 200: {:?}",
+        get(mport, "/readyz")
+    );
+    let m = scrape(mport);
+    assert!(metric(&m, "reconnects_total") >= 1.0, "{m:#?}");
+    assert!(metric(&m, "records_acked_total") >= 2000.0, "{m:#?}");
+    fwd.term_ok();
+}
+
+/// m03: garbage, oversized heads, wrong methods and paths get their error answers; 200 idle
+/// connections and a slow client hold the port; the forward run meanwhile delivers every
+/// record, and the endpoint answers again once the idle ones time out.
+#[test]
+fn m03_hostile_clients_cannot_stall_forwarding() {
+    let dir = TempDir::new("m03");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let (port, mport) = (free_port(), free_port());
+    let tailer = Tailer::start(port);
+    let mut fwd = Forwarder::start(with_metrics(&w.log_path(), port, mport, &[]));
+    wait_metrics_up(&mut fwd, mport);
+
+    let refusals: &[(&[u8], u16)] = &[
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            405,
+        ),
+        (b"GET /admin HTTP/1.1\r\n\r\n", 404),
+    ];
+    for &(req, want) in refusals {
+        assert_eq!(http(mport, req).0, want, "{:?}", lossy(req));
+    }
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(http(mport, huge.as_bytes()).0, 431);
+
+    // Lines flow while the port is held by idle clients and a slowloris.
+    let lines = audit_events(0..20_000);
+    let writer = {
+        let lines = lines.clone();
+        let mut w2 = w;
+        thread::spawn(move || {
+            for part in lines.chunks(1000) {
+                w2.write_lines(part);
+                thread::sleep(ms(50));
+            }
+            w2
+        })
+    };
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", mport)).ok())
+        .collect();
+    assert!(idle.len() >= 64, "only {} connections opened", idle.len());
+    let mut slow = TcpStream::connect(("127.0.0.1", mport)).ok();
+    let started = Instant::now();
+    for b in b"GET /metr".iter() {
+        if let Some(s) = slow.as_mut() {
+            let _ = s.write_all(&[*b]);
+        }
+        thread::sleep(ms(100));
+    }
+    w = writer.join().expect("writer thread");
+    expect_all_within(
+        &tailer,
+        &mut fwd,
+        &lines,
+        "20000 lines under attack",
+        DELIVERY,
+    );
+    assert_delivered(&lines, &tailer.records(), true);
+    drop(idle);
+    drop(slow);
+    // The held slots are released by their deadline; then scrapes work again.
+    let back = wait_until(secs(20), || {
+        matches!(
+            try_http(mport, b"GET /metrics HTTP/1.1\r\n\r\n"),
+            Ok((200, _))
+        )
+    });
+    assert!(
+        back,
+        "/metrics did not answer after the attack ({:?} in)",
+        started.elapsed()
+    );
+    let m = scrape(mport);
+    assert_eq!(metric(&m, "lines_read_total"), 20_000.0);
+    drop(w);
+    fwd.term_ok();
+}
