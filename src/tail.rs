@@ -2,7 +2,9 @@
 //! directory, the queue of files still to read (oldest first, each held open from the moment we
 //! learn of it so a later unlink cannot take its data), the line splitter of the file being read,
 //! and the start-up search for the file the position names among `audit.log`, `audit-*.log` and
-//! `audit-*.log.gz`.
+//! `audit-*.log.gz`. Decisions are made only on a listing that no rotation changed while it was
+//! taken ([`Tail::list`]): a file missing from one would be older than what gets queued after
+//! it, and never read.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -148,6 +150,8 @@ pub struct Tail {
     pending_position: Option<Position>,
     buf: Vec<u8>,
     events: Vec<InotifyEvent>,
+    /// The names of the last listing, to tell whether the directory changed since.
+    listed: Vec<String>,
     /// Tests change the directory at a chosen point of a listing ("names": names read, nothing
     /// stat'ed yet; "listed": the listing is complete), where a real rotation can race it.
     #[cfg(test)]
@@ -214,6 +218,7 @@ impl Tail {
             pending_position: position,
             buf: vec![0; READ_BUF],
             events: Vec::new(),
+            listed: Vec::new(),
             #[cfg(test)]
             race: None,
         })
@@ -512,8 +517,17 @@ impl Tail {
             debug!("the directory changed while it was listed; listing again");
             return Ok(None);
         }
+        self.listed = names;
         self.race_point("listed");
         Ok(Some(out))
+    }
+
+    /// Whether the directory still has the names of the last listing, checked after opening
+    /// files by those names. A rotation since adds a name; without it, every file opened is the
+    /// one listed. With it, `follow`'s inode check can pass for the wrong file: the listed
+    /// `audit.log` renamed and gzipped frees its inode, which the next new `audit.log` may get.
+    fn listing_holds(&self) -> bool {
+        self.names().is_ok_and(|n| n == self.listed)
     }
 
     /// [`Tail::list`] for the start-up search and the rescan: `None` when they must wait, with
@@ -737,6 +751,12 @@ impl Tail {
                 break;
             }
         }
+        if !self.queue.is_empty() && !self.listing_holds() {
+            debug!("the directory changed while its files were opened; listing again");
+            self.queue.clear();
+            self.rescan = true;
+            return;
+        }
         let no_position_tail = pos.is_none() && !self.read_from_head;
         if let Some(h) = self.queue.front_mut() {
             let target = if no_position_tail {
@@ -824,6 +844,7 @@ impl Tail {
                 .unwrap_or(0),
             _ => 0,
         };
+        let before = self.queue.len();
         for (i, e) in entries.iter().enumerate() {
             if held(e, &self.queue) {
                 continue;
@@ -870,6 +891,12 @@ impl Tail {
             if !self.follow(e) {
                 break;
             }
+        }
+        if self.queue.len() > before && !self.listing_holds() {
+            // Nothing was read from the files just queued: let them go and list again.
+            debug!("the directory changed while new files were opened; listing again");
+            self.queue.truncate(before);
+            self.rescan = true;
         }
     }
 
@@ -1186,14 +1213,11 @@ mod tests {
         assert_eq!(event_ids(&drain(&mut t)), ["B1", "B2", "C1"]);
     }
 
-    /// Issue r02's loss: start-up read the names (K9.gz, audit.log holding y1 and y2); before
-    /// it stat'ed them, audit.log was renamed to K10 and gzipped (K10 gone, K10.gz never
-    /// listed) and a new audit.log (z1) created. The stat of `audit.log` then found the new
-    /// file, so start-up queued K9.gz and the new audit.log, and K10.gz was older than the newest
-    /// file held at every later look: y1 and y2 were never read.
-    #[test]
-    fn startup_listing_racing_rotation_and_gzip_skips_nothing() {
-        let d = tmp("race-start");
+    /// Start-up with a position after x1 in K9.gz, and audit.log holding y1 and y2, while
+    /// `change` rotates the directory when the listing reaches `at` (see `Tail::race`);
+    /// returns the tags of every line read.
+    fn startup_racing(tag: &str, at: &'static str, change: fn(&Path)) -> Vec<String> {
+        let d = tmp(tag);
         let log = d.0.join("audit.log");
         let k9 = d.0.join("audit-2025-01-01T00-00-00.000.log");
         append(&k9, &(event("x1") + &event("x2")));
@@ -1211,18 +1235,53 @@ mod tests {
         };
         let mut t = Tail::unstarted(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
         let (dir, mut once) = (d.0.clone(), true);
-        t.race = Some(Box::new(move |at| {
-            if at == "names" && std::mem::take(&mut once) {
-                let k10 = dir.join("audit-2025-01-01T00-00-01.000.log");
-                fs::rename(dir.join("audit.log"), &k10).unwrap();
-                append(&dir.join("audit.log"), &event("z1"));
-                gzip(&k10);
+        t.race = Some(Box::new(move |now| {
+            if now == at && std::mem::take(&mut once) {
+                change(&dir);
             }
         }));
         t.try_start();
         let mut got = drain(&mut t);
         got.extend(drain(&mut t));
-        assert_eq!(event_ids(&got), ["x2", "y1", "y2", "z1"]);
+        event_ids(&got).into_iter().map(str::to_string).collect()
+    }
+
+    /// Issue r02's loss: start-up read the names (K9.gz, audit.log); before it stat'ed them,
+    /// audit.log was renamed to K10 and gzipped (K10 gone, K10.gz never listed) and a new
+    /// audit.log (z1) created. The stat of `audit.log` then found the new file, so start-up
+    /// queued K9.gz and the new audit.log, and K10.gz was older than the newest file held at
+    /// every later look: y1 and y2 were never read.
+    #[test]
+    fn startup_listing_racing_rotation_and_gzip_skips_nothing() {
+        let got = startup_racing("race-start", "names", |dir| {
+            let k10 = dir.join("audit-2025-01-01T00-00-01.000.log");
+            fs::rename(dir.join("audit.log"), &k10).unwrap();
+            append(&dir.join("audit.log"), &event("z1"));
+            gzip(&k10);
+        });
+        assert_eq!(got, ["x2", "y1", "y2", "z1"]);
+    }
+
+    /// Issue r02's loss, second form: the listing was right (audit.log holding y1 and y2 as
+    /// inode X), but before `audit.log` was opened it became K10, was gzipped (freeing X) and
+    /// the next rotation created an audit.log that the file system gave inode X again. The open
+    /// matched the listed inode, so the newest file was taken for the listed one and K10.gz was
+    /// never read. Where X is not reused, the inode check alone makes this pass.
+    #[test]
+    fn rotation_between_listing_and_open_reusing_the_inode_skips_nothing() {
+        let got = startup_racing("race-reuse", "listed", |dir| {
+            let log = dir.join("audit.log");
+            let x = fs::metadata(&log).unwrap().ino();
+            let k10 = dir.join("audit-2025-01-01T00-00-01.000.log");
+            fs::rename(&log, &k10).unwrap();
+            File::create(&log).unwrap();
+            gzip(&k10);
+            fs::rename(&log, dir.join("audit-2025-01-01T00-00-02.000.log")).unwrap();
+            append(&log, &event("z1"));
+            let reused = fs::metadata(&log).unwrap().ino() == x;
+            eprintln!("inode {x} reused by the new audit.log: {reused}");
+        });
+        assert_eq!(got, ["x2", "y1", "y2", "z1"]);
     }
 
     /// The same race one step later, while following: the listing named K10 (plain), which was
