@@ -32,7 +32,9 @@
 //!    held file**, found by inode (rule 2) or, once that file was gzipped, by its bytes
 //!    ([`head_matches`]; the oldest match, since placing it too early only costs duplicates).
 //!    This applies rules 1 and 2 in `tail`'s rescan; its tests are the rotation tests there and
-//!    in `tests/rotation.rs`.
+//!    in `tests/rotation.rs`. A file left out of a listing is never newer again, so `tail` acts
+//!    only on a listing no rotation changed until the files it names were opened (rule 2: a
+//!    name stat'ed but not yet opened may meanwhile be a newer file with the same inode).
 
 use std::fmt;
 use std::fs;

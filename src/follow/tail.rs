@@ -2,7 +2,9 @@
 //! directory, the queue of files still to read (oldest first, each held open from the moment we
 //! learn of it so a later unlink cannot take its data), the line splitter of the file being read,
 //! and the start-up search for the file the position names among `audit.log`, `audit-*.log` and
-//! `audit-*.log.gz`.
+//! `audit-*.log.gz`. Decisions are made only on a listing that no rotation changed while it was
+//! taken ([`Tail::list`]): a file missing from one would be older than what gets queued after
+//! it, and never read.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -148,10 +150,28 @@ pub struct Tail {
     pending_position: Option<Position>,
     buf: Vec<u8>,
     events: Vec<InotifyEvent>,
+    /// The names of the last listing, to tell whether the directory changed since.
+    listed: Vec<String>,
+    /// Tests change the directory at a chosen point of a listing ("names": names read, nothing
+    /// stat'ed yet; "listed": the listing is complete), where a real rotation can race it.
+    #[cfg(test)]
+    race: Option<Box<dyn FnMut(&str)>>,
 }
 
 impl Tail {
     pub fn new(
+        path: &Path,
+        read_from_head: bool,
+        max_line: usize,
+        max_held: u64,
+        position: Option<Position>,
+    ) -> io::Result<Tail> {
+        let mut t = Tail::unstarted(path, read_from_head, max_line, max_held, position)?;
+        t.try_start();
+        Ok(t)
+    }
+
+    fn unstarted(
         path: &Path,
         read_from_head: bool,
         max_line: usize,
@@ -176,7 +196,7 @@ impl Tail {
             Some(i) if i > 0 => (base[..i].to_string(), base[i..].to_string()),
             _ => (base.clone(), String::new()),
         };
-        let mut t = Tail {
+        Ok(Tail {
             path: path.to_path_buf(),
             dir,
             base,
@@ -198,9 +218,10 @@ impl Tail {
             pending_position: position,
             buf: vec![0; READ_BUF],
             events: Vec::new(),
-        };
-        t.try_start();
-        Ok(t)
+            listed: Vec::new(),
+            #[cfg(test)]
+            race: None,
+        })
     }
 
     pub fn inotify(&self) -> &Inotify {
@@ -458,30 +479,35 @@ impl Tail {
     }
 
     /// The rotation set in chronological order: backups by the time in their name (a plain file
-    /// before its gzipped copy), then `audit.log`.
-    fn list(&self) -> io::Result<Vec<Entry>> {
+    /// before its gzipped copy), then `audit.log`; `None` when the directory changed while it
+    /// was listed, and the caller lists again.
+    ///
+    /// A listing is names (readdir) and then each name's inode (stat). A rotation in between
+    /// changes what a name means: `audit.log` stat'ed after a rename is the new file, and a
+    /// backup gzipped meanwhile is gone while its `.gz` was never read as a name. Either way the
+    /// renamed file is missing from the listing, and once a newer file is queued it never
+    /// counts as new again (identity rule 7). So the names are read again after the stats, and
+    /// only an unchanged set of names, every one stat'ed, is a listing: lumberjack never
+    /// rotates without adding a name.
+    fn list(&mut self) -> io::Result<Option<Vec<Entry>>> {
+        let names = self.names()?;
+        self.race_point("names");
         let mut out = Vec::new();
-        for de in fs::read_dir(&self.dir)? {
-            let de = de?;
-            let Ok(name) = de.file_name().into_string() else {
-                continue;
-            };
-            let ts = if name == self.base {
+        for name in &names {
+            let ts = if *name == self.base {
                 None
-            } else if let Some(t) = self.backup_ts(&name) {
-                Some(t)
             } else {
-                continue;
+                self.backup_ts(name)
             };
-            // The entry may vanish between readdir and stat (lumberjack deleting backups).
-            let Ok(md) = fs::metadata(self.dir.join(&name)) else {
-                continue;
+            let Ok(md) = fs::metadata(self.dir.join(name)) else {
+                debug!("{name} vanished while the directory was listed; listing again");
+                return Ok(None);
             };
             if !md.is_file() {
                 continue;
             }
             out.push(Entry {
-                name,
+                name: name.clone(),
                 gz: ts.is_some_and(|t| t.1),
                 ts_ms: ts.map(|t| t.0),
                 dev: md.dev(),
@@ -495,8 +521,63 @@ impl Tail {
             (Some(_), None) => std::cmp::Ordering::Less,
             (Some(x), Some(y)) => x.cmp(&y).then(a.gz.cmp(&b.gz)).then(a.name.cmp(&b.name)),
         });
-        Ok(out)
+        if self.names()? != names {
+            debug!("the directory changed while it was listed; listing again");
+            return Ok(None);
+        }
+        self.listed = names;
+        self.race_point("listed");
+        Ok(Some(out))
     }
+
+    /// Whether the directory still has the names of the last listing, checked after opening
+    /// files by those names. A rotation since adds a name; without it, every file opened is the
+    /// one listed. With it, `follow`'s inode check can pass for the wrong file: the listed
+    /// `audit.log` renamed and gzipped frees its inode, which the next new `audit.log` may get.
+    fn listing_holds(&self) -> bool {
+        self.names().is_ok_and(|n| n == self.listed)
+    }
+
+    /// [`Tail::list`] for the start-up search and the rescan: `None` when they must wait, with
+    /// a retry on the next tick (listing failed) or at once (the directory changed meanwhile).
+    fn listing(&mut self) -> Option<Vec<Entry>> {
+        match self.list() {
+            Ok(Some(entries)) => Some(entries),
+            Ok(None) => {
+                self.rescan = true;
+                None
+            }
+            Err(e) => {
+                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
+                None
+            }
+        }
+    }
+
+    /// The names of the rotation set in the directory, sorted (to compare two readings).
+    fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for de in fs::read_dir(&self.dir)? {
+            let Ok(name) = de?.file_name().into_string() else {
+                continue;
+            };
+            if name == self.base || self.backup_ts(&name).is_some() {
+                names.push(name);
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    #[cfg(test)]
+    fn race_point(&mut self, at: &str) {
+        if let Some(f) = self.race.as_mut() {
+            f(at);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn race_point(&mut self, _at: &str) {}
 
     fn open(&self, e: &Entry) -> io::Result<Held> {
         let path = self.dir.join(&e.name);
@@ -565,33 +646,33 @@ impl Tail {
         }
     }
 
-    /// The first bytes of an entry (decompressed for gzip), up to the fingerprint size, or `None`
-    /// when it cannot be read yet (a gzip being written).
-    fn entry_head(&self, e: &Entry) -> Option<Vec<u8>> {
+    /// The first bytes of an entry (decompressed for gzip), up to the fingerprint size; an error
+    /// when it is gone (`NotFound`) or cannot be read yet (a gzip being written).
+    fn entry_head(&self, e: &Entry) -> io::Result<Vec<u8>> {
         let path = self.dir.join(&e.name);
-        let f = File::open(path).ok()?;
+        let f = File::open(path)?;
         let mut buf = [0u8; FINGERPRINT_BYTES];
         let want = FINGERPRINT_BYTES;
         let mut n = 0;
         if e.gz {
             let mut d = MultiGzDecoder::new(BufReader::new(f));
             while n < want {
-                match d.read(&mut buf[n..want]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(_) => return None,
+                let k = d.read(&mut buf[n..want])?;
+                if k == 0 {
+                    break;
                 }
+                n += k;
             }
         } else {
             while n < want {
-                match f.read_at(&mut buf[n..want], n as u64) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(_) => return None,
+                let k = f.read_at(&mut buf[n..want], n as u64)?;
+                if k == 0 {
+                    break;
                 }
+                n += k;
             }
         }
-        Some(buf[..n].to_vec())
+        Ok(buf[..n].to_vec())
     }
 
     fn startup(&mut self) {
@@ -605,8 +686,10 @@ impl Tail {
                 break;
             }
         }
-        if self.open_failed && self.queue.is_empty() {
-            // Nothing could be opened: start over with the same position on the next tick.
+        if (self.open_failed || self.rescan) && self.queue.is_empty() {
+            // Nothing could be opened, or the directory kept changing while it was listed:
+            // start over with the same position on the next tick or inotify event (a change
+            // leaves one to read).
             self.started = false;
             self.pending_position = pos;
             return;
@@ -615,18 +698,26 @@ impl Tail {
     }
 
     fn startup_once(&mut self, pos: Option<&Position>) {
-        let entries = match self.list() {
-            Ok(e) => e,
-            Err(e) => {
-                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
-                return;
-            }
+        let Some(entries) = self.listing() else {
+            return;
         };
         let mut first = None;
         let mut offset = 0;
         if let Some(p) = pos {
-            let heads: Vec<Option<Vec<u8>>> = entries.iter().map(|e| self.entry_head(e)).collect();
-            let heads: Vec<Option<&[u8]>> = heads.iter().map(|h| h.as_deref()).collect();
+            let heads: Vec<io::Result<Vec<u8>>> =
+                entries.iter().map(|e| self.entry_head(e)).collect();
+            // A file gone since the listing (gzipped, deleted) may be where the position
+            // points, and its copy is not in this listing: list again rather than place it
+            // among what is left.
+            if heads.iter().any(|h| {
+                h.as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+            }) {
+                debug!("a file vanished while the position was placed; listing again");
+                self.rescan = true;
+                return;
+            }
+            let heads: Vec<Option<&[u8]>> = heads.iter().map(|h| h.as_deref().ok()).collect();
             match offsets::place(p, &heads, &self.dir.display().to_string()) {
                 Start::Resume { index, offset: o } => {
                     info!(
@@ -668,6 +759,12 @@ impl Tail {
                 break;
             }
         }
+        if !self.queue.is_empty() && !self.listing_holds() {
+            debug!("the directory changed while its files were opened; listing again");
+            self.queue.clear();
+            self.rescan = true;
+            return;
+        }
         let no_position_tail = pos.is_none() && !self.read_from_head;
         if let Some(h) = self.queue.front_mut() {
             let target = if no_position_tail {
@@ -691,12 +788,8 @@ impl Tail {
 
     /// Finds files created or renamed since we last looked and queues the new ones in order.
     fn rescan_dir(&mut self) {
-        let entries = match self.list() {
-            Ok(e) => e,
-            Err(e) => {
-                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
-                return;
-            }
+        let Some(entries) = self.listing() else {
+            return;
         };
         for h in self.queue.iter_mut() {
             if !h.is_gz() && (h.id.fp.len as usize) < FINGERPRINT_BYTES {
@@ -750,7 +843,7 @@ impl Tail {
                     && !newest.fp.is_empty()
                     && self
                         .entry_head(e)
-                        .is_some_and(|h| offsets::head_matches(&h, &newest.fp)))
+                        .is_ok_and(|h| offsets::head_matches(&h, &newest.fp)))
         });
         let newest_mtime_ns = match self.queue.back().map(|h| &h.source) {
             Some(Source::Plain(f)) => f
@@ -759,6 +852,7 @@ impl Tail {
                 .unwrap_or(0),
             _ => 0,
         };
+        let before = self.queue.len();
         for (i, e) in entries.iter().enumerate() {
             if held(e, &self.queue) {
                 continue;
@@ -770,12 +864,29 @@ impl Tail {
             if !newer {
                 continue;
             }
-            let Some(fp) = self.entry_head(e).map(|h| Fingerprint::of(&h)) else {
-                debug!(
-                    "{} is not readable yet; looking again when it is closed",
-                    e.name
-                );
-                continue;
+            let fp = match self.entry_head(e) {
+                Ok(head) => Fingerprint::of(&head),
+                // A gzip being written: closing it lists again. Its plain copy, listed before
+                // it while it is written, was queued above or read already.
+                Err(_) if e.gz => {
+                    debug!(
+                        "{} is not readable yet; looking again when it is closed",
+                        e.name
+                    );
+                    continue;
+                }
+                // Gzipped or deleted since the listing: queueing newer files now would put its
+                // copy behind them for good (rule 7), so list again.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    debug!("{} vanished since the listing; listing again", e.name);
+                    self.rescan = true;
+                    break;
+                }
+                Err(err) => {
+                    // Stop here so the order stays right; the next tick lists and reads again.
+                    self.open_error(&e.name, &err);
+                    break;
+                }
             };
             if self.known.iter().any(|k| offsets::suppresses(k, &fp))
                 || self
@@ -788,6 +899,12 @@ impl Tail {
             if !self.follow(e) {
                 break;
             }
+        }
+        if self.queue.len() > before && !self.listing_holds() {
+            // Nothing was read from the files just queued: let them go and list again.
+            debug!("the directory changed while new files were opened; listing again");
+            self.queue.truncate(before);
+            self.rescan = true;
         }
     }
 
@@ -1102,6 +1219,103 @@ mod tests {
         append(&log, &event("C1"));
         let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
         assert_eq!(event_ids(&drain(&mut t)), ["B1", "B2", "C1"]);
+    }
+
+    /// Start-up with a position after x1 in K9.gz, and audit.log holding y1 and y2, while
+    /// `change` rotates the directory when the listing reaches `at` (see `Tail::race`);
+    /// returns the tags of every line read.
+    fn startup_racing(tag: &str, at: &'static str, change: fn(&Path)) -> Vec<String> {
+        let d = tmp(tag);
+        let log = d.0.join("audit.log");
+        let k9 = d.0.join("audit-2025-01-01T00-00-00.000.log");
+        append(&k9, &(event("x1") + &event("x2")));
+        gzip(&k9);
+        append(&log, &(event("y1") + &event("y2")));
+        let saved = Position {
+            id: FileId {
+                dev: 0,
+                ino: 0,
+                fp: Fingerprint::of(event("x1").as_bytes()),
+            },
+            offset: event("x1").len() as u64,
+            done: false,
+            name: "audit.log".to_string(),
+        };
+        let mut t = Tail::unstarted(&log, true, 1 << 20, u64::MAX, Some(saved)).unwrap();
+        let (dir, mut once) = (d.0.clone(), true);
+        t.race = Some(Box::new(move |now| {
+            if now == at && std::mem::take(&mut once) {
+                change(&dir);
+            }
+        }));
+        t.try_start();
+        let mut got = drain(&mut t);
+        got.extend(drain(&mut t));
+        event_ids(&got).into_iter().map(str::to_string).collect()
+    }
+
+    /// Issue r02's loss: start-up read the names (K9.gz, audit.log); before it stat'ed them,
+    /// audit.log was renamed to K10 and gzipped (K10 gone, K10.gz never listed) and a new
+    /// audit.log (z1) created. The stat of `audit.log` then found the new file, so start-up
+    /// queued K9.gz and the new audit.log, and K10.gz was older than the newest file held at
+    /// every later look: y1 and y2 were never read.
+    #[test]
+    fn startup_listing_racing_rotation_and_gzip_skips_nothing() {
+        let got = startup_racing("race-start", "names", |dir| {
+            let k10 = dir.join("audit-2025-01-01T00-00-01.000.log");
+            fs::rename(dir.join("audit.log"), &k10).unwrap();
+            append(&dir.join("audit.log"), &event("z1"));
+            gzip(&k10);
+        });
+        assert_eq!(got, ["x2", "y1", "y2", "z1"]);
+    }
+
+    /// Issue r02's loss, second form: the listing was right (audit.log holding y1 and y2 as
+    /// inode X), but before `audit.log` was opened it became K10, was gzipped (freeing X) and
+    /// the next rotation created an audit.log that the file system gave inode X again. The open
+    /// matched the listed inode, so the newest file was taken for the listed one and K10.gz was
+    /// never read. Where X is not reused, the inode check alone makes this pass.
+    #[test]
+    fn rotation_between_listing_and_open_reusing_the_inode_skips_nothing() {
+        let got = startup_racing("race-reuse", "listed", |dir| {
+            let log = dir.join("audit.log");
+            let x = fs::metadata(&log).unwrap().ino();
+            let k10 = dir.join("audit-2025-01-01T00-00-01.000.log");
+            fs::rename(&log, &k10).unwrap();
+            File::create(&log).unwrap();
+            gzip(&k10);
+            fs::rename(&log, dir.join("audit-2025-01-01T00-00-02.000.log")).unwrap();
+            append(&log, &event("z1"));
+            let reused = fs::metadata(&log).unwrap().ino() == x;
+            eprintln!("inode {x} reused by the new audit.log: {reused}");
+        });
+        assert_eq!(got, ["x2", "y1", "y2", "z1"]);
+    }
+
+    /// The same race one step later, while following: the listing named K10 (plain), which was
+    /// gzipped before its first bytes were read. Skipping it and queueing the newer audit.log
+    /// made K10.gz older than the newest held file for good.
+    #[test]
+    fn backup_gzipped_right_after_a_rescan_listed_it_is_read() {
+        let d = tmp("race-rescan");
+        let log = d.0.join("audit.log");
+        append(&log, &event("a1"));
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
+        assert_eq!(event_ids(&drain(&mut t)), ["a1"]);
+        fs::rename(&log, d.0.join("audit-2025-01-01T00-00-00.000.log")).unwrap();
+        append(&log, &event("b1"));
+        let k10 = d.0.join("audit-2025-01-01T00-00-01.000.log");
+        fs::rename(&log, &k10).unwrap();
+        append(&log, &event("c1"));
+        let mut once = true;
+        t.race = Some(Box::new(move |at| {
+            if at == "listed" && std::mem::take(&mut once) {
+                gzip(&k10);
+            }
+        }));
+        let mut got = drain(&mut t);
+        got.extend(drain(&mut t));
+        assert_eq!(event_ids(&got), ["b1", "c1"]);
     }
 
     /// A weak position (nothing strong was ever read) re-reads rather than skips.
