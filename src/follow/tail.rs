@@ -26,6 +26,62 @@ const KNOWN_FPS: usize = 1024;
 /// A failure that repeats (a file we cannot open) is logged again at most this often.
 const REMIND_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// A failure that every tick retries, for a log that says it once, then reminds at a bounded
+/// rate with how often it failed, and says when it is over.
+struct Failing {
+    /// The file or directory that could not be opened or listed.
+    subject: PathBuf,
+    /// The whole message; a different one is a new failure.
+    text: String,
+    since: std::time::Instant,
+    /// When it was last logged at error level.
+    logged: std::time::Instant,
+    /// Failed attempts since `since`, this one included.
+    attempts: u64,
+}
+
+/// How to log a failure seen again.
+#[derive(Debug, PartialEq)]
+enum Repeat {
+    /// Logged not long ago: debug level only.
+    Quiet,
+    /// Time for a reminder at error level.
+    Remind { attempts: u64, secs: u64 },
+}
+
+impl Failing {
+    /// Counts another failed attempt; `None` when `text` is not this failure (a new one).
+    fn again(&mut self, text: &str, now: std::time::Instant) -> Option<Repeat> {
+        if text != self.text {
+            return None;
+        }
+        self.attempts += 1;
+        if now.saturating_duration_since(self.logged) < REMIND_EVERY {
+            return Some(Repeat::Quiet);
+        }
+        self.logged = now;
+        Some(Repeat::Remind {
+            attempts: self.attempts,
+            secs: now.saturating_duration_since(self.since).as_secs(),
+        })
+    }
+}
+
+/// For a permission error: who owns `path` with what mode, who we are, and what fixes it (the
+/// usual cause: the apiserver writes its log 0600 and this sidecar runs as another uid).
+fn access_hint(path: &Path, err: &io::Error) -> String {
+    if err.kind() != io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let (uid, gid) = crate::sys::ids();
+    format!(
+        " ({}; this process runs as uid {uid} gid {gid}). Fix: run the forwarder as the uid \
+         that writes the log, the kube-apiserver's (e.g. securityContext.runAsUser: 65532 in \
+         Gardener), or make the volume group-readable for gid {gid} (securityContext.fsGroup)",
+        crate::sys::describe_access(path)
+    )
+}
+
 enum Source {
     Plain(File),
     Gz(Box<MultiGzDecoder<BufReader<File>>>),
@@ -145,7 +201,8 @@ pub struct Tail {
     waiting_logged: bool,
     /// A file we need could not be opened (EMFILE, EACCES): listing again on the next tick.
     open_failed: bool,
-    last_open_error: Option<(String, std::time::Instant)>,
+    /// The failure the ticks retry, kept until a tick gets through, for its rate-limited log.
+    failing: Option<Failing>,
     started: bool,
     pending_position: Option<Position>,
     buf: Vec<u8>,
@@ -213,7 +270,7 @@ impl Tail {
             rescan: false,
             waiting_logged: false,
             open_failed: false,
-            last_open_error: None,
+            failing: None,
             started: false,
             pending_position: position,
             buf: vec![0; READ_BUF],
@@ -236,8 +293,8 @@ impl Tail {
 
     /// Why a file we need cannot be opened or listed right now (retried on every tick).
     pub fn open_problem(&self) -> Option<&str> {
-        match &self.last_open_error {
-            Some((text, _)) if self.open_failed => Some(text),
+        match &self.failing {
+            Some(f) if self.open_failed => Some(&f.text),
             _ => None,
         }
     }
@@ -290,6 +347,16 @@ impl Tail {
         } else if self.open_failed {
             self.open_failed = false;
             self.list_again();
+        }
+        if !self.open_failed && self.wd.is_some() {
+            if let Some(f) = self.failing.take() {
+                info!(
+                    "{} is readable again after {} failed attempts over {} s; following it",
+                    f.subject.display(),
+                    f.attempts,
+                    f.since.elapsed().as_secs()
+                );
+            }
         }
         self.limit_held();
     }
@@ -356,28 +423,38 @@ impl Tail {
 
     /// A file we need cannot be opened.
     fn open_error(&mut self, name: &str, err: &io::Error) {
+        let path = self.dir.join(name);
         let text = format!(
-            "cannot open {}: {err}; retrying",
-            self.dir.join(name).display()
+            "cannot open {}: {err}{}",
+            path.display(),
+            access_hint(&path, err)
         );
-        self.retry_later(text);
+        self.retry_later(path, text);
     }
 
-    /// Logs a failure that the next tick retries (opening or listing): at once, then again
-    /// only when it changes or as a reminder.
-    fn retry_later(&mut self, text: String) {
-        let now = std::time::Instant::now();
-        let repeat = self
-            .last_open_error
-            .as_ref()
-            .is_some_and(|(t, at)| *t == text && now.duration_since(*at) < REMIND_EVERY);
-        if repeat {
-            debug!("{text}");
-        } else {
-            warn!("{text}");
-            self.last_open_error = Some((text, now));
-        }
+    /// Logs a failure that the next tick retries (opening or listing `subject`): at once at
+    /// error level, then a reminder with the count of failed attempts every [`REMIND_EVERY`],
+    /// and again at once when it changes (another error, another owner or mode).
+    fn retry_later(&mut self, subject: PathBuf, text: String) {
         self.open_failed = true;
+        let now = std::time::Instant::now();
+        match self.failing.as_mut().map(|f| f.again(&text, now)) {
+            Some(Some(Repeat::Quiet)) => debug!("{text}"),
+            Some(Some(Repeat::Remind { attempts, secs })) => error!(
+                "still failing, {attempts} failed attempts in {secs} s: {text}; retrying every \
+                 second, a fix is picked up without a restart"
+            ),
+            Some(None) | None => {
+                error!("{text}; retrying every second, a fix is picked up without a restart");
+                self.failing = Some(Failing {
+                    subject,
+                    text,
+                    since: now,
+                    logged: now,
+                    attempts: 1,
+                });
+            }
+        }
     }
 
     fn try_start(&mut self) {
@@ -548,7 +625,12 @@ impl Tail {
                 None
             }
             Err(e) => {
-                self.retry_later(format!("cannot list {}: {e}; retrying", self.dir.display()));
+                let text = format!(
+                    "cannot list {}: {e}{}",
+                    self.dir.display(),
+                    access_hint(&self.dir, &e)
+                );
+                self.retry_later(self.dir.clone(), text);
                 None
             }
         }
@@ -1063,6 +1145,68 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(parse_backup_time(s), *want, "{s}");
         }
+    }
+
+    #[test]
+    fn tail_failure_reminders_are_rate_limited_and_counted() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut f = Failing {
+            subject: PathBuf::from("/a/audit.log"),
+            text: "cannot open /a/audit.log: denied".into(),
+            since: t0,
+            logged: t0,
+            attempts: 1,
+        };
+        // (seconds after the first failure, text, expected): one attempt a second.
+        let same = "cannot open /a/audit.log: denied";
+        let cases: &[(u64, &str, Option<Repeat>)] = &[
+            (1, same, Some(Repeat::Quiet)),
+            (299, same, Some(Repeat::Quiet)),
+            (
+                300,
+                same,
+                Some(Repeat::Remind {
+                    attempts: 4,
+                    secs: 300,
+                }),
+            ),
+            (301, same, Some(Repeat::Quiet)),
+            (599, same, Some(Repeat::Quiet)),
+            (
+                600,
+                same,
+                Some(Repeat::Remind {
+                    attempts: 7,
+                    secs: 600,
+                }),
+            ),
+            (601, "cannot open /a/audit.log: other", None),
+        ];
+        for (at, text, want) in cases {
+            assert_eq!(f.again(text, t0 + s(*at)), *want, "at {at} s");
+        }
+    }
+
+    #[test]
+    fn tail_access_hint_only_for_permission_errors() {
+        let d = tmp("hint");
+        let log = d.0.join("audit.log");
+        fs::write(&log, "x\n").unwrap();
+        fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        let hint = access_hint(&log, &denied);
+        let (uid, gid) = crate::sys::ids();
+        for want in [
+            "mode 0600".to_string(),
+            format!("runs as uid {uid} gid {gid}"),
+            "runAsUser".into(),
+            "fsGroup".into(),
+        ] {
+            assert!(hint.contains(&want), "{want:?} missing from {hint:?}");
+        }
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(access_hint(&log, &emfile), "");
     }
 
     struct Dir(PathBuf);
