@@ -7,6 +7,7 @@
 mod common;
 
 use common::kubeapi::*;
+use common::proxy::{TinyProxy, UdsFront};
 use common::*;
 use std::fs;
 use std::path::Path;
@@ -331,4 +332,59 @@ fn k03_rotated_secret_brings_a_new_client_certificate() {
     s.writer.write_lines(&lines[1500..]);
     expect_all_at(&[&rx], &mut fwd, &lines, "with the rotated certificate");
     fwd.term_ok();
+}
+
+#[test]
+fn k04_discovered_cluster_ip_is_reached_through_konnectivity_with_tls_files() {
+    let mut s = setup("kube04");
+    let port = free_port();
+    let rx = tls_tailer(port, "ca1.crt");
+    s.api.set_service(SERVICE, NS, "127.0.0.1", &[port], "1");
+    // `--secret-name ""`: the client material comes from --tls-basedir, not from the Secret.
+    install_pki_files(
+        &s.basedir,
+        &[
+            ("ca1.crt", "ca.crt"),
+            ("client.crt", "tls.crt"),
+            ("client-rsa.key", "tls.key"),
+        ],
+    );
+    let mut proxy = TinyProxy::new(s.dir.path(), free_port());
+    proxy.start(port);
+    let mut front = UdsFront::new(s.dir.path(), proxy.port);
+    front.start();
+    let lines = audit_events(0..1000);
+    s.writer.write_lines(&lines);
+    let mut env = gardener_env(&s.kubeconfig, &s.writer.log_path(), &s.basedir);
+    env.retain(|(k, _)| *k != "AUDIT_SECRET_NAME");
+    env.push(("AUDIT_SECRET_NAME", String::new()));
+    env.push((
+        "AUDIT_KONNECTIVITY_UDS_SOCKET",
+        front.path.display().to_string(),
+    ));
+    let mut fwd = start_env(&env);
+    expect_all_at(
+        &[&rx],
+        &mut fwd,
+        &lines,
+        "through the tunnel to the ClusterIP",
+    );
+    let connects = proxy.connect_requests();
+    assert!(
+        connects
+            .iter()
+            .any(|c| c.starts_with(&format!("CONNECT 127.0.0.1:{port}"))),
+        "the tunnel was not asked for the Service's ClusterIP and port: {connects:?}"
+    );
+    assert!(
+        s.api
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("/secrets/")),
+        "the Secret was read although --secret-name is empty: {}",
+        s.api.summary()
+    );
+    fwd.term_ok();
+    front.stop();
+    proxy.stop();
 }
