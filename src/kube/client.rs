@@ -312,14 +312,13 @@ impl Kube {
 
     /// Starts the GET of the object at the head of the queue.
     fn start(&mut self, now: Instant) {
-        if self
+        // The token is only sent here, so here is where it must be no older than a minute.
+        if let Some(t) = self
             .token
-            .as_ref()
-            .is_some_and(|t| now >= t.read_at + TOKEN_MAX_AGE)
+            .as_mut()
+            .filter(|t| now >= t.read_at + TOKEN_MAX_AGE)
         {
-            if let Some(t) = self.token.as_mut() {
-                t.reload(now);
-            }
+            t.reload(now);
         }
         let ticket = self.resolver.ask(&self.s.api.host, self.s.api.port);
         self.fetch = Some(Fetch::Resolving {
@@ -529,12 +528,9 @@ impl Kube {
         match answer {
             Answer::Found(Thing::Service(svc)) => match api::target(&svc) {
                 Ok((ip, port)) => {
-                    self.log_once(
-                        o,
-                        log::Level::Info,
-                        format!("{what}: receiver {}:{port}", bracket(&ip)),
-                    );
-                    self.found = Some(Target { host: ip, port });
+                    let target = Target { host: ip, port };
+                    self.log_once(o, log::Level::Info, format!("{what}: receiver {target}"));
+                    self.found = Some(target);
                     self.announce(out);
                 }
                 // `e` names the Service already.
@@ -761,13 +757,6 @@ fn map<T>(a: Answer<T>, f: impl FnOnce(T) -> Thing) -> Answer<Thing> {
     }
 }
 
-fn bracket(ip: &str) -> String {
-    match ip.contains(':') {
-        true => format!("[{ip}]"),
-        false => ip.to_string(),
-    }
-}
-
 /// Moves the request and the answer as far as the socket allows.
 fn exchange(
     t: &mut Transport,
@@ -836,11 +825,6 @@ impl Source for Kube {
     }
 
     fn on_time(&mut self, now: Instant, registry: &Registry, out: &mut Vec<Effect>) {
-        if let Some(t) = self.token.as_mut() {
-            if now >= t.read_at + TOKEN_MAX_AGE {
-                t.reload(now);
-            }
-        }
         if now >= self.next_check {
             if self.queue.is_empty() {
                 // The Secret first: the receiver is announced only with its material.
@@ -868,10 +852,6 @@ impl Source for Kube {
             | Some(Fetch::Exchange { deadline, .. }) => Some(*deadline),
             None => self.retry_at,
         };
-        let token = self.token.as_ref().map(|t| t.read_at + TOKEN_MAX_AGE);
-        [Some(self.next_check), fetch, token]
-            .into_iter()
-            .flatten()
-            .min()
+        [Some(self.next_check), fetch].into_iter().flatten().min()
     }
 }

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use crate::escape;
+use crate::net::proxy::{could_be_status_line, garbage_shown};
 
 /// Cap on one header block (status line, header fields, blank line), and on a chunked body's
 /// trailer section. The apiserver sends well under 1 KiB; proxies add a few lines.
@@ -332,7 +333,7 @@ impl ResponseParser {
                 ),
                 status_line: None,
             }),
-            State::Head { .. } if !could_be_http(&self.buf) => Err(not_http(&self.buf)),
+            State::Head { .. } if !could_be_status_line(&self.buf) => Err(not_http(&self.buf)),
             State::Head { .. } => Err(HttpError {
                 fault: Fault::CutShort,
                 detail: format!(
@@ -375,10 +376,10 @@ impl ResponseParser {
         match &mut self.state {
             State::Done => Err(already_complete()),
             State::Head { scanned } => {
-                if !could_be_http(&self.buf) {
+                if !could_be_status_line(&self.buf) {
                     // Wait for a whole first line (or enough of one) so the error quotes the
                     // same bytes however the answer was split.
-                    return match garbage_shown(&self.buf) {
+                    return match garbage_shown(&self.buf, QUOTED) {
                         Some(shown) => Err(not_http(shown)),
                         None => Ok(Step::NeedMore),
                     };
@@ -783,24 +784,6 @@ fn finish(head: Head, body: Vec<u8>) -> Response {
 /// RFC 9110 section 5.6.2 `tchar`.
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Whether `buf` is a prefix of, or starts with, `HTTP/1.`.
-fn could_be_http(buf: &[u8]) -> bool {
-    const START: &[u8] = b"HTTP/1.";
-    let n = buf.len().min(START.len());
-    buf[..n] == START[..n]
-}
-
-/// What of a non-HTTP answer to quote, once enough has arrived: its first line, at most
-/// [`QUOTED`] bytes of it.
-fn garbage_shown(buf: &[u8]) -> Option<&[u8]> {
-    let window = &buf[..buf.len().min(QUOTED)];
-    match window.iter().position(|&b| b == b'\n') {
-        Some(nl) => Some(&window[..nl]),
-        None if buf.len() >= QUOTED => Some(window),
-        None => None,
-    }
 }
 
 fn not_http(shown: &[u8]) -> HttpError {

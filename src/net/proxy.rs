@@ -191,7 +191,7 @@ impl ConnectResponse {
             return self.after_head(buf);
         }
         if !could_be_status_line(buf) {
-            return match garbage_shown(buf) {
+            return match garbage_shown(buf, GARBAGE_SHOWN) {
                 Some(shown) => Parsed::Refused(self.error(ErrorKind::NotHttp, shown)),
                 None => Parsed::NeedMore,
             };
@@ -309,19 +309,19 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Whether `buf` is a prefix of, or starts with, `HTTP/1.`.
-fn could_be_status_line(buf: &[u8]) -> bool {
+pub(crate) fn could_be_status_line(buf: &[u8]) -> bool {
     const START: &[u8] = b"HTTP/1.";
     let n = buf.len().min(START.len());
     buf[..n] == START[..n]
 }
 
 /// The part of a non-HTTP answer to quote, once enough of it has arrived: up to its first line
-/// end, at most [`GARBAGE_SHOWN`] bytes.
-fn garbage_shown(buf: &[u8]) -> Option<&[u8]> {
-    let window = &buf[..buf.len().min(GARBAGE_SHOWN)];
+/// end, at most `cap` bytes. Also the Kubernetes client's HTTP parser's judge of garbage.
+pub(crate) fn garbage_shown(buf: &[u8], cap: usize) -> Option<&[u8]> {
+    let window = &buf[..buf.len().min(cap)];
     match window.iter().position(|&b| b == b'\n') {
         Some(nl) => Some(&buf[..=nl]),
-        None if buf.len() >= GARBAGE_SHOWN => Some(window),
+        None if buf.len() >= cap => Some(window),
         None => None,
     }
 }
