@@ -2,17 +2,7 @@
 //! in order, as Fluent Forward records. `main` only wires the modules together and maps errors to
 //! exit codes: 2 for usage and configuration errors, 1 for a fatal runtime error.
 
-mod cli;
-mod config;
-mod escape;
-mod event_loop;
-mod follow;
-mod forward;
-mod kube;
-mod metrics;
-mod net;
-mod sys;
-mod tailer;
+use audit_forwarder::{cli, config, event_loop, kube, tailer};
 
 use std::path::Path;
 use std::process::ExitCode;
