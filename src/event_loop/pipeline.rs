@@ -153,10 +153,12 @@ impl Pipeline {
             window / 1024
         );
         let started = Instant::now();
+        let mut outbox = Outbox::new(position, &args.tag, chunk_target);
+        outbox.keep_spares(window / chunk_target);
         Ok(Pipeline {
             tail,
             builder: Builder::new(&args.tag, chunk_target),
-            outbox: Outbox::new(position, &args.tag, chunk_target),
+            outbox,
             conn,
             store,
             stats: Stats {
@@ -350,7 +352,8 @@ impl Pipeline {
                 *read_blocked = true;
                 break;
             }
-            if builder.records > 0 && builder.room() < MIN_READ * 3 {
+            // A nearly full chunk is sealed rather than topped up with ever smaller reads.
+            if builder.records > 0 && builder.room() < (outbox.target() / 16).max(MIN_READ * 3) {
                 seal(outbox, builder, tag, gzip, rng);
                 continue;
             }
@@ -390,6 +393,7 @@ impl Pipeline {
                 Progress::Switched => seal(outbox, builder, tag, gzip, rng),
                 Progress::Idle => {
                     *read_blocked = false;
+                    outbox.release_spares();
                     break;
                 }
             }
@@ -487,7 +491,8 @@ fn set_aside(path: &std::path::Path, r: &crate::forward::outbox::Rejected) {
 /// How many bytes the next read may take: none while the window of chunks in flight is full,
 /// and at most a quarter of what `--mem-buf-limit` leaves, since a read can grow the partial line
 /// by as much as it reads and the chunk by about three times that (short JSON numbers become
-/// 9-byte floats).
+/// 9-byte floats). Half the chunk's room: audit JSON never grows in msgpack, so a chunk fills in
+/// about four reads; input that does grow only makes its buffer grow, which the window counts.
 fn read_room(
     tail: &Tail,
     builder: &Builder,
@@ -499,7 +504,7 @@ fn read_room(
         return 0;
     }
     let room = limit.saturating_sub(buffered(tail, builder, outbox));
-    READ_MAX.min(room / 4).min(builder.room() / 3)
+    READ_MAX.min(room / 4).min(builder.room() / 2)
 }
 
 /// Bytes held in memory, the figure `--mem-buf-limit` bounds: the read buffer and partial line,

@@ -262,10 +262,15 @@ pub struct Outbox {
     largest_acked: usize,
     /// A probe found the skipped chunk blameless: a new connection must send it first.
     reconnect: bool,
-    /// Acked chunks' buffers kept for the builder, and the smallest size worth keeping.
+    /// Acked chunks' buffers kept for the builder, the smallest size worth keeping and how many
+    /// to keep while data flows.
     spare: Vec<Vec<u8>>,
     spare_min: usize,
+    spare_max: usize,
 }
+
+/// Buffers kept when idle: one being filled while the other's chunk is in flight.
+const SPARES_IDLE: usize = 2;
 
 impl Outbox {
     pub fn new(committed: Option<Position>, tag: &str, target: usize) -> Outbox {
@@ -285,7 +290,22 @@ impl Outbox {
             reconnect: false,
             spare: Vec::new(),
             spare_min: target,
+            spare_max: SPARES_IDLE,
         }
+    }
+
+    /// Keeps up to `n` acked buffers (at least [`SPARES_IDLE`]) for the chunks that follow. A
+    /// receiver that acks a whole window at once frees every buffer together; were they given
+    /// back to the allocator, the next window would be built in fresh pages, each faulted in and
+    /// zeroed by the kernel (a few percent of the forwarder's CPU at full speed).
+    pub fn keep_spares(&mut self, n: usize) {
+        self.spare_max = n.max(SPARES_IDLE);
+    }
+
+    /// Gives back all but [`SPARES_IDLE`] kept buffers: called when the files have nothing more,
+    /// so an idle forwarder holds no more than a busy one needs for its next chunk.
+    pub fn release_spares(&mut self) {
+        self.spare.truncate(SPARES_IDLE);
     }
 
     /// Memory held by kept buffers (part of what `--mem-buf-limit` bounds).
@@ -715,9 +735,8 @@ impl Outbox {
                 break;
             };
             self.bytes -= c.frame.capacity();
-            // Buffers of the builder's size are kept for the next chunks (two suffice: one
-            // being filled while the other's chunk is in flight).
-            if self.spare.len() < 2
+            // Buffers of the builder's size are kept for the next chunks.
+            if self.spare.len() < self.spare_max
                 && c.frame.capacity() >= self.spare_min
                 && c.frame.capacity() <= self.spare_min * 2
             {
@@ -1124,6 +1143,30 @@ mod tests {
         o.seal(&mut b, "audit", false, [7; 16]);
         assert_eq!(b.frame.as_ptr(), kept);
         assert_eq!(o.spare_bytes(), 0);
+    }
+
+    #[test]
+    fn a_window_acked_at_once_keeps_its_buffers_until_idle() {
+        let target = 1 << 16;
+        for (keep, kept_after_acks) in [(0, 2), (2, 2), (8, 8), (20, 10)] {
+            let mut o = Outbox::new(None, "audit", target);
+            o.keep_spares(keep);
+            let mut w = unlimited();
+            let mut ids = Vec::new();
+            for n in 0..10u8 {
+                let mut b = builder_with(&[10]);
+                o.seal(&mut b, "audit", false, [n; 16]);
+                ids.push(o.chunks.back().map(|c| c.id).unwrap());
+            }
+            o.write_to(&mut w, Instant::now()).unwrap();
+            for id in &ids {
+                o.ack(id).unwrap();
+            }
+            assert_eq!(o.spare.len(), kept_after_acks, "keep {keep}");
+            assert!(o.spare_bytes() >= kept_after_acks * target);
+            o.release_spares();
+            assert_eq!(o.spare.len(), 2, "keep {keep}: idle keeps two");
+        }
     }
 
     /// A receiver that drops everything (an outage behind a load balancer, a tailer whose
