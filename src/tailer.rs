@@ -753,6 +753,20 @@ impl Client {
                     }
                     self.rbuf.extend_from_slice(&sink.read_buf[..n]);
                     sink.bytes += n as u64;
+                    // Each message is handled, and its ack sent, as soon as it is complete, not
+                    // after the socket is drained: a forwarder with a window in flight gets
+                    // its acks one by one and keeps sending, and `rbuf` stays about one message
+                    // long instead of growing to the window and being given back afterwards.
+                    if self.rbuf.len() >= READ_STEP {
+                        let verdict = self.process(sink)?;
+                        if !matches!(verdict, Verdict::Keep) {
+                            return Ok(verdict);
+                        }
+                        let verdict = self.write_pending();
+                        if !matches!(verdict, Verdict::Keep) {
+                            return Ok(verdict);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
