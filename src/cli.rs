@@ -231,8 +231,9 @@ SHARED KEY (Forward protocol handshake; none by default):
     --shared-key-file PATH        [AUDIT_SHARED_KEY_FILE] default: none
         A file holding the shared key, read at startup; not together with the shared
         key itself.
-    --self-hostname NAME          [AUDIT_SELF_HOSTNAME] default: none
-        The hostname this server announces in the handshake.
+    --self-hostname NAME          [AUDIT_SELF_HOSTNAME] default: this machine's hostname
+        The hostname this server announces in the handshake. A forwarder refuses a
+        server that announces its own hostname, so on one machine set it on one side.
 
 VALUES:
     BOOL      true, false, 1 or 0, in any case. A boolean flag alone means true; a value is
@@ -3213,7 +3214,7 @@ mod tests {
             ("tls-max-version", "default: 1.3"),
             ("shared-key", "default: none"),
             ("shared-key-file", "default: none"),
-            ("self-hostname", "default: none"),
+            ("self-hostname", "default: this machine's hostname"),
             ("max-clients", "default: 256"),
             ("client-timeout", "default: 30s"),
             ("idle-timeout", "default: 10m"),

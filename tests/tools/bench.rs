@@ -258,7 +258,7 @@ struct Config {
 
 fn parse_config() -> Result<Config, String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.iter().any(|a| a == "--help" || a == "-h") {
+    if gen::asks_for_help(&argv) {
         println!("{USAGE}");
         std::process::exit(0);
     }

@@ -1365,6 +1365,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("size {s:?}: {e}"))
 }
 
+/// `--help` or `-h` anywhere: `just demo --help` reaches a tool as `demo --help`, after the
+/// subcommand, where [`Args::parse`] would take it for a flag missing its value.
+pub fn asks_for_help(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--help" || a == "-h")
+}
+
 /// Minimal `--name value` / `--name=value` / `--flag` parser; `flags` lists the valueless ones.
 pub struct Args {
     pairs: Vec<(String, Option<String>)>,
@@ -1765,6 +1771,10 @@ fn run(argv: &[String]) -> Result<(), String> {
     let Some(cmd) = argv.first() else {
         return Err(USAGE.to_string());
     };
+    if asks_for_help(argv) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut args = Args::parse(&argv[1..], &["compress", "keep"])?;
     match cmd.as_str() {
         "corpus" => {
@@ -1822,7 +1832,7 @@ fn run(argv: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         "demo" => demo(args),
-        "help" | "--help" | "-h" => {
+        "help" => {
             println!("{USAGE}");
             Ok(())
         }

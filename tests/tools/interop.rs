@@ -1042,11 +1042,15 @@ fn run() -> Result<(), String> {
     let Some(cmd) = argv.first() else {
         return Err(USAGE.to_string());
     };
+    if gen::asks_for_help(&argv) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let args = gen::Args::parse(&argv[1..], &["keep"])?;
     match cmd.as_str() {
         "check" => check(args),
         "cost" => cost(args),
-        "help" | "--help" | "-h" => {
+        "help" => {
             println!("{USAGE}");
             Ok(())
         }
