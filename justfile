@@ -22,6 +22,15 @@ bench *ARGS:
     cargo build --release
     cargo run --release --example bench -- {{ARGS}}
 
+# Needs root (network namespaces). Uses `tc netem` when the kernel has it, else a userspace
+# relay that delays every byte 50 ms each way (it says which). AF_NETBENCH_MB (default 400)
+# and AF_NETBENCH_RUNS (default 3, medians) size it. Example: `AF_NETBENCH_RUNS=5 just netbench`.
+#
+# Throughput forwarder -> tailer across two network namespaces, without and with 50 ms delay
+netbench:
+    cargo build --release
+    cargo test --release --test netfaults netbench -- --ignored --nocapture
+
 # fluentd comes from the environment, never from this repository: FLUENTD='whole command line',
 # or FLUENTD_SRC=/path/to/fluentd-checkout (run with ruby; FLUENTD_RUBYOPT is passed to it as
 # RUBYOPT), or `fluentd` on PATH. Without one it says so and exits 0. Not part of `just test`.
@@ -73,7 +82,8 @@ test: deps
     cargo test --release -- --test-threads 4
 
 # The tools the end-to-end tests start: real proxies (tinyproxy, socat, stunnel4), openssl for
-# test certificates, and python3-msgpack as the independent decoder.
+# test certificates, python3-msgpack as the independent decoder, and for tests/netfaults.rs
+# iproute2 (ip netns, veth, tc) and nftables (packet loss and partitions).
 #
 # Install the end-to-end tests' tools with apt-get when missing (root or sudo)
 deps:
@@ -81,6 +91,8 @@ deps:
     set -euo pipefail
     missing=()
     for c in tinyproxy socat stunnel4 openssl; do command -v "$c" >/dev/null || missing+=("$c"); done
+    command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+    command -v nft >/dev/null || missing+=(nftables)
     /usr/bin/python3 -c 'import msgpack' 2>/dev/null || missing+=(python3 python3-msgpack)
     [ ${#missing[@]} -eq 0 ] && exit 0
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

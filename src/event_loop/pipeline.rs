@@ -25,8 +25,12 @@ use crate::sys;
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
 const CHUNK_TARGET: usize = 512 * 1024;
-/// Most bytes in flight on the connection; beyond this the files are the buffer.
-const WINDOW_MAX: usize = 8 * 1024 * 1024;
+/// Most bytes in flight on the connection; beyond this the files are the buffer. Throughput is
+/// at most the window per ack round trip, so the window must cover bandwidth x delay: 8 MiB
+/// held a 50 ms-each-way link to about 75 MB/s where the same veth without delay carried 160
+/// (tests/netfaults.rs, `just netbench`); 32 MiB covers about 300 MB/s at a 100 ms round trip.
+/// Memory stays bounded by --mem-buf-limit, of which the window takes at most half.
+const WINDOW_MAX: usize = 32 * 1024 * 1024;
 /// Smallest read worth a syscall when memory is tight.
 const MIN_READ: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
@@ -140,8 +144,7 @@ impl Pipeline {
         );
         // Memory: the read buffer, a partial line and one chunk being built are fixed costs; the
         // window of chunks in flight gets what is left, and reading stops when it is full.
-        let window = WINDOW_MAX.min(limit / 2);
-        let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
+        let (window, chunk_target) = window_for(limit);
         info!(
             "forwarding {} to {} (position file {}, window {} KiB)",
             args.audit_log_path.display(),
@@ -488,6 +491,16 @@ fn set_aside(path: &std::path::Path, r: &crate::forward::outbox::Rejected) {
     );
 }
 
+/// The window of chunks in flight and the chunk target for `--mem-buf-limit` `limit`: memory
+/// for the read buffer, a partial line and one chunk being built is a fixed cost, the window
+/// gets at most half of the limit, and a window holds at least four chunks so acks keep
+/// coming while more is sent.
+fn window_for(limit: usize) -> (usize, usize) {
+    let window = WINDOW_MAX.min(limit / 2);
+    let chunk_target = CHUNK_TARGET.min(window / 4).max(MIN_READ * 4);
+    (window, chunk_target)
+}
+
 /// How many bytes the next read may take: none while the window of chunks in flight is full,
 /// and at most a quarter of what `--mem-buf-limit` leaves, since a read can grow the partial line
 /// by as much as it reads and the chunk by about three times that (short JSON numbers become
@@ -635,5 +648,37 @@ impl SplitMix {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_covers_a_long_round_trip_within_half_the_memory_limit() {
+        const MIB: usize = 1024 * 1024;
+        // (--mem-buf-limit, window, chunk target)
+        let cases = [
+            // The default 200M: 32 MiB in flight, 64 chunks of 512 KiB; at a 100 ms round
+            // trip that is over 300 MB/s.
+            (200 * 1_000_000, 32 * MIB, 512 * 1024),
+            (64 * MIB, 32 * MIB, 512 * 1024),
+            // Below 64 MiB the limit, not the constant, decides.
+            (40 * MIB, 20 * MIB, 512 * 1024),
+            (4 * MIB, 2 * MIB, 512 * 1024),
+            // Smaller windows keep four chunks in flight, never chunks under 16 KiB.
+            (2 * MIB, MIB, 256 * 1024),
+            (64 * 1024, 32 * 1024, 16 * 1024),
+        ];
+        for (limit, window, chunk) in cases {
+            assert_eq!(window_for(limit), (window, chunk), "limit {limit}");
+        }
+        // The bandwidth-delay product the default window holds: 100 ms round trip.
+        let (window, _) = window_for(200 * 1_000_000);
+        assert!(
+            window as f64 / 0.1 >= 300e6,
+            "window {window} too small for 300 MB/s x 100 ms"
+        );
     }
 }

@@ -157,7 +157,17 @@ pub fn free_port() -> u16 {
 /// True if some socket is in LISTEN state on 127.0.0.1:port or 0.0.0.0:port. Reading
 /// /proc/net/tcp instead of probing with a connect keeps the receiver free of fake connections.
 pub fn port_listening(port: u16) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/net/tcp") else {
+    listening_in("/proc/net/tcp", port)
+}
+
+/// [`port_listening`] in the network namespace of process `pid` (tests/netfaults.rs starts the
+/// tailer in its own namespace, whose sockets our /proc/net/tcp does not show).
+pub fn port_listening_in(pid: u32, port: u16) -> bool {
+    listening_in(&format!("/proc/{pid}/net/tcp"), port)
+}
+
+fn listening_in(proc_net_tcp: &str, port: u16) -> bool {
+    let Ok(text) = fs::read_to_string(proc_net_tcp) else {
         return false;
     };
     let loopback = format!("0100007F:{port:04X}");
@@ -939,7 +949,7 @@ impl Tailer {
                     exited = Some(st);
                     return true;
                 }
-                port_listening(self.port)
+                port_listening_in(child.id(), self.port)
             });
             match exited {
                 None if up => {
