@@ -142,6 +142,30 @@ fn send_and_wait_closed(mut s: TcpStream, bytes: &[u8], half_close: bool) {
     wait_closed(&mut s);
 }
 
+/// Waits until the tailer printed every line of `lines`, failing if the forwarder exits or
+/// `timeout_s` passes.
+fn wait_delivered(
+    tailer: &Tailer,
+    fwd: &mut Forwarder,
+    lines: &[String],
+    timeout_s: u64,
+    beside: &str,
+) {
+    let mut cov = Coverage::new(lines);
+    let deadline = Instant::now() + secs(timeout_s);
+    while !tailer.wait_all(&mut cov, ms(500)) {
+        fwd.assert_alive(&format!("delivering beside {beside}"));
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records missing after {timeout_s} s beside {beside}; tailer stderr \
+             (tail):\n{}",
+            cov.remaining(),
+            lines.len(),
+            tail(&tailer.stderr_text())
+        );
+    }
+}
+
 #[test]
 fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     let dir = TempDir::new("hostile");
@@ -266,18 +290,7 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     );
 
     let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--shared-key", KEY]));
-    let mut cov = Coverage::new(&lines);
-    let deadline = Instant::now() + secs(120);
-    while !tailer.wait_all(&mut cov, ms(500)) {
-        fwd.assert_alive("delivering beside hostile clients");
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} records missing after 120 s; tailer stderr (tail):\n{}",
-            cov.remaining(),
-            lines.len(),
-            tail(&tailer.stderr_text())
-        );
-    }
+    wait_delivered(&tailer, &mut fwd, &lines, 120, "hostile clients");
     assert_eq!(
         nested_ack
             .recv_timeout(secs(60))
@@ -367,13 +380,7 @@ fn tailer_holds_thousands_of_idle_connections_and_refuses_those_beyond_max_clien
     let first = audit_events(0..1_000);
     w.write_lines(&first);
     let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
-    let mut cov = Coverage::new(&first);
-    assert!(
-        tailer.wait_all(&mut cov, secs(60)),
-        "{} of the first records missing; tailer stderr (tail):\n{}",
-        cov.remaining(),
-        tail(&tailer.stderr_text())
-    );
+    wait_delivered(&tailer, &mut fwd, &first, 60, "no other client");
 
     // The forwarder holds one slot now; the idle connections take the others, then overflow.
     let idle: Vec<TcpStream> = (0..IDLE)
@@ -427,18 +434,7 @@ fn tailer_holds_thousands_of_idle_connections_and_refuses_those_beyond_max_clien
     let second = audit_events(1_000..4_000);
     w.write_lines(&second);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
-    let mut cov = Coverage::new(&all);
-    let deadline = Instant::now() + secs(60);
-    while !tailer.wait_all(&mut cov, ms(500)) {
-        fwd.assert_alive("delivering beside thousands of idle connections");
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} records missing after 60 s; tailer stderr (tail):\n{}",
-            cov.remaining(),
-            all.len(),
-            tail(&tailer.stderr_text())
-        );
-    }
+    wait_delivered(&tailer, &mut fwd, &all, 60, "thousands of idle connections");
     let peak = tailer.peak_rss().expect("the tailer is still running");
     eprintln!(
         "tailer peak RSS with {held_at_most} idle clients: {:.1} MiB",
