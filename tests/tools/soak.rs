@@ -622,10 +622,11 @@ fn run(cfg: Config) -> Result<bool, String> {
         (
             "events written".into(),
             format!(
-                "{} ({:.1} MB, {} rotations at 1 MiB, maxbackup 1, gzip)",
+                "{} ({:.1} MB, {} rotations at 1 MiB, one every {:.1} s, maxbackup 1, gzip)",
                 written.lines,
                 written.bytes as f64 / 1e6,
-                written.rotations
+                written.rotations,
+                lines as f64 / rig.cfg.rate / written.rotations.max(1) as f64
             ),
         ),
         ("received unique".into(), t.unique.to_string()),
@@ -701,6 +702,11 @@ fn run(cfg: Config) -> Result<bool, String> {
         for l in fwd_errors.iter().take(10) {
             println!("    {l}");
         }
+        println!(
+            "    (with maxbackup 1 a rotated file is deleted at the next rotation: a forwarder \
+             down or behind for longer than one rotation loses what it had not read, and its \
+             ERROR lines name the file; lower --rate or --down-ms to stay inside that)"
+        );
     }
     if rss_max > rig.cfg.rss_bound {
         ok = false;
