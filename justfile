@@ -31,6 +31,17 @@ netbench:
     cargo build --release
     cargo test --release --test netfaults netbench -- --ignored --nocapture
 
+# A simulated kube-apiserver writes at a steady rate (lumberjack rotation at 1 MiB,
+# maxbackup=1, gzip) while the forwarder delivers through socat (Unix socket) -> tinyproxy
+# (CONNECT) -> TLS with client certificates -> tailer, and a seeded chaos loop SIGKILLs and
+# restarts the tailer, tinyproxy, socat and the forwarder. Not part of `just test`. Examples:
+# `just soak --minutes 2`, `just soak --seed 7 --rate 200`, `just soak --help`.
+#
+# Long run under chaos: every event arrives, forwarder RSS and descriptors stay bounded
+soak *ARGS:
+    cargo build --release
+    cargo run --release --example soak -- {{ARGS}}
+
 # fluentd comes from the environment, never from this repository: FLUENTD='whole command line',
 # or FLUENTD_SRC=/path/to/fluentd-checkout (run with ruby; FLUENTD_RUBYOPT is passed to it as
 # RUBYOPT), or `fluentd` on PATH. Without one it says so and exits 0. Not part of `just test`.

@@ -1154,14 +1154,6 @@ fn deleted_files_held(pid: i32, dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn set_nofile(pid: i32, limit: u64) {
-    let st = Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
-        .status()
-        .expect("prlimit (util-linux)");
-    assert!(st.success(), "prlimit --nofile={limit} failed");
-}
-
 /// Issue 7: a file that cannot be opened when it appears (here EMFILE) used to be skipped for
 /// good after one warning; it must be retried until it opens, losing nothing.
 #[test]

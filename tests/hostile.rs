@@ -1,8 +1,9 @@
 //! End-to-end: the real `tailer` under hostile clients while a real forwarder delivers to it.
 //! The clients are what anyone who can connect may send (random bytes, truncated and oversized
 //! msgpack, map keys nested 40 deep, handshakes that never end, idle connections, large
-//! messages never finished); the forwarder's records must all arrive exactly as generated, and
-//! the tailer's peak memory must stay within its memory budget.
+//! messages never finished, thousands of idle connections, connections beyond --max-clients);
+//! the forwarder's records must all arrive exactly as generated, and the tailer's peak memory
+//! must stay within a stated bound.
 
 mod common;
 
@@ -141,6 +142,30 @@ fn send_and_wait_closed(mut s: TcpStream, bytes: &[u8], half_close: bool) {
     wait_closed(&mut s);
 }
 
+/// Waits until the tailer printed every line of `lines`, failing if the forwarder exits or
+/// `timeout_s` passes.
+fn wait_delivered(
+    tailer: &Tailer,
+    fwd: &mut Forwarder,
+    lines: &[String],
+    timeout_s: u64,
+    beside: &str,
+) {
+    let mut cov = Coverage::new(lines);
+    let deadline = Instant::now() + secs(timeout_s);
+    while !tailer.wait_all(&mut cov, ms(500)) {
+        fwd.assert_alive(&format!("delivering beside {beside}"));
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records missing after {timeout_s} s beside {beside}; tailer stderr \
+             (tail):\n{}",
+            cov.remaining(),
+            lines.len(),
+            tail(&tailer.stderr_text())
+        );
+    }
+}
+
 #[test]
 fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     let dir = TempDir::new("hostile");
@@ -265,18 +290,7 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     );
 
     let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &["--shared-key", KEY]));
-    let mut cov = Coverage::new(&lines);
-    let deadline = Instant::now() + secs(120);
-    while !tailer.wait_all(&mut cov, ms(500)) {
-        fwd.assert_alive("delivering beside hostile clients");
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} records missing after 120 s; tailer stderr (tail):\n{}",
-            cov.remaining(),
-            lines.len(),
-            tail(&tailer.stderr_text())
-        );
-    }
+    wait_delivered(&tailer, &mut fwd, &lines, 120, "hostile clients");
     assert_eq!(
         nested_ack
             .recv_timeout(secs(60))
@@ -337,6 +351,101 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
         "the endless handshake was not refused; tailer log (tail):\n{}",
         tail(&log)
     );
+    fwd.term_ok();
+}
+
+/// Thousands of idle connections, more than `--max-clients` allows: the tailer holds as many as
+/// it may (its and this process's open-files limits raised for it), closes the rest as soon as
+/// it accepts them with one warning each, and a forwarder that holds a slot goes on delivering.
+/// Idle connections cost the tailer little: a small bound on its peak RSS proves no per-client
+/// buffer is allocated before a client sends something.
+#[test]
+fn tailer_holds_thousands_of_idle_connections_and_refuses_those_beyond_max_clients() {
+    const MAX_CLIENTS: usize = 2_000;
+    const IDLE: usize = 2_500;
+    /// Measured 7.8 MiB (code, stdout buffer, the forwarder's connection, 1,999 idle clients'
+    /// state); a 64 KiB read buffer per idle client alone would be 125 MiB.
+    const IDLE_RSS_BOUND: u64 = 32 << 20;
+    // Default soft limits (1024 on many systems) are below what either side needs.
+    let limit = (IDLE + 512) as u64;
+    set_nofile(std::process::id() as i32, limit);
+    let dir = TempDir::new("hostile-idle");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let port = free_port();
+    let tailer = Tailer::start_launched(
+        port,
+        vec!["--max-clients".into(), MAX_CLIENTS.to_string()],
+        vec!["prlimit".into(), format!("--nofile={limit}:"), bin()],
+    );
+    let first = audit_events(0..1_000);
+    w.write_lines(&first);
+    let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[]));
+    wait_delivered(&tailer, &mut fwd, &first, 60, "no other client");
+
+    // The forwarder holds one slot now; the idle connections take the others, then overflow.
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|i| {
+            TcpStream::connect(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+    }
+    let closed = |s: &TcpStream| {
+        let mut b = [0u8; 1];
+        match (&*s).read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => panic!("the tailer sent bytes to a plain idle client"),
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    let held_at_most = MAX_CLIENTS - 1;
+    let mut refused = 0;
+    let settled = wait_until(secs(60), || {
+        refused = idle.iter().filter(|s| closed(s)).count();
+        refused >= IDLE - held_at_most
+    });
+    assert!(
+        settled,
+        "{refused} of {IDLE} idle connections closed, expected {}; tailer stderr (tail):\n{}",
+        IDLE - held_at_most,
+        tail(&tailer.stderr_text())
+    );
+    // Nothing more is closed once the tailer is full: the held ones stay.
+    thread::sleep(ms(500));
+    refused = idle.iter().filter(|s| closed(s)).count();
+    assert_eq!(refused, IDLE - held_at_most, "idle connections closed");
+    let log = tailer.stderr_text();
+    let refusals = lines_mentioning(
+        &log,
+        &[&format!(
+            "refused: {MAX_CLIENTS} clients are connected, as many as --max-clients allows"
+        )],
+        &["client 127.0.0.1:"],
+    );
+    assert_eq!(
+        refusals.len(),
+        refused,
+        "one warning per refused connection"
+    );
+
+    // While the slots are all taken, the forwarder's connection goes on delivering.
+    let second = audit_events(1_000..4_000);
+    w.write_lines(&second);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_delivered(&tailer, &mut fwd, &all, 60, "thousands of idle connections");
+    let peak = tailer.peak_rss().expect("the tailer is still running");
+    eprintln!(
+        "tailer peak RSS with {held_at_most} idle clients: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak < IDLE_RSS_BOUND,
+        "tailer peak RSS {peak} bytes with idle clients, over {IDLE_RSS_BOUND}"
+    );
+    assert_delivered(&all, &tailer.records(), false);
+    drop(idle);
     fwd.term_ok();
 }
 

@@ -867,6 +867,25 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Sets the soft limit on open files of `pid` (this test process or a child) with `prlimit`
+/// (util-linux); it cannot pass the hard limit, which the failure message then names.
+pub fn set_nofile(pid: i32, limit: u64) {
+    let st = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(
+        st.success(),
+        "prlimit --nofile={limit}: failed (hard limit {:?})",
+        fs::read_to_string(format!("/proc/{pid}/limits"))
+            .ok()
+            .and_then(|l| l
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(str::to_string))
+    );
+}
+
 /// `audit-forwarder tailer --listen 127.0.0.1:PORT`: the real receiver. Lines it prints are
 /// kept across kills and restarts, so `records()` is everything received on this port.
 pub struct Tailer {

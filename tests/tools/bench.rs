@@ -32,13 +32,7 @@ struct Mode {
     name: String,
     forwarder_args: Vec<String>,
     tailer_args: Vec<String>,
-    tunnel: Option<Tunnel>,
-}
-
-struct Tunnel {
-    socket: PathBuf,
-    proxy_port: u16,
-    dir: PathBuf,
+    tunnel: Option<gen::Tunnel>,
 }
 
 const MODES: &str = "plaintext, tls, tls-gzip, uds-tls";
@@ -56,44 +50,25 @@ impl Mode {
             "plaintext" => Ok(plain),
             "tls" | "tls-gzip" | "uds-tls" => {
                 let certs = dir.join("certs");
-                make_certs(&certs)?;
-                let p = |f: &str| certs.join(f).display().to_string();
-                let mut forwarder_args = vec![
-                    "--tls-basedir".to_string(),
-                    certs.display().to_string(),
-                    "--tls-ca-file=ca.crt".to_string(),
-                    "--tls-crt-file=client.crt".to_string(),
-                    "--tls-key-file=client.key".to_string(),
-                ];
+                gen::make_certs(&certs)?;
+                let (mut forwarder_args, tailer_args) = gen::tls_args(&certs);
                 if name == "tls-gzip" {
                     forwarder_args.extend(["--compress".to_string(), "gzip".to_string()]);
                 }
                 let tunnel = if name == "uds-tls" {
-                    let socket = dir.join("konnectivity.sock");
+                    let t = gen::Tunnel::new(dir).map_err(|e| e.to_string())?;
                     forwarder_args.extend([
                         "--konnectivity-uds-socket".to_string(),
-                        socket.display().to_string(),
+                        t.socket.display().to_string(),
                     ]);
-                    let proxy_port = procs::free_port().map_err(|e| e.to_string())?;
-                    Some(Tunnel {
-                        socket,
-                        proxy_port,
-                        dir: dir.join("tunnel"),
-                    })
+                    Some(t)
                 } else {
                     None
                 };
                 Ok(Mode {
                     name: name.to_string(),
                     forwarder_args,
-                    tailer_args: vec![
-                        "--tls-crt-file".to_string(),
-                        p("server.crt"),
-                        "--tls-key-file".to_string(),
-                        p("server.key"),
-                        "--client-ca".to_string(),
-                        p("ca.crt"),
-                    ],
+                    tailer_args,
                     tunnel,
                 })
             }
@@ -107,138 +82,10 @@ impl Mode {
         let Some(t) = &self.tunnel else {
             return Ok(Vec::new());
         };
-        fs::create_dir_all(&t.dir).map_err(|e| format!("create {}: {e}", t.dir.display()))?;
-        let conf = t.dir.join("tinyproxy.conf");
-        fs::write(
-            &conf,
-            format!(
-                "User root\nGroup root\nPort {}\nListen 127.0.0.1\nTimeout 600\nAllow 127.0.0.1\nConnectPort {tailer_port}\nMaxClients 100\nLogLevel Warning\nLogFile \"{}\"\n",
-                t.proxy_port,
-                t.dir.join("tinyproxy.log").display()
-            ),
-        )
-        .map_err(|e| format!("write {}: {e}", conf.display()))?;
-        let tiny = Proc::spawn(
-            "tinyproxy",
-            Command::new("tinyproxy")
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .map_err(|e| format!("{e} (install tinyproxy for --mode uds-tls)"))?;
-        let _ = fs::remove_file(&t.socket);
-        let socat = Proc::spawn(
-            "socat",
-            Command::new("socat")
-                .arg(format!("UNIX-LISTEN:{},fork", t.socket.display()))
-                .arg(format!("TCP:127.0.0.1:{}", t.proxy_port))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .map_err(|e| format!("{e} (install socat for --mode uds-tls)"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(t.socket.exists()
-            && std::net::TcpStream::connect(("127.0.0.1", t.proxy_port)).is_ok())
-        {
-            if Instant::now() > deadline {
-                return Err("the tunnel (tinyproxy + socat) did not come up within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(vec![tiny, socat])
+        let procs = vec![t.start_proxy(tailer_port)?, t.start_front()?];
+        t.wait_up(Duration::from_secs(10))?;
+        Ok(procs)
     }
-}
-
-/// A CA, a server certificate for kubernetes-audit-tailer and a client certificate, with the
-/// `openssl` command (X.509 v3, EC P-256 keys).
-fn make_certs(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e} (TLS modes need the openssl command)"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut a = vec!["req", "-x509"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bench-ca",
-    ]);
-    run(&a)?;
-    for (name, usage, san) in [
-        (
-            "server",
-            "serverAuth",
-            "subjectAltName=DNS:kubernetes-audit-tailer\n",
-        ),
-        ("client", "clientAuth", ""),
-    ] {
-        let ext = format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}");
-        fs::write(dir.join(format!("{name}.ext")), ext).map_err(|e| e.to_string())?;
-        let (key, csr, crt, extf) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        let mut a = vec!["req"];
-        a.extend(ec);
-        a.extend([
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=kubernetes-audit-tailer",
-        ]);
-        run(&a)?;
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &extf,
-        ])?;
-    }
-    Ok(())
 }
 
 struct Config {
@@ -257,17 +104,9 @@ struct Config {
 }
 
 fn parse_config() -> Result<Config, String> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if gen::asks_for_help(&argv) {
-        println!("{USAGE}");
-        std::process::exit(0);
-    }
-    let mut args = gen::Args::parse(&argv, &["keep"])?;
+    let mut args = gen::Args::from_env(USAGE, &["keep"])?;
     let cfg = Config {
-        bin: args
-            .value("bin")
-            .map(PathBuf::from)
-            .unwrap_or_else(procs::default_binary),
+        bin: args.binary(),
         bytes: gen::parse_size(&args.value("bytes").unwrap_or_else(|| "500M".to_string()))?,
         dir: args
             .value("dir")

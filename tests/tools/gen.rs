@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---------------------------------------------------------------------------------------------
@@ -966,8 +968,11 @@ pub struct WriteOpts {
     pub lines: u64,
     /// Lines per second; 0 writes as fast as possible.
     pub rate: f64,
-    /// Rotate after every this many lines of this run; 0 never rotates.
+    /// Rotate after every this many lines of this run; 0: not by count.
     pub rotate_every: u64,
+    /// Rotate before a line would take audit.log past this many bytes, as lumberjack's
+    /// MaxSize does; 0: not by size.
+    pub rotate_bytes: u64,
     pub compress: bool,
     /// Backups to keep; 0 keeps all (lumberjack's MaxBackups semantics).
     pub max_backups: usize,
@@ -1000,12 +1005,9 @@ pub fn write_log(opts: &WriteOpts) -> io::Result<WriteStats> {
     let mut generator = Generator::new(opts.seed ^ opts.first_seq).with_wall_clock();
     let mut line = String::with_capacity(16 * 1024);
     let mut stats = WriteStats::default();
+    let mut size = file.metadata()?.len();
     let start = Instant::now();
     for i in 0..opts.lines {
-        if opts.rotate_every > 0 && i > 0 && i % opts.rotate_every == 0 {
-            rotate(&opts.dir, &mut file, opts.compress, opts.max_backups)?;
-            stats.rotations += 1;
-        }
         if opts.rate > 0.0 {
             let due = start + Duration::from_secs_f64(i as f64 / opts.rate);
             let now = Instant::now();
@@ -1015,11 +1017,20 @@ pub fn write_log(opts: &WriteOpts) -> io::Result<WriteStats> {
         }
         line.clear();
         generator.event(opts.first_seq + i, &mut line);
+        let by_count = opts.rotate_every > 0 && i > 0 && i % opts.rotate_every == 0;
+        let by_size =
+            opts.rotate_bytes > 0 && size > 0 && size + line.len() as u64 > opts.rotate_bytes;
+        if by_count || by_size {
+            rotate(&opts.dir, &mut file, opts.compress, opts.max_backups)?;
+            stats.rotations += 1;
+            size = 0;
+        }
         // A regular file takes the whole buffer in one write(); write_all only loops on the
         // partial writes a full disk would cause.
         file.write_all(line.as_bytes())?;
         stats.lines += 1;
         stats.bytes += line.len() as u64;
+        size += line.len() as u64;
     }
     Ok(stats)
 }
@@ -1100,7 +1111,202 @@ fn mill(dir: &Path, compress: bool, max_backups: usize) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Child processes (shared with bench.rs)
+// TLS certificates and the konnectivity tunnel's proxies (shared with bench.rs and soak.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A CA, a server certificate for kubernetes-audit-tailer and a client certificate, with the
+/// `openssl` command (X.509 v3, EC P-256 keys).
+pub fn make_certs(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl: {e} (TLS needs the openssl command)"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bench-ca",
+    ]);
+    run(&a)?;
+    for (name, usage, san) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:kubernetes-audit-tailer\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        let ext = format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}");
+        fs::write(dir.join(format!("{name}.ext")), ext).map_err(|e| e.to_string())?;
+        let (key, csr, crt, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend([
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=kubernetes-audit-tailer",
+        ]);
+        run(&a)?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The arguments that make the forwarder and the tailer talk TLS with the certificates
+/// `make_certs` wrote to `certs`: (forwarder's, tailer's). The tailer asks for a client
+/// certificate signed by the same CA.
+pub fn tls_args(certs: &Path) -> (Vec<String>, Vec<String>) {
+    let p = |f: &str| certs.join(f).display().to_string();
+    let forwarder = vec![
+        "--tls-basedir".to_string(),
+        certs.display().to_string(),
+        "--tls-ca-file=ca.crt".to_string(),
+        "--tls-crt-file=client.crt".to_string(),
+        "--tls-key-file=client.key".to_string(),
+    ];
+    let tailer = vec![
+        "--tls-crt-file".to_string(),
+        p("server.crt"),
+        "--tls-key-file".to_string(),
+        p("server.key"),
+        "--client-ca".to_string(),
+        p("ca.crt"),
+    ];
+    (forwarder, tailer)
+}
+
+/// A konnectivity server stand-in: socat listening on a Unix socket in front of tinyproxy, which
+/// answers HTTP CONNECT. Each runs in its own process group so that killing the group also ends
+/// the connections its children (socat forks per connection) still relay, as a dying
+/// konnectivity server ends its tunnels.
+pub struct Tunnel {
+    pub socket: PathBuf,
+    pub proxy_port: u16,
+    /// tinyproxy's configuration and log.
+    pub dir: PathBuf,
+}
+
+impl Tunnel {
+    pub fn new(dir: &Path) -> io::Result<Tunnel> {
+        Ok(Tunnel {
+            socket: dir.join("konnectivity.sock"),
+            proxy_port: procs::free_port()?,
+            dir: dir.join("tunnel"),
+        })
+    }
+
+    /// tinyproxy, allowing CONNECT to `tailer_port` only.
+    pub fn start_proxy(&self, tailer_port: u16) -> Result<procs::Proc, String> {
+        fs::create_dir_all(&self.dir).map_err(|e| format!("create {}: {e}", self.dir.display()))?;
+        let conf = self.dir.join("tinyproxy.conf");
+        fs::write(
+            &conf,
+            format!(
+                "User root\nGroup root\nPort {}\nListen 127.0.0.1\nTimeout 600\nAllow 127.0.0.1\nConnectPort {tailer_port}\nMaxClients 100\nLogLevel Warning\nLogFile \"{}\"\n",
+                self.proxy_port,
+                self.dir.join("tinyproxy.log").display()
+            ),
+        )
+        .map_err(|e| format!("write {}: {e}", conf.display()))?;
+        procs::Proc::spawn(
+            "tinyproxy",
+            std::process::Command::new("tinyproxy")
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+        .map_err(|e| format!("{e} (the tunnel needs tinyproxy)"))
+    }
+
+    /// socat on the Unix socket, relaying each connection to tinyproxy.
+    pub fn start_front(&self) -> Result<procs::Proc, String> {
+        let _ = fs::remove_file(&self.socket);
+        procs::Proc::spawn(
+            "socat",
+            std::process::Command::new("socat")
+                .arg(format!("UNIX-LISTEN:{},fork", self.socket.display()))
+                .arg(format!("TCP:127.0.0.1:{}", self.proxy_port))
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+        .map_err(|e| format!("{e} (the tunnel needs socat)"))
+    }
+
+    /// Waits until both listen.
+    pub fn wait_up(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !(self.socket.exists()
+            && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok())
+        {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the tunnel (tinyproxy + socat) did not come up within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes (shared with bench.rs and soak.rs)
 // ---------------------------------------------------------------------------------------------
 
 pub mod procs {
@@ -1243,6 +1449,17 @@ pub mod procs {
                 // SAFETY: plain kill(2) on our own unreaped child's pid.
                 unsafe { libc::kill(self.pid(), sig) };
             }
+        }
+
+        /// SIGKILL to the child's process group (it was spawned as its leader with
+        /// `process_group(0)`), so the children it forked die with it; then reaps it.
+        pub fn kill_group(&mut self) -> io::Result<Usage> {
+            if self.usage.is_none() {
+                // SAFETY: kill(2) on the process group our own unreaped child leads.
+                unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+            }
+            self.wait4(0)?
+                .ok_or_else(|| io::Error::other("wait4 returned no child"))
         }
 
         /// SIGTERM, wait up to `grace`, then SIGKILL; returns the child's usage.
@@ -1394,6 +1611,24 @@ impl Args {
             }
         }
         Ok(Args { pairs })
+    }
+
+    /// This process's arguments for a tool whose valueless flags are `flags`; `--help` or `-h`
+    /// prints `usage` and exits.
+    pub fn from_env(usage: &str, flags: &[&str]) -> Result<Args, String> {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        if asks_for_help(&argv) {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        Args::parse(&argv, flags)
+    }
+
+    /// `--bin PATH`, by default the release binary beside this tool.
+    pub fn binary(&mut self) -> PathBuf {
+        self.value("bin")
+            .map(PathBuf::from)
+            .unwrap_or_else(procs::default_binary)
     }
 
     /// Removes and returns every value given for `name`, in order.
@@ -1593,6 +1828,7 @@ fn run_demo(bin: &Path, dir: &Path) -> Result<(), String> {
         lines,
         rate,
         rotate_every,
+        rotate_bytes: 0,
         compress: true,
         max_backups: 5,
         first_seq,
@@ -1762,8 +1998,8 @@ fn run_demo(bin: &Path, dir: &Path) -> Result<(), String> {
 
 const USAGE: &str = "usage:
   gen corpus --out FILE --bytes N[K|M|G] [--seed S]
-  gen write --dir DIR --lines N [--rate R] [--rotate-every M] [--compress] [--maxbackup K]
-            [--first-seq N] [--seed S]
+  gen write --dir DIR --lines N [--rate R] [--rotate-every M] [--rotate-size 1M] [--compress]
+            [--maxbackup K] [--first-seq N] [--seed S]
   gen line --seq N
   gen demo [--bin PATH] [--keep]";
 
@@ -1799,6 +2035,7 @@ fn run(argv: &[String]) -> Result<(), String> {
                 lines: args.parsed("lines", 0u64)?,
                 rate: args.parsed("rate", 0.0f64)?,
                 rotate_every: args.parsed("rotate-every", 0u64)?,
+                rotate_bytes: parse_size(&args.value("rotate-size").unwrap_or_else(|| "0".into()))?,
                 compress: args.flag("compress"),
                 max_backups: args.parsed("maxbackup", 0usize)?,
                 first_seq: args.parsed("first-seq", 1u64)?,
