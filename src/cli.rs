@@ -208,6 +208,10 @@ OPTIONS:
         would take more is disconnected with a warning naming it. It also caps what
         inflating one compressed message may take. At least 1M; a message is also
         never larger than 64 MiB, nor one record's JSON line.
+    --metrics-address HOST:PORT   [AUDIT_METRICS_ADDRESS] default: none (off)
+        Serve /metrics (Prometheus text format, audit_tailer_*), /healthz (the process
+        runs) and /readyz (200 while a new client would be served, else 503 with the
+        reason) over HTTP on this address, e.g. 0.0.0.0:9090; \"\" for none.
     --log-level LEVEL             [AUDIT_LOG_LEVEL] default: info
         One of error, warn, info, debug, trace.
     -h, --help                    Print this help.
@@ -461,6 +465,8 @@ pub struct TailerArgs {
     pub client_timeout: Duration,
     pub idle_timeout: Duration,
     pub mem_budget: u64,
+    /// Some: serve /metrics, /healthz and /readyz on this HOST:PORT.
+    pub metrics_address: Option<String>,
 }
 
 /// The tailer's TLS server settings.
@@ -923,13 +929,7 @@ fn parse_forward(
         text(positive_duration),
     )?
     .map_or(DEFAULT_STATS_INTERVAL, |s| s.value);
-    let metrics_address = resolve(
-        metrics_address,
-        "metrics-address",
-        src,
-        text(parse_metrics_address),
-    )?
-    .and_then(|s| s.value);
+    let metrics_address = resolve_metrics_address(metrics_address, src)?;
 
     // Saturating: a max line size near u64::MAX must read as "needs more than any limit", not
     // wrap into a small minimum.
@@ -991,6 +991,7 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
     let mut client_timeout = None;
     let mut idle_timeout = None;
     let mut mem_budget = None;
+    let mut metrics_address = None;
     let mut last_secret = None;
 
     while let Some(arg) = parser.next()? {
@@ -1001,6 +1002,7 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
             Long("client-timeout") => client_timeout = Some(parser.value()?),
             Long("idle-timeout") => idle_timeout = Some(parser.value()?),
             Long("mem-budget") => mem_budget = Some(parser.value()?),
+            Long("metrics-address") => metrics_address = Some(parser.value()?),
             Long("discard") => discard = Some(bool_value(&mut parser)),
             Long("log-level") => log_level = Some(parser.value()?),
             Long("tls-crt-file") => tls_crt_file = Some(parser.value()?),
@@ -1102,6 +1104,7 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
         }
         Some(s) => s.value,
     };
+    let metrics_address = resolve_metrics_address(metrics_address, src)?;
     Ok(Command::Tailer(TailerArgs {
         listen,
         discard,
@@ -1113,6 +1116,7 @@ fn parse_tailer(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageEr
         client_timeout,
         idle_timeout,
         mem_budget,
+        metrics_address,
     }))
 }
 
@@ -1674,6 +1678,15 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 /// kept as given.
 fn parse_listen(s: &str) -> Result<String, String> {
     parse_host_port(s, 0).map(|_| s.to_string())
+}
+
+/// `--metrics-address` of either mode, from the command line, the environment or the config.
+fn resolve_metrics_address(
+    cli: Option<OsString>,
+    src: &Sources,
+) -> Result<Option<String>, UsageError> {
+    let setting = resolve(cli, "metrics-address", src, text(parse_metrics_address))?;
+    Ok(setting.and_then(|s| s.value))
 }
 
 /// A listen address, or "" for none (an empty variable in a manifest turns it off).
@@ -3219,6 +3232,7 @@ mod tests {
             ("client-timeout", "default: 30s"),
             ("idle-timeout", "default: 10m"),
             ("mem-budget", "default: 200M"),
+            ("metrics-address", "default: none (off)"),
         ];
         for (help, flags) in [(HELP, forward), (TAILER_HELP, tailer)] {
             for &(flag, default) in flags {
@@ -3296,6 +3310,7 @@ mod tests {
                 client_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(600),
                 mem_budget: 200_000_000,
+                metrics_address: None,
             }))
         };
         let cases: &[(Args, EnvTable, Result<Command, UsageError>)] = &[
@@ -4089,6 +4104,45 @@ mod tests {
         for &(args, env, want) in err {
             let args = [REQUIRED, args].concat();
             assert_usage_error(run(&args, env), want, &args);
+        }
+    }
+
+    #[test]
+    fn cli_tailer_metrics_address() {
+        // The address, or the start of the usage error.
+        type Want = Result<Option<&'static str>, &'static str>;
+        let cases: &[(Args, EnvTable, Want)] = &[
+            (&[], &[], Ok(None)),
+            (
+                &["--metrics-address=0.0.0.0:9090"],
+                &[],
+                Ok(Some("0.0.0.0:9090")),
+            ),
+            (
+                &[],
+                &[("AUDIT_METRICS_ADDRESS", "[::1]:0")],
+                Ok(Some("[::1]:0")),
+            ),
+            (
+                &["--metrics-address="],
+                &[("AUDIT_METRICS_ADDRESS", "a:1")],
+                Ok(None),
+            ),
+            (
+                &["--metrics-address=9090"],
+                &[],
+                Err("--metrics-address: invalid address \"9090\""),
+            ),
+        ];
+        for &(extra, env, want) in cases {
+            let args = [&["tailer", "--listen=a:1"][..], extra].concat();
+            match (run(&args, env), want) {
+                (Ok(Command::Tailer(t)), Ok(want)) => {
+                    assert_eq!(t.metrics_address.as_deref(), want, "{args:?}")
+                }
+                (got, Err(want)) => assert_usage_error(got, want, &args),
+                (got, Ok(_)) => panic!("{args:?}: {got:?}"),
+            }
         }
     }
 

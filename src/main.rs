@@ -75,6 +75,7 @@ fn main() -> ExitCode {
                     // A budget beyond the address space cannot be reached anyway.
                     mem_budget: usize::try_from(args.mem_budget).unwrap_or(usize::MAX),
                 },
+                metrics_address: args.metrics_address.clone(),
             });
             match run {
                 Err(e) if e.is_config() => {

@@ -3,8 +3,10 @@
 //! Owns the listening socket and its clients (each optionally behind rustls and the Forward
 //! shared-key handshake), the limits every client is held to (connection count, timeouts, one
 //! memory budget for all input buffers, the size of a record's JSON), the stdout writer, and the
-//! reload of the server's TLS material when the files change. Decoding is `forward`'s job, the
-//! handshake's wire format `handshake`'s, and reading certificates `tls`'s.
+//! reload of the server's TLS material when the files change, and what it counts for
+//! `--metrics-address` (served by `metrics::Server` on this loop). Decoding is `forward`'s job,
+//! the handshake's wire format `handshake`'s, reading certificates `tls`'s, and rendering the
+//! counts `metrics::tailer`'s.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -22,9 +24,14 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::cli::{SharedKey, TailerTls};
 use crate::config;
+use crate::event_loop::Source as _;
 use crate::forward::codec as forward;
 use crate::forward::handshake;
 use crate::forward::msgpack::{self, Limits, Scanner};
+use crate::metrics::{
+    self,
+    tailer::{Closed, Counters, Decode, Handshake, Snapshot},
+};
 use crate::net::tls;
 use crate::net::transport::{flush_tls, tls_failure, tls_write, TlsFailure};
 use crate::sys;
@@ -41,6 +48,8 @@ pub struct TailerArgs {
     /// The hostname announced in the PONG; None: the machine's hostname.
     pub self_hostname: Option<String>,
     pub limits: ClientLimits,
+    /// Some: serve /metrics, /healthz and /readyz on this `HOST:PORT`.
+    pub metrics_address: Option<String>,
 }
 
 /// What clients may cost us, alone and together (`--max-clients`, `--client-timeout`,
@@ -67,6 +76,7 @@ pub struct Settings {
     pub tls: Option<ServerTls>,
     pub shared_key: Option<ServerKey>,
     pub limits: ClientLimits,
+    pub metrics_address: Option<String>,
 }
 
 /// The server's TLS configuration and the files it is rebuilt from when they change.
@@ -111,8 +121,10 @@ const LIMITS: Limits = Limits {
 };
 const LISTENER: Token = Token(0);
 const CERTS: Token = Token(1);
+/// The metrics endpoint's listener; its clients take the tokens up to `FIRST_CLIENT`.
+const METRICS: Token = Token(2);
 /// Client `i` of the slot table has token `FIRST_CLIENT + i`.
-const FIRST_CLIENT: usize = 2;
+const FIRST_CLIENT: usize = METRICS.0 + 1 + metrics::MAX_CLIENTS;
 
 #[derive(Debug)]
 pub enum Error {
@@ -134,6 +146,8 @@ pub enum Error {
     Inotify(io::Error),
     /// Writing records to stdout failed (EPIPE when the reader went away).
     Output(io::Error),
+    /// `--metrics-address` cannot be served (bind failed).
+    Metrics(String),
 }
 
 impl Error {
@@ -157,6 +171,7 @@ impl fmt::Display for Error {
             Error::Poll(e) => write!(f, "tailer: poll: {e}"),
             Error::Inotify(e) => write!(f, "tailer: inotify for the TLS files: {e}"),
             Error::Output(e) => write!(f, "tailer: writing records to stdout: {e}"),
+            Error::Metrics(msg) => write!(f, "tailer: {msg}"),
         }
     }
 }
@@ -191,6 +206,7 @@ pub fn settings(args: &TailerArgs) -> Result<Settings, Error> {
         tls,
         shared_key,
         limits: args.limits,
+        metrics_address: args.metrics_address.clone(),
     })
 }
 
@@ -315,8 +331,12 @@ struct Server<W> {
     /// already queued raise no new event and have to be fetched on a timer.
     accept_retry: Option<Instant>,
     accept_delay: Duration,
+    /// Why accept failed last, while it keeps failing (for `/readyz`).
+    accept_error: Option<String>,
     next_stats: Instant,
     logged: (u64, u64),
+    /// `--metrics-address`: answered after each turn from [`Server::snapshot`].
+    metrics: Option<metrics::Server>,
 }
 
 impl<W: Write> Server<W> {
@@ -330,6 +350,7 @@ impl<W: Write> Server<W> {
             tls,
             shared_key,
             limits,
+            metrics_address,
         } = settings;
         listener.set_nonblocking(true).map_err(Error::Poll)?;
         let mut listener = TcpListener::from_std(listener);
@@ -357,6 +378,12 @@ impl<W: Write> Server<W> {
                 Some(w)
             }
         };
+        let metrics = match metrics_address {
+            None => None,
+            Some(addr) => Some(
+                metrics::Server::new(&addr, poll.registry(), METRICS).map_err(Error::Metrics)?,
+            ),
+        };
         let now = Instant::now();
         Ok(Server {
             poll,
@@ -374,7 +401,7 @@ impl<W: Write> Server<W> {
                 line: Vec::new(),
                 acks: Vec::new(),
                 read_buf: vec![0; READ_STEP].into_boxed_slice(),
-                records: 0,
+                counts: Counters::default(),
                 bytes: 0,
                 mem: Mem {
                     used: 0,
@@ -384,8 +411,10 @@ impl<W: Write> Server<W> {
             next_sweep: now + NO_DEADLINE,
             accept_retry: None,
             accept_delay: ACCEPT_RETRY_FIRST,
+            accept_error: None,
             next_stats: now + STATS_EVERY,
             logged: (0, 0),
+            metrics,
         })
     }
 
@@ -397,6 +426,9 @@ impl<W: Write> Server<W> {
         }
         if self.sink.discard {
             wake = wake.min(self.next_stats);
+        }
+        if let Some(at) = self.metrics.as_ref().and_then(|m| m.deadline()) {
+            wake = wake.min(at);
         }
         let timeout = wake.saturating_duration_since(Instant::now());
         match self.poll.poll(&mut self.events, Some(timeout)) {
@@ -411,6 +443,7 @@ impl<W: Write> Server<W> {
             sink,
             limits,
             next_sweep,
+            metrics,
             ..
         } = self;
         let mut accept = false;
@@ -425,6 +458,13 @@ impl<W: Write> Server<W> {
                         if w.changed() {
                             t.reload();
                         }
+                    }
+                    continue;
+                }
+                token if token.0 < FIRST_CLIENT => {
+                    if let Some(m) = metrics.as_mut().filter(|m| m.owns(token)) {
+                        // The endpoint has no effect on the data path: nothing is collected.
+                        m.on_event(token, poll.registry(), &mut Vec::new());
                     }
                     continue;
                 }
@@ -449,7 +489,7 @@ impl<W: Write> Server<W> {
                 continue;
             }
             if let Some(mut client) = clients[idx].take() {
-                client.close(poll, verdict, &mut sink.mem);
+                client.close(poll, verdict, &mut sink.mem, &mut sink.counts);
             }
         }
         let now = Instant::now();
@@ -459,8 +499,17 @@ impl<W: Write> Server<W> {
         if now >= self.next_sweep {
             self.sweep(now);
         }
+        if let Some(m) = self.metrics.as_mut() {
+            m.on_time(now, self.poll.registry(), &mut Vec::new());
+        }
+        if self.metrics.as_ref().is_some_and(|m| m.has_pending()) {
+            let snap = self.snapshot();
+            if let Some(m) = self.metrics.as_mut() {
+                m.answer_pending(&snap, self.poll.registry());
+            }
+        }
         if self.sink.discard && now >= self.next_stats {
-            let counts = (self.sink.records, self.sink.bytes);
+            let counts = (self.sink.counts.records, self.sink.bytes);
             if counts != self.logged {
                 self.logged = counts;
                 info!("tailer: records={} bytes={}", counts.0, counts.1);
@@ -477,8 +526,10 @@ impl<W: Write> Server<W> {
             shared_key: self.shared_key.as_ref(),
             limits: &self.limits,
         };
-        match accept_all(&self.listener, &self.poll, &mut self.clients, &new) {
+        let counts = &mut self.sink.counts;
+        match accept_all(&self.listener, &self.poll, &mut self.clients, &new, counts) {
             Ok(()) => {
+                self.accept_error = None;
                 if self.accept_retry.take().is_some() {
                     info!("tailer: accepting connections again");
                 }
@@ -493,6 +544,7 @@ impl<W: Write> Server<W> {
                         ACCEPT_RETRY_MAX.as_secs()
                     );
                 }
+                self.accept_error = Some(e.to_string());
                 self.accept_retry = Some(Instant::now() + self.accept_delay);
                 self.accept_delay = (self.accept_delay * 2).min(ACCEPT_RETRY_MAX);
             }
@@ -516,10 +568,28 @@ impl<W: Write> Server<W> {
             }
             let verdict = client.expired(wait, &self.limits);
             if let Some(mut client) = slot.take() {
-                client.close(&self.poll, verdict, &mut self.sink.mem);
+                client.close(
+                    &self.poll,
+                    verdict,
+                    &mut self.sink.mem,
+                    &mut self.sink.counts,
+                );
             }
         }
         self.next_sweep = next;
+    }
+
+    /// The figures `/metrics` and `/readyz` answer from.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            counters: self.sink.counts.clone(),
+            clients_connected: self.clients.iter().flatten().count() as u64,
+            max_clients: self.limits.max_clients as u64,
+            mem_used: self.sink.mem.used as u64,
+            mem_budget: self.sink.mem.budget as u64,
+            mem_min_free: READ_STEP as u64,
+            accept_failing: self.accept_error.clone(),
+        }
     }
 }
 
@@ -537,6 +607,7 @@ fn accept_all(
     poll: &Poll,
     clients: &mut Vec<Option<Client>>,
     new: &NewClient<'_>,
+    counts: &mut Counters,
 ) -> io::Result<()> {
     loop {
         let (mut stream, peer) = match listener.accept() {
@@ -548,6 +619,7 @@ fn accept_all(
         let connected = clients.iter().filter(|c| c.is_some()).count();
         if connected >= new.limits.max_clients {
             // Closed before anything is read: the peer sees its connection end and retries.
+            counts.clients_refused += 1;
             warn!(
                 "tailer: client {peer} refused: {connected} clients are connected, as many as \
                  --max-clients allows"
@@ -595,6 +667,7 @@ fn accept_all(
             continue;
         }
         info!("tailer: client {peer} connected");
+        counts.clients_accepted += 1;
         let now = Instant::now();
         let mut client = Client {
             stream,
@@ -619,7 +692,7 @@ fn accept_all(
         match verdict {
             Verdict::Keep => clients[idx] = Some(client),
             // Nothing was read yet, so nothing was charged to the budget.
-            other => client.close(poll, other, &mut Mem::default()),
+            other => client.close(poll, other, &mut Mem::default(), counts),
         }
     }
 }
@@ -628,9 +701,55 @@ fn accept_all(
 enum Verdict {
     Keep,
     /// Ordinary end of a connection (logged at info).
-    Done(String),
+    Done(Closed, String),
     /// The peer broke the protocol or the socket failed (logged as a warning).
-    Fail(String),
+    Fail(Why, String),
+}
+
+/// What a failed client is counted as; the verdict's text says it for the log.
+#[derive(Clone, Copy)]
+enum Why {
+    Decode(Decode),
+    Handshake(Handshake),
+    /// A message or its acks took longer than `--client-timeout`.
+    Timeout,
+    /// It let more acks pile up than [`MAX_PENDING_ACKS`].
+    AcksUnread,
+    Io,
+}
+
+impl Verdict {
+    /// Counts how the connection ended (and the failure that ended it).
+    fn count(&self, counts: &mut Counters) {
+        let closed = match self {
+            Verdict::Keep => Closed::Peer,
+            Verdict::Done(closed, _) => *closed,
+            Verdict::Fail(Why::Decode(d), _) => {
+                counts.decode_error(*d);
+                Closed::Rejected
+            }
+            Verdict::Fail(Why::Handshake(h), _) => {
+                counts.handshake_failure(*h);
+                if *h == Handshake::Timeout {
+                    Closed::Timeout
+                } else {
+                    Closed::Rejected
+                }
+            }
+            Verdict::Fail(Why::Timeout, _) => Closed::Timeout,
+            Verdict::Fail(Why::AcksUnread, _) => Closed::Rejected,
+            Verdict::Fail(Why::Io, _) => Closed::IoError,
+        };
+        counts.closed(closed);
+    }
+}
+
+/// The decode-error reason of a msgpack error: a size over a cap, or malformed bytes.
+fn msgpack_reason(e: &msgpack::Error) -> Decode {
+    match e {
+        msgpack::Error::TooLong { .. } | msgpack::Error::TooLarge { .. } => Decode::Oversized,
+        _ => Decode::Msgpack,
+    }
 }
 
 /// Where a connection is in the Forward protocol.
@@ -692,8 +811,8 @@ struct Sink<W> {
     line: Vec<u8>,
     acks: Vec<u8>,
     read_buf: Box<[u8]>,
-    records: u64,
-    /// Plaintext bytes received from all clients.
+    counts: Counters,
+    /// Plaintext bytes received from all clients (for the `--discard` stats line).
     bytes: u64,
     mem: Mem,
 }
@@ -725,10 +844,14 @@ impl Client {
                     return Ok(Verdict::Keep);
                 }
                 if self.rbuf.len() >= self.input_cap() {
-                    return Ok(Verdict::Fail(format!(
-                        "message larger than {} bytes",
-                        self.input_cap()
-                    )));
+                    let why = match self.phase {
+                        Phase::AwaitPing(_) => Why::Handshake(Handshake::BadPing),
+                        _ => Why::Decode(Decode::Oversized),
+                    };
+                    return Ok(Verdict::Fail(
+                        why,
+                        format!("message larger than {} bytes", self.input_cap()),
+                    ));
                 }
             }
             match self.read_plaintext(&mut sink.read_buf) {
@@ -745,7 +868,7 @@ impl Client {
                             return Ok(verdict);
                         }
                         if let Err(why) = self.reserve(n, &mut sink.mem) {
-                            return Ok(Verdict::Fail(why));
+                            return Ok(Verdict::Fail(Why::Decode(Decode::MemoryBudget), why));
                         }
                     }
                     if self.rbuf.is_empty() {
@@ -773,10 +896,18 @@ impl Client {
                 Err(e) => {
                     // Acks for what we already printed are still worth trying to deliver.
                     self.process(sink)?;
-                    return Ok(Verdict::Fail(match tls_failure(&e) {
-                        Some(tls_err) => format!("TLS: {}", tls::explain_client_failure(tls_err)),
-                        None => format!("read: {e}"),
-                    }));
+                    let handshaking = self.tls.as_ref().is_some_and(|c| c.is_handshaking());
+                    return Ok(match tls_failure(&e) {
+                        Some(tls_err) => Verdict::Fail(
+                            if handshaking {
+                                Why::Handshake(Handshake::Tls)
+                            } else {
+                                Why::Io
+                            },
+                            format!("TLS: {}", tls::explain_client_failure(tls_err)),
+                        ),
+                        None => Verdict::Fail(Why::Io, format!("read: {e}")),
+                    });
                 }
             }
         }
@@ -787,22 +918,30 @@ impl Client {
         if self.tls.as_ref().is_some_and(|c| c.is_handshaking()) {
             // Port probes do this; a client that disagrees with us sends an alert instead.
             return Ok(Verdict::Done(
+                Closed::Peer,
                 "closed by peer during the TLS handshake".into(),
             ));
         }
         match &self.phase {
             Phase::AwaitPing(_) if self.rbuf.is_empty() => Ok(Verdict::Done(
+                Closed::Peer,
                 "closed by peer before the shared-key handshake".into(),
             )),
-            Phase::AwaitPing(server) => Ok(Verdict::Fail(format!(
-                "shared-key handshake: {} ({} bytes of it pending)",
-                server.closed(),
-                self.rbuf.len()
-            ))),
-            Phase::Data if !self.rbuf.is_empty() => Ok(Verdict::Fail(format!(
-                "closed the connection inside a message ({} bytes pending)",
-                self.rbuf.len()
-            ))),
+            Phase::AwaitPing(server) => Ok(Verdict::Fail(
+                Why::Handshake(Handshake::Closed),
+                format!(
+                    "shared-key handshake: {} ({} bytes of it pending)",
+                    server.closed(),
+                    self.rbuf.len()
+                ),
+            )),
+            Phase::Data if !self.rbuf.is_empty() => Ok(Verdict::Fail(
+                Why::Decode(Decode::Truncated),
+                format!(
+                    "closed the connection inside a message ({} bytes pending)",
+                    self.rbuf.len()
+                ),
+            )),
             Phase::Data | Phase::Refused => Ok(Verdict::Keep),
         }
     }
@@ -838,7 +977,12 @@ impl Client {
             let outcome = match server.feed(&self.rbuf) {
                 Ok(None) => return Ok(Verdict::Keep),
                 Ok(Some(outcome)) => outcome,
-                Err(e) => return Ok(Verdict::Fail(format!("shared-key handshake: {e}"))),
+                Err(e) => {
+                    return Ok(Verdict::Fail(
+                        Why::Handshake(Handshake::BadPing),
+                        format!("shared-key handshake: {e}"),
+                    ))
+                }
             };
             self.rbuf.drain(..outcome.consumed);
             self.message_done();
@@ -853,6 +997,14 @@ impl Client {
                 warn!(
                     "tailer: client {} failed the shared-key check: {}",
                     self.peer, outcome.reason
+                );
+                // Counted now: the connection ends as an ordinary one once the PONG is out.
+                sink.counts.handshake_failure(
+                    if outcome.reason.starts_with("invalid ping message") {
+                        Handshake::BadPing
+                    } else {
+                        Handshake::SharedKey
+                    },
                 );
                 self.phase = Phase::Refused;
             }
@@ -884,15 +1036,18 @@ impl Client {
                     start += n;
                     match sink.message(msg)? {
                         Ok(any) => printed |= any,
-                        Err(why) => {
-                            verdict = Verdict::Fail(why);
+                        Err((kind, why)) => {
+                            verdict = Verdict::Fail(Why::Decode(kind), why);
                             break;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    verdict = Verdict::Fail(format!("not a msgpack message: {e}"));
+                    verdict = Verdict::Fail(
+                        Why::Decode(msgpack_reason(&e)),
+                        format!("not a msgpack message: {e}"),
+                    );
                     break;
                 }
             }
@@ -913,10 +1068,13 @@ impl Client {
         }
         self.wbuf.extend_from_slice(&sink.acks);
         if self.wbuf.len() - self.wpos > MAX_PENDING_ACKS {
-            return Ok(Verdict::Fail(format!(
-                "not reading its acks ({} bytes pending)",
-                self.wbuf.len() - self.wpos
-            )));
+            return Ok(Verdict::Fail(
+                Why::AcksUnread,
+                format!(
+                    "not reading its acks ({} bytes pending)",
+                    self.wbuf.len() - self.wpos
+                ),
+            ));
         }
         Ok(verdict)
     }
@@ -978,20 +1136,25 @@ impl Client {
     fn expired(&self, wait: Wait, limits: &ClientLimits) -> Verdict {
         let t = limits.client_timeout;
         match wait {
-            Wait::Handshake => Verdict::Fail(format!(
-                "did not complete its handshake within {t:?} (--client-timeout)"
-            )),
-            Wait::Message => Verdict::Fail(format!(
-                "sent {} bytes of a message but not the rest within {t:?} (--client-timeout)",
-                self.rbuf.len()
-            )),
-            Wait::Acks => Verdict::Fail(format!(
-                "did not read its acks for {t:?} (--client-timeout)"
-            )),
-            Wait::Idle => Verdict::Done(format!(
-                "idle for {:?} (--idle-timeout)",
-                limits.idle_timeout
-            )),
+            Wait::Handshake => Verdict::Fail(
+                Why::Handshake(Handshake::Timeout),
+                format!("did not complete its handshake within {t:?} (--client-timeout)"),
+            ),
+            Wait::Message => Verdict::Fail(
+                Why::Timeout,
+                format!(
+                    "sent {} bytes of a message but not the rest within {t:?} (--client-timeout)",
+                    self.rbuf.len()
+                ),
+            ),
+            Wait::Acks => Verdict::Fail(
+                Why::Timeout,
+                format!("did not read its acks for {t:?} (--client-timeout)"),
+            ),
+            Wait::Idle => Verdict::Done(
+                Closed::Idle,
+                format!("idle for {:?} (--idle-timeout)", limits.idle_timeout),
+            ),
         }
     }
 
@@ -1016,19 +1179,21 @@ impl Client {
                 Some(conn) => tls_write(conn, &mut self.stream, rest),
             };
             match res {
-                Ok(0) => return Verdict::Fail("write: connection accepts no more bytes".into()),
+                Ok(0) => {
+                    return Verdict::Fail(Why::Io, "write: connection accepts no more bytes".into())
+                }
                 Ok(n) => {
                     self.wpos += n;
                     self.active = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Verdict::Fail(format!("write: {e}")),
+                Err(e) => return Verdict::Fail(Why::Io, format!("write: {e}")),
             }
         }
         if let Some(conn) = self.tls.as_mut() {
             if let Err(e) = flush_tls(conn, &mut self.stream) {
-                return Verdict::Fail(format!("write: {e}"));
+                return Verdict::Fail(Why::Io, format!("write: {e}"));
             }
         }
         if self.wpos == self.wbuf.len() {
@@ -1039,10 +1204,13 @@ impl Client {
         }
         if !self.output_pending() {
             if let Phase::Refused = self.phase {
-                return Verdict::Done("refused after the failed shared-key check".into());
+                return Verdict::Done(
+                    Closed::Rejected,
+                    "refused after the failed shared-key check".into(),
+                );
             }
             if self.eof {
-                return Verdict::Done("closed by peer".into());
+                return Verdict::Done(Closed::Peer, "closed by peer".into());
             }
         }
         Verdict::Keep
@@ -1058,22 +1226,26 @@ impl Client {
             (false, true) => Interest::READABLE | Interest::WRITABLE,
             (true, true) => Interest::WRITABLE,
             (true, false) if refused => {
-                return Verdict::Done("refused after the failed shared-key check".into())
+                return Verdict::Done(
+                    Closed::Rejected,
+                    "refused after the failed shared-key check".into(),
+                )
             }
-            (true, false) => return Verdict::Done("closed by peer".into()),
+            (true, false) => return Verdict::Done(Closed::Peer, "closed by peer".into()),
         };
         if want != self.interest {
             if let Err(e) = poll.registry().reregister(&mut self.stream, token, want) {
-                return Verdict::Fail(format!("reregister: {e}"));
+                return Verdict::Fail(Why::Io, format!("reregister: {e}"));
             }
             self.interest = want;
         }
         Verdict::Keep
     }
 
-    fn close(&mut self, poll: &Poll, verdict: Verdict, mem: &mut Mem) {
+    fn close(&mut self, poll: &Poll, verdict: Verdict, mem: &mut Mem, counts: &mut Counters) {
         self.rbuf = Vec::new();
         self.settle(mem);
+        verdict.count(counts);
         // One last non-blocking attempt for acks of records already printed (the peer resends
         // whatever it does not see acked, so a failure here costs duplicates, not loss), and for
         // a TLS alert telling the client why it is refused.
@@ -1087,7 +1259,7 @@ impl Client {
                 if self.wpos < self.wbuf.len() && !conn.is_handshaking() {
                     let _ = tls_write(conn, &mut self.stream, &self.wbuf[self.wpos..]);
                 }
-                if let Verdict::Done(_) = verdict {
+                if let Verdict::Done(..) = verdict {
                     conn.send_close_notify();
                 }
                 let _ = flush_tls(conn, &mut self.stream);
@@ -1105,23 +1277,23 @@ impl Client {
         let _ = poll.registry().deregister(&mut self.stream);
         match verdict {
             Verdict::Keep => info!("tailer: client {} disconnected", self.peer),
-            Verdict::Done(why) => info!("tailer: client {} disconnected: {why}", self.peer),
-            Verdict::Fail(why) => warn!("tailer: client {} disconnected: {why}", self.peer),
+            Verdict::Done(_, why) => info!("tailer: client {} disconnected: {why}", self.peer),
+            Verdict::Fail(_, why) => warn!("tailer: client {} disconnected: {why}", self.peer),
         }
     }
 }
 
 impl<W: Write> Sink<W> {
-    /// Handles one complete message: `Ok(Err(why))` if the peer sent something invalid,
-    /// `Ok(Ok(printed_any))` otherwise; `Err` only when `out` fails.
-    fn message(&mut self, msg: &[u8]) -> Result<Result<bool, String>, Error> {
+    /// Handles one complete message: `Ok(Err((reason, why)))` if the peer sent something
+    /// invalid, `Ok(Ok(printed_any))` otherwise; `Err` only when `out` fails.
+    fn message(&mut self, msg: &[u8]) -> Result<Result<bool, (Decode, String)>, Error> {
         let Sink {
             out,
             discard,
             scratch,
             line,
             acks,
-            records,
+            counts,
             mem,
             ..
         } = self;
@@ -1130,22 +1302,32 @@ impl<W: Write> Sink<W> {
         let cap = MAX_DECOMPRESSED.min(mem.budget.saturating_sub(mem.used));
         let req = match forward::decode_request(msg, cap, scratch) {
             Ok(req) => req,
-            Err(e) => return Ok(Err(format!("invalid Forward message: {e}"))),
+            Err(e) => {
+                let reason = match &e {
+                    forward::Error::Msgpack { source, .. } => msgpack_reason(source),
+                    forward::Error::Invalid(_) => Decode::Protocol,
+                    forward::Error::TooLarge { .. } => Decode::Oversized,
+                    forward::Error::Decompress(_) => Decode::Gzip,
+                };
+                return Ok(Err((reason, format!("invalid Forward message: {e}"))));
+            }
         };
         for (_time, record) in req.entries() {
-            *records += 1;
-            if *discard {
-                continue;
+            if !*discard {
+                line.clear();
+                if let Err(e) = msgpack::write_json(record, MAX_RECORD_JSON, line) {
+                    return Ok(Err((msgpack_reason(&e), format!("record: {e}"))));
+                }
+                line.push(b'\n');
+                out.write_all(line).map_err(Error::Output)?;
             }
-            line.clear();
-            if let Err(e) = msgpack::write_json(record, MAX_RECORD_JSON, line) {
-                return Ok(Err(format!("record: {e}")));
-            }
-            line.push(b'\n');
-            out.write_all(line).map_err(Error::Output)?;
+            counts.records += 1;
         }
+        counts.messages += 1;
+        counts.bytes += msg.len() as u64;
         if let Some(chunk) = req.chunk {
             forward::encode_ack(chunk, acks);
+            counts.acks += 1;
         }
         Ok(Ok(!*discard && req.count > 0))
     }
@@ -1212,6 +1394,7 @@ mod tests {
             tls: None,
             shared_key: None,
             limits: LIMITS_DEFAULT,
+            metrics_address: None,
         }
     }
 
@@ -1534,6 +1717,7 @@ extendedKeyUsage = clientAuth
                 shared_key: shared_key.map(|k| SharedKey::Value(k.into())),
                 self_hostname: Some("test-tailer".into()),
                 limits: LIMITS_DEFAULT,
+                metrics_address: None,
             })
             .unwrap()
         }
@@ -1698,6 +1882,7 @@ extendedKeyUsage = clientAuth
             shared_key: None,
             self_hostname: None,
             limits: LIMITS_DEFAULT,
+            metrics_address: None,
         }
     }
 

@@ -4,8 +4,11 @@
 //! into the readiness verdict (`/readyz`). It runs on the forwarder's loop, so everything it does
 //! is bounded: a request is read only up to [`http_server::MAX_HEAD`], a connection lives at most
 //! [`CLIENT_DEADLINE`], and extra connections are closed as they are accepted; none of it waits.
+//! The tailer serves the same endpoints from its own loop with its own figures ([`tailer`]): the
+//! [`Server`] answers from anything that implements [`Answers`].
 
 pub mod http_server;
+pub mod tailer;
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -63,6 +66,24 @@ pub struct Snapshot {
     pub position_write_failures: u64,
     /// Why the audit log cannot be read right now, if it cannot.
     pub read_problem: Option<String>,
+}
+
+/// What a [`Server`] answers `/metrics` and `/readyz` from: figures taken after the loop's turn.
+pub trait Answers {
+    /// The Prometheus text of `/metrics`.
+    fn render(&self) -> String;
+    /// `/readyz`: ready, or the one-line reason why not.
+    fn readiness(&self) -> Result<(), String>;
+}
+
+impl Answers for Snapshot {
+    fn render(&self) -> String {
+        render(self)
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        readiness(self)
+    }
 }
 
 /// `/readyz`: ready once connected and acks come back; otherwise the one reason why not.
@@ -329,7 +350,7 @@ impl Server {
     }
 
     /// Answers every request that waits for the data path's figures.
-    pub fn answer_pending(&mut self, snap: &Snapshot, registry: &Registry) {
+    pub fn answer_pending(&mut self, snap: &impl Answers, registry: &Registry) {
         let mut metrics = None;
         for slot in 0..self.clients.len() {
             let Some(c) = &mut self.clients[slot] else {
@@ -340,7 +361,7 @@ impl Server {
             };
             let out = match route {
                 Route::Metrics => {
-                    let body = metrics.get_or_insert_with(|| render(snap));
+                    let body = metrics.get_or_insert_with(|| snap.render());
                     http_server::response(
                         Status::Ok,
                         "text/plain; version=0.0.4; charset=utf-8",
@@ -348,7 +369,7 @@ impl Server {
                         head,
                     )
                 }
-                Route::Readyz => match readiness(snap) {
+                Route::Readyz => match snap.readiness() {
                     Ok(()) => http_server::text(Status::Ok, "ok", head),
                     Err(why) => http_server::text(Status::Unavailable, &why, head),
                 },

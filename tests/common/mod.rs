@@ -3,7 +3,8 @@
 //! captured, printed when a test fails), fake Forward receivers built on a small msgpack reader,
 //! a kube-apiserver-like audit log writer (lumberjack rotation, copytruncate), a deterministic
 //! audit event generator, and delivery assertions that explain what went wrong. For the TLS
-//! tests: a PKI made with the openssl command and TLS receivers (the tailer, or socat).
+//! tests: a PKI made with the openssl command and TLS receivers (the tailer, or socat). For the
+//! metrics tests: one-request HTTP clients and a strict Prometheus text-format reader.
 //!
 //! Environment knobs: `AF_TEST_VERBOSE=1` tees child stderr to the test's stderr,
 //! `AF_TEST_BIN=path` runs another binary instead of the crate's own, `AF_TEST_KEEP=1` keeps
@@ -2817,7 +2818,258 @@ impl TlsReceiver {
     }
 }
 
+// ---- the metrics endpoints (`--metrics-address` of the forwarder and the tailer) ----
+
+/// One request on its own connection; the status code and body of the answer (the server
+/// always closes). Panics on a connection that closes without an answer.
+pub fn http(port: u16, request: &[u8]) -> (u16, String) {
+    try_http(port, request).unwrap_or_else(|e| panic!("{:?}: {e}", lossy(request)))
+}
+
+pub fn try_http(port: u16, request: &[u8]) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(answer).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no complete head in {text:?}"))?;
+    let code = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+    if !request.starts_with(b"HEAD ") && body.len() != length {
+        return Err(format!(
+            "body of {} bytes, Content-Length {length}",
+            body.len()
+        ));
+    }
+    Ok((code, body.to_string()))
+}
+
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(100)]).into_owned()
+}
+
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    http(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Samples by `name{labels}` (labels as written), after checking every line of the text format:
+/// HELP and TYPE before a family's samples, each family declared once, names and label syntax
+/// valid, values numbers, counters named `_total`, every metric name starting with `prefix`.
+pub fn parse_prometheus(text: &str, prefix: &str) -> Result<BTreeMap<String, f64>, String> {
+    fn name_ok(n: &str) -> bool {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    if !text.ends_with('\n') {
+        return Err("the text does not end with a newline".into());
+    }
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, tail) = (parts.next(), parts.next(), parts.next());
+            let name = name.ok_or_else(|| bad("comment without a name"))?;
+            if !name_ok(name) || !name.starts_with(prefix) {
+                return Err(bad("bad metric name"));
+            }
+            match kw {
+                Some("HELP") => {
+                    let help = tail
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| bad("empty HELP"))?;
+                    if helps.insert(name.into(), help.into()).is_some() {
+                        return Err(bad("HELP twice"));
+                    }
+                }
+                Some("TYPE") => {
+                    let kind = tail.ok_or_else(|| bad("TYPE without a type"))?;
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(bad("unknown type"));
+                    }
+                    if kind == "counter" && !name.ends_with("_total") {
+                        return Err(bad("counter not named _total"));
+                    }
+                    if !helps.contains_key(name) {
+                        return Err(bad("TYPE before HELP"));
+                    }
+                    if types.insert(name.into(), kind.into()).is_some() {
+                        return Err(bad("TYPE twice"));
+                    }
+                }
+                _ => return Err(bad("unknown comment")),
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            return Err(bad("empty line or bare comment"));
+        }
+        let name_end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
+        let name = &line[..name_end];
+        if !name_ok(name) || !types.contains_key(name) {
+            return Err(bad("sample of an undeclared metric"));
+        }
+        let mut rest = &line[name_end..];
+        let mut key = name.to_string();
+        if let Some(labels) = rest.strip_prefix('{') {
+            // name="value" pairs, values with \\, \" and \n escapes.
+            let mut at = labels;
+            loop {
+                if let Some(after) = at.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = at.find('=').ok_or_else(|| bad("label without ="))?;
+                if !name_ok(&at[..eq]) || !at[eq + 1..].starts_with('"') {
+                    return Err(bad("bad label"));
+                }
+                let mut chars = at[eq + 2..].char_indices();
+                let close = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return Err(bad("bad escape")),
+                        },
+                        Some((j, '"')) => break eq + 2 + j,
+                        Some((_, '\n')) | None => return Err(bad("unterminated label value")),
+                        Some(_) => {}
+                    }
+                };
+                at = &at[close + 1..];
+                at = at.strip_prefix(',').unwrap_or(at);
+            }
+            key.push_str(&line[name_end..line.len() - rest.len()]);
+        }
+        let mut fields = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| bad("no space before the value"))?
+            .split(' ');
+        let value = fields.next().unwrap_or("");
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().map_err(|_| bad("value is not a number"))?,
+        };
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>().map_err(|_| bad("bad timestamp"))?;
+        }
+        if fields.next().is_some() {
+            return Err(bad("trailing fields"));
+        }
+        if samples.insert(key, v).is_some() {
+            return Err(bad("sample twice"));
+        }
+    }
+    Ok(samples)
+}
+
+/// Malformed, wrong and oversized requests on a metrics port: each gets its error answer.
+pub fn assert_metrics_refusals(mport: u16) {
+    let refusals: &[(&[u8], u16)] = &[
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            405,
+        ),
+        (b"GET /admin HTTP/1.1\r\n\r\n", 404),
+    ];
+    for &(req, want) in refusals {
+        assert_eq!(http(mport, req).0, want, "{:?}", lossy(req));
+    }
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(http(mport, huge.as_bytes()).0, 431);
+}
+
+/// Holds a metrics port: `idle` connections that send nothing, then one that trickles a request
+/// head a byte every 100 ms for about a second. Dropping the result closes them all.
+pub fn hold_metrics_port(mport: u16, idle: usize) -> Vec<TcpStream> {
+    let mut held: Vec<TcpStream> = (0..idle)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", mport)).ok())
+        .collect();
+    assert!(held.len() >= 64, "only {} connections opened", held.len());
+    if let Ok(mut slow) = TcpStream::connect(("127.0.0.1", mport)) {
+        for b in b"GET /metr".iter() {
+            let _ = slow.write_all(&[*b]);
+            thread::sleep(ms(100));
+        }
+        held.push(slow);
+    }
+    held
+}
+
+/// Appends `lines` to the log 1000 at a time, 50 ms apart, on a thread that hands the writer back.
+pub fn write_in_background(mut w: AuditWriter, lines: &[String]) -> JoinHandle<AuditWriter> {
+    let lines = lines.to_vec();
+    thread::spawn(move || {
+        for part in lines.chunks(1000) {
+            w.write_lines(part);
+            thread::sleep(ms(50));
+        }
+        w
+    })
+}
+
+/// Writes `lines` to the log while `idle` connections and a slowloris hold the metrics port
+/// `mport`: every line must reach the tailer, and once the held connections are closed the port
+/// must answer `/metrics` again. Returns the writer.
+pub fn deliver_while_metrics_port_is_held(
+    w: AuditWriter,
+    tailer: &Tailer,
+    fwd: &mut Forwarder,
+    mport: u16,
+    idle: usize,
+    lines: &[String],
+) -> AuditWriter {
+    let writer = write_in_background(w, lines);
+    let held = hold_metrics_port(mport, idle);
+    let w = writer.join().expect("writer thread");
+    let what = format!("{} lines with the metrics port held", lines.len());
+    expect_all_within(tailer, fwd, lines, &what, secs(60));
+    assert_delivered(lines, &tailer.records(), true);
+    drop(held);
+    // Slots still held are released by their deadline; then scrapes work again.
+    let back = wait_until(secs(20), || {
+        matches!(
+            try_http(mport, b"GET /metrics HTTP/1.1\r\n\r\n"),
+            Ok((200, _))
+        )
+    });
+    assert!(
+        back,
+        "/metrics on port {mport} did not answer after the attack"
+    );
+    w
+}
+
 // ---- tunnel helpers (tests/proxy.rs) ----
+
 pub mod proxy;
 
 // ---- test Kubernetes API server (Service/Secret discovery tests) ----
