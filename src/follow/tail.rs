@@ -376,16 +376,16 @@ impl Tail {
         out
     }
 
-    /// Forgets the finished files the acks have gone past (`committed` is at or beyond their
-    /// end): their lag is paid.
+    /// Forgets the finished files the acks have gone past: those before the file `committed`
+    /// is in. That file itself stays (with lag 0 once acked to its end) until the acks move
+    /// into the next one, so the lag of the files after it still counts from it.
     pub fn forget_acked(&mut self, committed: Option<&Position>) {
         let Some(c) = committed else {
             return;
         };
         let id = (c.id.dev, c.id.ino);
         if let Some(k) = self.finished.iter().rposition(|f| (f.dev, f.ino) == id) {
-            let done = c.done || c.offset >= self.finished[k].end;
-            self.finished.drain(..k + usize::from(done));
+            self.finished.drain(..k);
         } else if self.queue.iter().any(|h| (h.id.dev, h.id.ino) == id) {
             self.finished.clear();
         }
@@ -1291,6 +1291,65 @@ mod tests {
         assert_eq!(drain(&mut t), ["a3", "b1", "c1"]);
         let p = t.position().unwrap();
         assert_eq!((p.name.as_str(), p.offset), ("audit.log", 3));
+    }
+
+    #[test]
+    fn tail_file_lags_follow_the_committed_offset() {
+        let d = tmp("lag");
+        let log = d.0.join("audit.log");
+        append(&log, "a1\na2\n");
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, None).unwrap();
+        let lags = |t: &Tail, c: Option<&Position>| t.file_lags(c);
+        let named = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(n, l)| (n.to_string(), *l)).collect()
+        };
+        // No ack yet: what is read counts as on its way.
+        assert_eq!(lags(&t, None), named(&[("audit.log", 6)]));
+        assert_eq!(drain(&mut t), ["a1", "a2"]);
+        assert_eq!(lags(&t, None), named(&[("audit.log", 0)]));
+        let old = t.position().unwrap();
+        let at = |p: &Position, offset: u64| Position {
+            offset,
+            ..p.clone()
+        };
+        assert_eq!(lags(&t, Some(&at(&old, 3))), named(&[("audit.log", 3)]));
+
+        // Rotated: the old file is read to its end (9 bytes) and left behind.
+        append(&log, "a3\n");
+        let b1 = "audit-2025-01-01T00-00-00.000.log";
+        fs::rename(&log, d.0.join(b1)).unwrap();
+        append(&log, "b1\n");
+        assert_eq!(drain(&mut t), ["a3", "b1"]);
+        assert_eq!(t.rotations(), 1);
+        let new = t.position().unwrap();
+        // (committed, lags before forgetting, lags after forgetting).
+        let cases: Vec<(Position, Vec<(String, u64)>, Vec<(String, u64)>)> = vec![
+            (
+                at(&old, 3),
+                named(&[(b1, 6), ("audit.log", 3)]),
+                named(&[(b1, 6), ("audit.log", 3)]),
+            ),
+            (
+                at(&old, 9),
+                named(&[(b1, 0), ("audit.log", 3)]),
+                named(&[(b1, 0), ("audit.log", 3)]),
+            ),
+            (
+                at(&new, 2),
+                named(&[(b1, 0), ("audit.log", 1)]),
+                named(&[("audit.log", 1)]),
+            ),
+            (
+                at(&new, 3),
+                named(&[("audit.log", 0)]),
+                named(&[("audit.log", 0)]),
+            ),
+        ];
+        for (committed, before, after) in cases {
+            assert_eq!(lags(&t, Some(&committed)), before, "{committed}");
+            t.forget_acked(Some(&committed));
+            assert_eq!(lags(&t, Some(&committed)), after, "{committed}");
+        }
     }
 
     #[test]
