@@ -11,5 +11,6 @@ pub mod forward;
 pub mod kube;
 pub mod metrics;
 pub mod net;
+pub mod repeat;
 pub mod sys;
 pub mod tailer;

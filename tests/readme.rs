@@ -1,7 +1,8 @@
 //! The README's promises that can drift from the binary: its first code block holds the two
 //! command lines a newcomer runs, and its "Flags" tables list exactly the flags of
 //! `audit-forwarder --help` and `audit-forwarder tailer --help`, each with the short alias,
-//! `AUDIT_*` variable and default the help prints.
+//! `AUDIT_*` variable and default the help prints; its "Metrics and health" table lists exactly
+//! the metric families the forwarder exposes, with their types and labels.
 
 mod common;
 
@@ -159,19 +160,25 @@ fn assert_table_matches(mode: &str, help: &BTreeMap<String, Flag>, table: &BTree
         "{mode}: only {} flags parsed from the help: {help:?}",
         help.len()
     );
-    for (long, want) in help {
+    assert_same_rows(&format!("{mode}: --help"), help, table);
+}
+
+/// `table` (the README's) has a row for every key of `source`, equal to it, and no other.
+fn assert_same_rows<V: PartialEq + std::fmt::Debug>(
+    source: &str,
+    want: &BTreeMap<String, V>,
+    table: &BTreeMap<String, V>,
+) {
+    for (key, want) in want {
         let got = table
-            .get(long)
-            .unwrap_or_else(|| panic!("{mode}: {long} is in --help but not in the README table"));
-        assert_eq!(
-            got, want,
-            "{mode}: README row for {long} (left) vs --help (right)"
-        );
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is in {source} but not in the README table"));
+        assert_eq!(got, want, "README row for {key} (left) vs {source} (right)");
     }
-    for long in table.keys() {
+    for key in table.keys() {
         assert!(
-            help.contains_key(long),
-            "{mode}: the README table lists {long}, which --help does not"
+            want.contains_key(key),
+            "the README table lists {key}, which {source} does not"
         );
     }
 }
@@ -233,4 +240,85 @@ fn help_parser_reads_wrapped_heads() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(flags, want);
+}
+
+/// The first table after "## Metrics and health" (header `metric | type | labels | meaning`):
+/// name -> (type, label names), from its rows.
+fn readme_metrics(readme: &str) -> BTreeMap<String, (String, Vec<String>)> {
+    let start = readme
+        .find("\n## Metrics and health\n")
+        .expect("README has a \"## Metrics and health\" section");
+    let mut rows = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| metric |"))
+        .take_while(|l| l.starts_with('|'));
+    let header = rows
+        .next()
+        .expect("a metric table in \"Metrics and health\"");
+    let cells = |l: &str| -> Vec<String> {
+        l.trim()
+            .trim_start_matches('|')
+            .trim_end_matches('|')
+            .split('|')
+            .map(plain)
+            .collect()
+    };
+    assert_eq!(cells(header), ["metric", "type", "labels", "meaning"]);
+    let mut out = BTreeMap::new();
+    for row in rows.skip(1) {
+        let c = cells(row);
+        assert_eq!(c.len(), 4, "metric row without four cells: {row}");
+        assert!(!c[3].is_empty(), "metric row without a meaning: {row}");
+        let labels = c[2]
+            .split(',')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let dup = out.insert(c[0].clone(), (c[1].clone(), labels));
+        assert!(dup.is_none(), "{} twice in the metric table", c[0]);
+    }
+    out
+}
+
+/// Every family `/metrics` exposes (from `render` of a snapshot in which every labelled family
+/// has a sample) is a row of the README's metric table with its type and label names, and the
+/// table lists nothing the forwarder does not expose.
+#[test]
+fn readme_metric_table_matches_render() {
+    use audit_forwarder::metrics::{render, Snapshot};
+    let snap = Snapshot {
+        file_lags: vec![("audit.log".into(), 1)],
+        connection_failures: vec![("refused", 1)],
+        target: Some("tailer:24224".into()),
+        ..Snapshot::default()
+    };
+    let text = render(&snap);
+    let mut exposed: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            exposed.insert(name.to_string(), (kind.to_string(), Vec::new()));
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let labels = line
+                .split_once('{')
+                .and_then(|(_, l)| l.split_once('}'))
+                .map(|(l, _)| l)
+                .unwrap_or_default();
+            let entry = exposed.get_mut(name).expect("a sample after its TYPE");
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let key = pair.split('=').next().unwrap_or_default().to_string();
+                if !entry.1.contains(&key) {
+                    entry.1.push(key);
+                }
+            }
+        }
+    }
+    assert!(
+        exposed.len() >= 20,
+        "only {} families: {text}",
+        exposed.len()
+    );
+    let table = readme_metrics(include_str!("../README.md"));
+    assert_same_rows("/metrics", &exposed, &table);
 }

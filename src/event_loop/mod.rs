@@ -36,6 +36,9 @@ pub enum Effect {
     /// Where the receiver is now; `None` while it is unknown or gone (delivery pauses, the
     /// position stays where the acks put it).
     Receiver(Option<Target>),
+    /// A request to the Kubernetes API failed (not reached, or it could not serve): counted
+    /// among the connection failures of the metrics, with reason `api`.
+    ApiFailed,
 }
 
 /// An owner of tokens on the loop other than the data path.

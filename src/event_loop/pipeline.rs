@@ -18,9 +18,10 @@ use crate::follow::offsets::{self, Store};
 use crate::follow::tail::{Progress, Tail};
 use crate::forward::outbox::{Builder, Outbox};
 use crate::forward::transcode::{self, Kind};
-use crate::metrics::Snapshot;
+use crate::metrics::{self, Snapshot};
 use crate::net::conn::{self, Conn, FailClass};
 use crate::net::resolve::Resolver;
+use crate::repeat::{self, RepeatLog, Say};
 use crate::sys;
 
 /// Largest chunk we build; fluent-bit's in_forward buffers whole chunks, so keep them modest.
@@ -51,6 +52,10 @@ struct Stats {
     peak: usize,
     last_malformed_log: Option<Instant>,
     malformed_since_log: u64,
+    /// Requests to the Kubernetes API that failed (`Effect::ApiFailed`).
+    api_failures: u64,
+    /// Since when chunks have waited with no ack arriving; `None` with nothing unacked.
+    ack_wait_since: Option<Instant>,
 }
 
 /// The data path and everything it owns: the followed files, the chunk being built, the chunks
@@ -76,8 +81,8 @@ pub struct Pipeline {
     next_stats: Instant,
     next_flush: Instant,
     next_dir_retry: Instant,
-    /// Writing the position file fails, since when and how often.
-    position_failing: Option<Failing>,
+    /// Writing the position file fails: since when and how often, for its log.
+    position_failing: RepeatLog,
     /// Set by a stop: reading has ended and this is when waiting for acks ends too.
     draining: Option<Instant>,
     /// The last read pass stopped because the window or the memory limit was full, not because
@@ -177,6 +182,8 @@ impl Pipeline {
                 peak: 0,
                 last_malformed_log: None,
                 malformed_since_log: 0,
+                api_failures: 0,
+                ack_wait_since: None,
             },
             rng,
             tag: args.tag.clone(),
@@ -192,7 +199,7 @@ impl Pipeline {
             next_stats: started + args.stats_interval,
             next_flush: started + FLUSH_EVERY,
             next_dir_retry: started + DIR_RETRY,
-            position_failing: None,
+            position_failing: RepeatLog::default(),
             draining: None,
             read_blocked: false,
         })
@@ -226,6 +233,7 @@ impl Pipeline {
             }),
             Effect::ProxyTls(client) => self.conn.set_proxy_tls(client),
             Effect::Receiver(target) => self.conn.set_target(target, registry),
+            Effect::ApiFailed => self.stats.api_failures += 1,
         }
     }
 
@@ -288,10 +296,19 @@ impl Pipeline {
             set_aside(&self.rejected_path, &r);
         }
         self.note_peak();
-        if self.outbox.acked_total.records != self.stats.acked_seen {
+        let acked = self.outbox.acked_total.records != self.stats.acked_seen;
+        if acked {
             self.stats.acked_seen = self.outbox.acked_total.records;
             self.stats.last_ack = Some(std::time::SystemTime::now());
+            self.tail.forget_acked(self.outbox.committed());
         }
+        // The ack clock of `/readyz`: it runs while chunks wait and restarts at every ack, so a
+        // receiver that takes chunks but never acks shows, also across reconnects.
+        self.stats.ack_wait_since = match self.outbox.unacked() {
+            0 => None,
+            _ if acked => Some(Instant::now()),
+            _ => self.stats.ack_wait_since.or_else(|| Some(Instant::now())),
+        };
 
         let now = Instant::now();
         if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
@@ -416,13 +433,16 @@ impl Pipeline {
         Snapshot {
             lines_read: self.stats.lines_read,
             bytes_read: self.stats.bytes_read,
+            records_sent: self.outbox.sent_total.records,
             records_acked: self.outbox.acked_total.records,
             bytes_acked: self.outbox.acked_total.source_bytes,
             chunks_unacked: self.outbox.unacked() as u64,
             buffered_bytes: buffered(&self.tail, &self.builder, &self.outbox) as u64,
             buffered_peak_bytes: self.stats.peak as u64,
             mem_buf_limit: self.limit as u64,
-            lag_bytes: self.tail.lag_bytes(),
+            file_lags: self.tail.file_lags(self.outbox.committed()),
+            rotations: self.tail.rotations(),
+            files_unreadable: self.tail.files_unreadable(),
             lines_too_long: self.stats.skipped_long,
             lines_not_json: self.stats.malformed,
             records_rejected: self.stats.rejected,
@@ -431,12 +451,15 @@ impl Pipeline {
                 .iter()
                 .zip(failures)
                 .map(|(c, n)| (c.name(), *n))
+                .chain([("api", self.stats.api_failures)])
                 .collect(),
             last_ack: self.stats.last_ack,
             target: self.conn.target(),
             connected: self.conn.is_ready(),
             last_failure: self.conn.last_failure().map(str::to_string),
-            oldest_unacked_age: self.outbox.oldest_unacked_sent().map(|(t, _)| t.elapsed()),
+            down_for: self.conn.down_since().map(|t| t.elapsed()),
+            reconnect_grace: self.conn.backoff_max(),
+            ack_wait: self.stats.ack_wait_since.map(|t| t.elapsed()),
             ack_timeout: self.conn.ack_timeout(),
             position_writes: self.stats.position_writes,
             position_write_failures: self.stats.position_write_failures,
@@ -450,12 +473,9 @@ impl Pipeline {
     }
 
     fn log_stats(&self) {
-        log_stats(
-            &self.outbox,
-            &self.conn,
-            &self.tail,
-            &self.builder,
-            &self.stats,
+        info!(
+            "{}",
+            metrics::stats_line(&self.snapshot(), sys::cpu_seconds())
         );
     }
 }
@@ -534,73 +554,52 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
 }
 
 /// Writes the committed position. A failure is said once with what would fix it, then
-/// reminded every few minutes with a count, not at every 200 ms flush; the write is retried at
-/// every flush, so a fixed permission is picked up at once.
-fn save_position(
-    store: &mut Store,
-    outbox: &Outbox,
-    failing: &mut Option<Failing>,
-    stats: &mut Stats,
-) {
+/// summarised every few minutes with a count, not at every 200 ms flush; the write is retried
+/// at every flush, so a fixed permission is picked up at once.
+fn save_position(store: &mut Store, outbox: &Outbox, failing: &mut RepeatLog, stats: &mut Stats) {
     let Some(p) = outbox.committed() else {
         return;
     };
     stats.position_writes += 1;
-    match store.save(p) {
+    let now = Instant::now();
+    let e = match store.save(p) {
         Ok(()) => {
-            if let Some(f) = failing.take() {
+            if let Some(r) = failing.recovered(now) {
                 info!(
                     "position file {} written again after {} failed attempts",
                     store.path().display(),
-                    f.count
+                    r.failures
                 );
             }
+            return;
         }
-        Err(e) => {
-            stats.position_write_failures += 1;
-            let now = Instant::now();
-            match failing {
-                Some(f) => {
-                    f.count += 1;
-                    if now >= f.remind_at {
-                        error!(
-                            "writing position file {} still fails ({e}); {} attempts since the first failure; after a restart lines since the last saved position are sent again",
-                            store.path().display(),
-                            f.count
-                        );
-                        f.remind_at = now + REMIND_EVERY;
-                    }
-                }
-                None => {
-                    let dir = store
-                        .path()
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
-                    let (uid, gid) = sys::ids();
-                    error!(
-                        "writing position file {}: {e}; its directory {} has {}, this process runs as uid {uid} gid {gid}: make the directory writable for it (an fsGroup on the volume, or --position-file in a writable directory); retrying at every flush",
-                        store.path().display(),
-                        dir.display(),
-                        sys::describe_access(dir)
-                    );
-                    *failing = Some(Failing {
-                        count: 1,
-                        remind_at: now + REMIND_EVERY,
-                    });
-                }
-            }
+        Err(e) => e.to_string(),
+    };
+    stats.position_write_failures += 1;
+    match failing.failed(&e, now, std::time::SystemTime::now()) {
+        Say::Quiet => log::debug!("writing position file {}: {e}", store.path().display()),
+        Say::Summary { repeats, since } => error!(
+            "writing position file {} still fails: {}; after a restart lines since the last \
+             saved position are sent again",
+            store.path().display(),
+            repeat::summary(repeats, since, &e)
+        ),
+        Say::First => {
+            let dir = store
+                .path()
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let (uid, gid) = sys::ids();
+            error!(
+                "writing position file {}: {e}; its directory {} has {}, this process runs as uid {uid} gid {gid}: make the directory writable for it (an fsGroup on the volume, or --position-file in a writable directory); retrying at every flush",
+                store.path().display(),
+                dir.display(),
+                sys::describe_access(dir)
+            );
         }
     }
 }
-
-/// A failure that repeats: how often, and when to say so again.
-struct Failing {
-    count: u64,
-    remind_at: Instant,
-}
-
-const REMIND_EVERY: Duration = Duration::from_secs(300);
 
 /// Malformed lines are logged at a bounded rate: the first at once, then a summary at most
 /// every 10 seconds.
@@ -619,23 +618,6 @@ fn note_malformed(stats: &mut Stats, name: &str, line: &[u8]) {
         stats.last_malformed_log = Some(now);
         stats.malformed_since_log = 0;
     }
-}
-
-fn log_stats(outbox: &Outbox, conn: &Conn, tail: &Tail, builder: &Builder, stats: &Stats) {
-    let now_buffered = buffered(tail, builder, outbox);
-    info!(
-        "stats: records_acked={} bytes_acked={} lag_bytes={} reconnects={} buffered={} buffered_peak={} malformed={} skipped_long={} rejected={} cpu_s={:.2}",
-        outbox.acked_total.records,
-        outbox.acked_total.source_bytes,
-        tail.lag_bytes(),
-        conn.reconnects,
-        now_buffered,
-        stats.peak,
-        stats.malformed,
-        stats.skipped_long,
-        stats.rejected,
-        sys::cpu_seconds()
-    );
 }
 
 /// Chunk ids only need to be unique; a seeded SplitMix64 avoids a syscall per chunk.

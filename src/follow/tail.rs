@@ -17,56 +17,13 @@ use log::{debug, error, info, warn};
 
 use crate::follow::lines::{Piece, Splitter};
 use crate::follow::offsets::{self, FileId, Fingerprint, Position, Start, FINGERPRINT_BYTES};
+use crate::repeat::{self, RepeatLog, Say};
 use crate::sys::{Inotify, InotifyEvent};
 
 const READ_BUF: usize = 256 * 1024;
 /// Fingerprints of finished files, so a backup we already read (or its gzipped copy) is never
 /// mistaken for a new file. Far more than any `--audit-log-maxbackup` in practice.
 const KNOWN_FPS: usize = 1024;
-/// A failure that repeats (a file we cannot open) is logged again at most this often.
-const REMIND_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// A failure that every tick retries, for a log that says it once, then reminds at a bounded
-/// rate with how often it failed, and says when it is over.
-struct Failing {
-    /// The file or directory that could not be opened or listed.
-    subject: PathBuf,
-    /// The whole message; a different one is a new failure.
-    text: String,
-    since: std::time::Instant,
-    /// When it was last logged at error level.
-    logged: std::time::Instant,
-    /// Failed attempts since `since`, this one included.
-    attempts: u64,
-}
-
-/// How to log a failure seen again.
-#[derive(Debug, PartialEq)]
-enum Repeat {
-    /// Logged not long ago: debug level only.
-    Quiet,
-    /// Time for a reminder at error level.
-    Remind { attempts: u64, secs: u64 },
-}
-
-impl Failing {
-    /// Counts another failed attempt; `None` when `text` is not this failure (a new one).
-    fn again(&mut self, text: &str, now: std::time::Instant) -> Option<Repeat> {
-        if text != self.text {
-            return None;
-        }
-        self.attempts += 1;
-        if now.saturating_duration_since(self.logged) < REMIND_EVERY {
-            return Some(Repeat::Quiet);
-        }
-        self.logged = now;
-        Some(Repeat::Remind {
-            attempts: self.attempts,
-            secs: now.saturating_duration_since(self.since).as_secs(),
-        })
-    }
-}
-
 /// For a permission error: who owns `path` with what mode, who we are, and what fixes it (the
 /// usual cause: the apiserver writes its log 0600 and this sidecar runs as another uid).
 fn access_hint(path: &Path, err: &io::Error) -> String {
@@ -156,6 +113,27 @@ fn plain_fingerprint(f: &File) -> io::Result<Fingerprint> {
     Ok(Fingerprint::of(&buf[..n]))
 }
 
+/// A file read to its end and dropped from the queue, remembered until the acks pass its end.
+struct Finished {
+    dev: u64,
+    ino: u64,
+    name: String,
+    end: u64,
+}
+
+/// Finished files remembered at most; beyond, the oldest is forgotten (its lag unreported).
+const FINISHED_MAX: usize = 64;
+
+/// One plain file as the lag sees it.
+struct Lagging<'a> {
+    dev: u64,
+    ino: u64,
+    name: &'a str,
+    size: u64,
+    /// Where reading stands in it.
+    read: u64,
+}
+
 /// One rotation-set member found in the directory.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -201,8 +179,15 @@ pub struct Tail {
     waiting_logged: bool,
     /// A file we need could not be opened (EMFILE, EACCES): listing again on the next tick.
     open_failed: bool,
-    /// The failure the ticks retry, kept until a tick gets through, for its rate-limited log.
-    failing: Option<Failing>,
+    /// The failure the ticks retry (its log and count), kept until a tick gets through.
+    failing: RepeatLog,
+    /// The file or directory that could not be opened or listed, for the recovery line.
+    failing_subject: Option<PathBuf>,
+    /// Files read to their end and left behind (oldest first) whose lines may not all be acked
+    /// yet: their lag is still owed ([`Tail::file_lags`]).
+    finished: VecDeque<Finished>,
+    /// New files queued behind the ones held (each one a rotation), and in-place truncations.
+    rotations: u64,
     started: bool,
     pending_position: Option<Position>,
     buf: Vec<u8>,
@@ -270,7 +255,10 @@ impl Tail {
             rescan: false,
             waiting_logged: false,
             open_failed: false,
-            failing: None,
+            failing: RepeatLog::default(),
+            failing_subject: None,
+            finished: VecDeque::new(),
+            rotations: 0,
             started: false,
             pending_position: position,
             buf: vec![0; READ_BUF],
@@ -293,10 +281,18 @@ impl Tail {
 
     /// Why a file we need cannot be opened or listed right now (retried on every tick).
     pub fn open_problem(&self) -> Option<&str> {
-        match &self.failing {
-            Some(f) if self.open_failed => Some(&f.text),
-            _ => None,
-        }
+        self.failing.text().filter(|_| self.open_failed)
+    }
+
+    /// Files (or the directory) we need and cannot open right now: reading stops at the first,
+    /// so this is 0 or 1.
+    pub fn files_unreadable(&self) -> u64 {
+        u64::from(self.open_problem().is_some())
+    }
+
+    /// Rotations seen: new files queued behind the held ones, and truncations in place.
+    pub fn rotations(&self) -> u64 {
+        self.rotations
     }
 
     /// The position to commit once everything handed out so far is acked: where reading
@@ -319,25 +315,80 @@ impl Tail {
         self.splitter.held() + self.buf.len()
     }
 
-    /// Unread bytes of the plain files we hold (gzip backups are not counted).
-    pub fn lag_bytes(&self) -> u64 {
-        self.queue
-            .iter()
-            .enumerate()
-            .map(|(i, h)| match &h.source {
-                Source::Plain(f) => {
-                    let done = if i == 0 {
-                        self.splitter.safe_offset()
-                    } else {
-                        h.offset
-                    };
-                    f.metadata()
-                        .map(|m| m.len().saturating_sub(done))
-                        .unwrap_or(0)
-                }
-                Source::Gz(_) => 0,
+    /// The plain files whose bytes may not all be acked, oldest first: the finished ones we
+    /// remember, then the ones we hold (gzip backups are left out: their offsets count
+    /// decompressed bytes, not the file's size).
+    fn lagging(&self) -> Vec<Lagging<'_>> {
+        let finished = self.finished.iter().map(|f| Lagging {
+            dev: f.dev,
+            ino: f.ino,
+            name: &f.name,
+            size: f.end,
+            read: f.end,
+        });
+        let held = self.queue.iter().enumerate().filter_map(|(i, h)| {
+            let Source::Plain(f) = &h.source else {
+                return None;
+            };
+            let read = if i == 0 {
+                self.splitter.safe_offset()
+            } else {
+                h.offset
+            };
+            Some(Lagging {
+                dev: h.id.dev,
+                ino: h.id.ino,
+                name: &h.name,
+                size: f.metadata().map_or(read, |m| m.len()),
+                read,
             })
-            .sum()
+        });
+        finished.chain(held).collect()
+    }
+
+    /// Per file, by name and oldest first: its size minus the offset the receiver's acks have
+    /// reached in it (`committed`). Files before the committed one are acked whole, files after
+    /// it not at all. While the committed position is in none of them (no ack since start-up,
+    /// or it names a file no longer held), what has been read counts as on its way.
+    pub fn file_lags(&self, committed: Option<&Position>) -> Vec<(String, u64)> {
+        let files = self.lagging();
+        let at = committed.and_then(|c| {
+            files
+                .iter()
+                .rposition(|l| (l.dev, l.ino) == (c.id.dev, c.id.ino))
+                .map(|k| (k, c))
+        });
+        let mut out: Vec<(String, u64)> = Vec::with_capacity(files.len());
+        for (i, l) in files.iter().enumerate() {
+            let acked = match at {
+                Some((k, c)) if i == k && !c.done => c.offset,
+                Some((k, _)) if i <= k => l.size,
+                Some(_) => 0,
+                None => l.read,
+            };
+            let lag = l.size.saturating_sub(acked);
+            // A name seen twice (a rename the listing missed) is one label: one sample.
+            match out.iter_mut().find(|(n, _)| n == l.name) {
+                Some((_, sum)) => *sum += lag,
+                None => out.push((l.name.to_string(), lag)),
+            }
+        }
+        out
+    }
+
+    /// Forgets the finished files the acks have gone past: those before the file `committed`
+    /// is in. That file itself stays (with lag 0 once acked to its end) until the acks move
+    /// into the next one, so the lag of the files after it still counts from it.
+    pub fn forget_acked(&mut self, committed: Option<&Position>) {
+        let Some(c) = committed else {
+            return;
+        };
+        let id = (c.id.dev, c.id.ino);
+        if let Some(k) = self.finished.iter().rposition(|f| (f.dev, f.ino) == id) {
+            self.finished.drain(..k);
+        } else if self.queue.iter().any(|h| (h.id.dev, h.id.ino) == id) {
+            self.finished.clear();
+        }
     }
 
     /// Called on a timer while [`Tail::needs_tick`].
@@ -349,12 +400,13 @@ impl Tail {
             self.list_again();
         }
         if !self.open_failed && self.wd.is_some() {
-            if let Some(f) = self.failing.take() {
+            let subject = self.failing_subject.take();
+            if let Some(r) = self.failing.recovered(std::time::Instant::now()) {
                 info!(
                     "{} is readable again after {} failed attempts over {} s; following it",
-                    f.subject.display(),
-                    f.attempts,
-                    f.since.elapsed().as_secs()
+                    subject.unwrap_or_default().display(),
+                    r.failures,
+                    r.lasted.as_secs()
                 );
             }
         }
@@ -433,28 +485,28 @@ impl Tail {
     }
 
     /// Logs a failure that the next tick retries (opening or listing `subject`): at once at
-    /// error level, then a reminder with the count of failed attempts every [`REMIND_EVERY`],
-    /// and again at once when it changes (another error, another owner or mode).
+    /// error level, then a summary with the count of failed attempts every
+    /// [`repeat::SUMMARY_EVERY`], and again at once when it changes (another error, another
+    /// owner or mode).
     fn retry_later(&mut self, subject: PathBuf, text: String) {
         self.open_failed = true;
         let now = std::time::Instant::now();
-        match self.failing.as_mut().map(|f| f.again(&text, now)) {
-            Some(Some(Repeat::Quiet)) => debug!("{text}"),
-            Some(Some(Repeat::Remind { attempts, secs })) => error!(
-                "still failing, {attempts} failed attempts in {secs} s: {text}; retrying every \
-                 second, a fix is picked up without a restart"
+        match self
+            .failing
+            .failed(&text, now, std::time::SystemTime::now())
+        {
+            Say::Quiet => debug!("{text}"),
+            Say::Summary { repeats, since } => error!(
+                "{} still cannot be read: {}; retrying every second, a fix is picked up without \
+                 a restart",
+                subject.display(),
+                repeat::summary(repeats, since, &text)
             ),
-            Some(None) | None => {
+            Say::First => {
                 error!("{text}; retrying every second, a fix is picked up without a restart");
-                self.failing = Some(Failing {
-                    subject,
-                    text,
-                    since: now,
-                    logged: now,
-                    attempts: 1,
-                });
             }
         }
+        self.failing_subject = Some(subject);
     }
 
     fn try_start(&mut self) {
@@ -988,6 +1040,8 @@ impl Tail {
             self.queue.truncate(before);
             self.rescan = true;
         }
+        // Each file queued behind a held one is the next of a rotation.
+        self.rotations += (self.queue.len() - before) as u64;
     }
 
     /// Reads up to one buffer from the current file and hands every complete line to `emit`
@@ -1040,6 +1094,17 @@ impl Tail {
                     });
                 }
                 debug!("finished {} at offset {}", done.name, done.offset);
+                if !done.is_gz() {
+                    if self.finished.len() == FINISHED_MAX {
+                        self.finished.pop_front();
+                    }
+                    self.finished.push_back(Finished {
+                        dev: done.id.dev,
+                        ino: done.id.ino,
+                        name: done.name,
+                        end: done.offset,
+                    });
+                }
             }
             if let Some(next) = self.queue.front() {
                 info!(
@@ -1059,6 +1124,7 @@ impl Tail {
             if let Ok(md) = f.metadata() {
                 if md.len() < h.offset {
                     warn!("{} was truncated to {} bytes below our offset {}; reading it from the start", h.name, md.len(), h.offset);
+                    self.rotations += 1;
                     f.seek(SeekFrom::Start(0))?;
                     h.offset = 0;
                     h.id.fp = plain_fingerprint(f).unwrap_or_default();
@@ -1148,47 +1214,6 @@ mod tests {
     }
 
     #[test]
-    fn tail_failure_reminders_are_rate_limited_and_counted() {
-        let t0 = std::time::Instant::now();
-        let s = std::time::Duration::from_secs;
-        let mut f = Failing {
-            subject: PathBuf::from("/a/audit.log"),
-            text: "cannot open /a/audit.log: denied".into(),
-            since: t0,
-            logged: t0,
-            attempts: 1,
-        };
-        // (seconds after the first failure, text, expected): one attempt a second.
-        let same = "cannot open /a/audit.log: denied";
-        let cases: &[(u64, &str, Option<Repeat>)] = &[
-            (1, same, Some(Repeat::Quiet)),
-            (299, same, Some(Repeat::Quiet)),
-            (
-                300,
-                same,
-                Some(Repeat::Remind {
-                    attempts: 4,
-                    secs: 300,
-                }),
-            ),
-            (301, same, Some(Repeat::Quiet)),
-            (599, same, Some(Repeat::Quiet)),
-            (
-                600,
-                same,
-                Some(Repeat::Remind {
-                    attempts: 7,
-                    secs: 600,
-                }),
-            ),
-            (601, "cannot open /a/audit.log: other", None),
-        ];
-        for (at, text, want) in cases {
-            assert_eq!(f.again(text, t0 + s(*at)), *want, "at {at} s");
-        }
-    }
-
-    #[test]
     fn tail_access_hint_only_for_permission_errors() {
         let d = tmp("hint");
         let log = d.0.join("audit.log");
@@ -1266,6 +1291,65 @@ mod tests {
         assert_eq!(drain(&mut t), ["a3", "b1", "c1"]);
         let p = t.position().unwrap();
         assert_eq!((p.name.as_str(), p.offset), ("audit.log", 3));
+    }
+
+    #[test]
+    fn tail_file_lags_follow_the_committed_offset() {
+        let d = tmp("lag");
+        let log = d.0.join("audit.log");
+        append(&log, "a1\na2\n");
+        let mut t = Tail::new(&log, true, 1024, u64::MAX, None).unwrap();
+        let lags = |t: &Tail, c: Option<&Position>| t.file_lags(c);
+        let named = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(n, l)| (n.to_string(), *l)).collect()
+        };
+        // No ack yet: what is read counts as on its way.
+        assert_eq!(lags(&t, None), named(&[("audit.log", 6)]));
+        assert_eq!(drain(&mut t), ["a1", "a2"]);
+        assert_eq!(lags(&t, None), named(&[("audit.log", 0)]));
+        let old = t.position().unwrap();
+        let at = |p: &Position, offset: u64| Position {
+            offset,
+            ..p.clone()
+        };
+        assert_eq!(lags(&t, Some(&at(&old, 3))), named(&[("audit.log", 3)]));
+
+        // Rotated: the old file is read to its end (9 bytes) and left behind.
+        append(&log, "a3\n");
+        let b1 = "audit-2025-01-01T00-00-00.000.log";
+        fs::rename(&log, d.0.join(b1)).unwrap();
+        append(&log, "b1\n");
+        assert_eq!(drain(&mut t), ["a3", "b1"]);
+        assert_eq!(t.rotations(), 1);
+        let new = t.position().unwrap();
+        // (committed, lags before forgetting, lags after forgetting).
+        let cases: Vec<(Position, Vec<(String, u64)>, Vec<(String, u64)>)> = vec![
+            (
+                at(&old, 3),
+                named(&[(b1, 6), ("audit.log", 3)]),
+                named(&[(b1, 6), ("audit.log", 3)]),
+            ),
+            (
+                at(&old, 9),
+                named(&[(b1, 0), ("audit.log", 3)]),
+                named(&[(b1, 0), ("audit.log", 3)]),
+            ),
+            (
+                at(&new, 2),
+                named(&[(b1, 0), ("audit.log", 1)]),
+                named(&[("audit.log", 1)]),
+            ),
+            (
+                at(&new, 3),
+                named(&[("audit.log", 0)]),
+                named(&[("audit.log", 0)]),
+            ),
+        ];
+        for (committed, before, after) in cases {
+            assert_eq!(lags(&t, Some(&committed)), before, "{committed}");
+            t.forget_acked(Some(&committed));
+            assert_eq!(lags(&t, Some(&committed)), after, "{committed}");
+        }
     }
 
     #[test]

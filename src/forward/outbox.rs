@@ -250,6 +250,8 @@ pub struct Outbox {
     bytes: usize,
     committed: Option<Position>,
     pub acked_total: Acked,
+    /// Records and source bytes of every chunk written whole to a connection, resends included.
+    pub sent_total: Acked,
     tag: String,
     /// The largest entries a chunk should carry; a bigger record gets a chunk of its own.
     target: usize,
@@ -281,6 +283,7 @@ impl Outbox {
             bytes: 0,
             committed,
             acked_total: Acked::default(),
+            sent_total: Acked::default(),
             tag: tag.to_string(),
             target,
             suspicion: Suspicion::None,
@@ -670,6 +673,8 @@ impl Outbox {
                     self.write_off += n;
                     if self.write_off == c.frame.len() {
                         c.sent_at = Some(now);
+                        self.sent_total.records += c.records;
+                        self.sent_total.source_bytes += c.source_bytes;
                         self.next += 1;
                         self.write_off = 0;
                     }

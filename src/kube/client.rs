@@ -33,6 +33,7 @@ use crate::event_loop::{Effect, Source};
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::tls;
 use crate::net::transport::{Socket, Transport};
+use crate::repeat::{self, RepeatLog, Say};
 
 /// Longest time one GET may take, connect and TLS included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -157,8 +158,9 @@ pub struct Kube {
     secret_version: Option<String>,
     /// The last line logged per object, so a fault that persists is logged once.
     last_log: [Option<String>; 2],
-    /// The connection-level fault last logged, likewise.
-    last_fault: Option<String>,
+    /// Requests that did not reach the API or that it could not serve: logged once at warn,
+    /// then summarised, and their end once at info.
+    faults: RepeatLog,
     /// A 401 already led to a re-read of the token in this check.
     retried_401: bool,
 }
@@ -272,7 +274,7 @@ impl Kube {
             found: None,
             secret_version: None,
             last_log: [None, None],
-            last_fault: None,
+            faults: RepeatLog::default(),
             retried_401: false,
         })
     }
@@ -627,7 +629,7 @@ impl Kube {
             }
             Answer::Failed(msg) => {
                 // The API answered but could not serve: like an unreachable API, retried soon.
-                self.fault(format!("{what}: {msg}"), Instant::now());
+                self.fault(format!("{what}: {msg}"), Instant::now(), out);
                 return false;
             }
         }
@@ -636,10 +638,12 @@ impl Kube {
 
     /// The API served a request: the fault logged before (if any) is over.
     fn recovered(&mut self) {
-        if self.last_fault.take().is_some() {
+        if let Some(r) = self.faults.recovered(Instant::now()) {
             info!(
-                "kubernetes API https://{} answers again",
-                self.s.api.authority()
+                "kubernetes API https://{} answers again after {} failed requests over {:.1}s",
+                self.s.api.authority(),
+                r.failures,
+                r.lasted.as_secs_f64()
             );
         }
         self.backoff = BACKOFF_START;
@@ -678,19 +682,19 @@ impl Kube {
         }
     }
 
-    /// The API could not be reached or could not serve: log once, retry with backoff.
-    fn fault(&mut self, why: String, now: Instant) {
-        let line = format!(
-            "kubernetes API https://{}: {why}; retrying in {:.0?}",
-            self.s.api.authority(),
-            self.backoff
-        );
-        let key = format!("{}:{why}", self.s.api.host);
-        if self.last_fault.as_deref() == Some(key.as_str()) {
-            debug!("{line}");
-        } else {
-            warn!("{line}");
-            self.last_fault = Some(key);
+    /// The API could not be reached or could not serve: counted as a connection failure for
+    /// the metrics, logged once, retried with backoff.
+    fn fault(&mut self, why: String, now: Instant, out: &mut Vec<Effect>) {
+        out.push(Effect::ApiFailed);
+        let api = format!("kubernetes API https://{}", self.s.api.authority());
+        let line = format!("{api}: {why}; retrying in {:.0?}", self.backoff);
+        match self.faults.failed(&why, now, SystemTime::now()) {
+            Say::First => warn!("{line}"),
+            Say::Quiet => debug!("{line}"),
+            Say::Summary { repeats, since } => warn!(
+                "{api}: failed requests {}; retrying with backoff up to {BACKOFF_MAX:?}",
+                repeat::summary(repeats, since, &why)
+            ),
         }
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -729,7 +733,7 @@ impl Kube {
                         self.retried_401 = false;
                     }
                 }
-                Err(e) => self.fault(e, now),
+                Err(e) => self.fault(e, now, out),
             }
         }
     }

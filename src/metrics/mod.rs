@@ -35,23 +35,31 @@ const ACCEPTS_PER_TURN: usize = 256;
 const DRAIN_MAX: usize = 64 * 1024;
 
 /// The data path's figures at one moment: plain numbers and strings, taken by
-/// `Pipeline::snapshot` each time a scrape or probe is answered.
+/// `Pipeline::snapshot` each time a scrape or probe is answered and for the `stats:` line.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub lines_read: u64,
     pub bytes_read: u64,
+    /// Records written whole to a connection, resends included.
+    pub records_sent: u64,
     pub records_acked: u64,
     pub bytes_acked: u64,
     pub chunks_unacked: u64,
     pub buffered_bytes: u64,
     pub buffered_peak_bytes: u64,
     pub mem_buf_limit: u64,
-    pub lag_bytes: u64,
+    /// Per followed file, oldest first: its size minus the offset the acks have reached in it.
+    pub file_lags: Vec<(String, u64)>,
+    /// Rotations seen: new files behind the one being read, truncations in place.
+    pub rotations: u64,
+    /// Files (or the directory) that cannot be opened right now.
+    pub files_unreadable: u64,
     pub lines_too_long: u64,
     pub lines_not_json: u64,
     pub records_rejected: u64,
     pub reconnects: u64,
-    /// Connection failures by coarse reason (`net::conn::FailClass` names), every class listed.
+    /// Connection failures by coarse reason (`net::conn::FailClass` names, then `api` for the
+    /// Kubernetes API), every reason listed.
     pub connection_failures: Vec<(&'static str, u64)>,
     pub last_ack: Option<SystemTime>,
     /// The receiver as `HOST:PORT`, when one is known.
@@ -59,8 +67,14 @@ pub struct Snapshot {
     /// Connected and handshaken, chunks may flow.
     pub connected: bool,
     pub last_failure: Option<String>,
-    /// How long the oldest chunk sent has waited for its ack.
-    pub oldest_unacked_age: Option<Duration>,
+    /// How long the connection has been down after having been up (`None` while it is up,
+    /// and before the first connection).
+    pub down_for: Option<Duration>,
+    /// `--backoff-timer`: how long a lost connection may take to come back before `/readyz`
+    /// reports it.
+    pub reconnect_grace: Duration,
+    /// How long chunks have been waiting with no ack arriving (`None` with nothing unacked).
+    pub ack_wait: Option<Duration>,
     pub ack_timeout: Duration,
     pub position_writes: u64,
     pub position_write_failures: u64,
@@ -86,7 +100,19 @@ impl Answers for Snapshot {
     }
 }
 
-/// `/readyz`: ready once connected and acks come back; otherwise the one reason why not.
+impl Snapshot {
+    /// The lag of all files together.
+    pub fn lag_total(&self) -> u64 {
+        self.file_lags.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn connection_failures_total(&self) -> u64 {
+        self.connection_failures.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// `/readyz`: ready while connected (or reconnecting for less than `--backoff-timer`) and acks
+/// come back within `--ack-timeout`; otherwise the one reason why not.
 pub fn readiness(s: &Snapshot) -> Result<(), String> {
     if let Some(p) = &s.read_problem {
         return Err(one_line(&format!("cannot read the audit log: {p}")));
@@ -95,19 +121,62 @@ pub fn readiness(s: &Snapshot) -> Result<(), String> {
         return Err("no target yet (the receiver is not known)".to_string());
     };
     if !s.connected {
-        let why = match &s.last_failure {
-            Some(f) => format!("not connected to {target}: {f}"),
-            None => format!("not connected to {target} yet"),
-        };
-        return Err(one_line(&why));
+        let why = s
+            .last_failure
+            .as_ref()
+            .map(|f| format!(": {f}"))
+            .unwrap_or_default();
+        match s.down_for {
+            // A receiver that restarts, or a connection the network drops now and then, is back
+            // within the backoff: not an outage worth taking the pod out of service for.
+            Some(d) if d < s.reconnect_grace => {}
+            Some(d) => {
+                return Err(one_line(&format!(
+                    "not connected to {target} for {}s, longer than --backoff-timer {:?}{why}",
+                    d.as_secs(),
+                    s.reconnect_grace
+                )))
+            }
+            None if why.is_empty() => return Err(format!("not connected to {target} yet")),
+            None => return Err(one_line(&format!("not connected to {target}{why}"))),
+        }
     }
-    if s.oldest_unacked_age.is_some_and(|age| age >= s.ack_timeout) {
+    if s.ack_wait.is_some_and(|w| w >= s.ack_timeout) {
         return Err(format!(
             "no ack from {target} within {:?} (--ack-timeout)",
             s.ack_timeout
         ));
     }
     Ok(())
+}
+
+/// The `stats:` log line: the key figures of [`render`] as `key=value` pairs, the receiver
+/// last (the only value that is not a number).
+pub fn stats_line(s: &Snapshot, cpu_seconds: f64) -> String {
+    format!(
+        "stats: records_sent={} records_acked={} bytes_read={} bytes_acked={} lag_bytes={} \
+         chunks_unacked={} buffered={} buffered_peak={} reconnects={} connection_failures={} \
+         rotations={} malformed={} skipped_long={} rejected={} position_write_failures={} \
+         files_unreadable={} connected={} cpu_s={cpu_seconds:.2} target={}",
+        s.records_sent,
+        s.records_acked,
+        s.bytes_read,
+        s.bytes_acked,
+        s.lag_total(),
+        s.chunks_unacked,
+        s.buffered_bytes,
+        s.buffered_peak_bytes,
+        s.reconnects,
+        s.connection_failures_total(),
+        s.rotations,
+        s.lines_not_json,
+        s.lines_too_long,
+        s.records_rejected,
+        s.position_write_failures,
+        s.files_unreadable,
+        u8::from(s.connected),
+        s.target.as_deref().unwrap_or("none"),
+    )
 }
 
 fn one_line(s: &str) -> String {
@@ -147,6 +216,12 @@ pub fn render(s: &Snapshot) -> String {
         &one(s.bytes_read),
     );
     metric(
+        "records_sent_total",
+        "counter",
+        "Records written to the receiver, resends after a reconnect included.",
+        &one(s.records_sent),
+    );
+    metric(
         "records_acked_total",
         "counter",
         "Records the receiver acknowledged.",
@@ -182,12 +257,29 @@ pub fn render(s: &Snapshot) -> String {
         "--mem-buf-limit: the bound of buffered_bytes.",
         &one(s.mem_buf_limit),
     );
+    let lags: Vec<(String, f64)> = s
+        .file_lags
+        .iter()
+        .map(|(file, n)| (format!("{{file=\"{}\"}}", label(file)), *n as f64))
+        .collect();
     metric(
         "lag_bytes",
         "gauge",
-        "Bytes of the audit log files not read yet (file sizes minus where reading stands); \
-         read but unacked bytes are bytes_read_total - bytes_acked_total.",
-        &one(s.lag_bytes),
+        "Per followed file: its size minus the offset the receiver's acks have reached in it \
+         (a rotated file is listed until it is acked to its end).",
+        &lags,
+    );
+    metric(
+        "total_lag_bytes",
+        "gauge",
+        "The sum of lag_bytes over all files.",
+        &one(s.lag_total()),
+    );
+    metric(
+        "rotations_total",
+        "counter",
+        "Log rotations seen: a new file behind the one being read, or a truncation in place.",
+        &one(s.rotations),
     );
     metric(
         "lines_skipped_total",
@@ -221,7 +313,8 @@ pub fn render(s: &Snapshot) -> String {
     metric(
         "connection_failures_total",
         "counter",
-        "Connection attempts or connections that failed, by coarse reason.",
+        "Connection attempts or connections that failed, by coarse reason (api: requests to \
+         the Kubernetes API).",
         &failures,
     );
     let last_ack = s
@@ -260,10 +353,11 @@ pub fn render(s: &Snapshot) -> String {
         &one(s.position_write_failures),
     );
     metric(
-        "log_unreadable",
+        "files_unreadable",
         "gauge",
-        "1 while an audit log file cannot be opened, else 0.",
-        &one(u64::from(s.read_problem.is_some())),
+        "Audit log files (or their directory) that cannot be opened right now; reading waits \
+         at the first, so 0 or 1.",
+        &one(s.files_unreadable),
     );
     metric(
         "ready",
@@ -573,7 +667,8 @@ mod tests {
             target: Some("tailer:24224".into()),
             connected: true,
             ack_timeout: Duration::from_secs(60),
-            connection_failures: vec![("refused", 2), ("tls", 0)],
+            reconnect_grace: Duration::from_secs(10),
+            connection_failures: vec![("refused", 2), ("tls", 0), ("api", 1)],
             ..Snapshot::default()
         }
     }
@@ -581,12 +676,14 @@ mod tests {
     #[test]
     fn metrics_readiness_table() {
         type Edit = fn(&mut Snapshot);
+        fn down(s: &mut Snapshot, secs: u64) {
+            s.connected = false;
+            s.down_for = Some(Duration::from_secs(secs));
+            s.last_failure = Some("connect to 127.0.0.1:1: refused".into());
+        }
         let cases: &[(Edit, Result<(), &str>)] = &[
             (|_| {}, Ok(())),
-            (
-                |s| s.oldest_unacked_age = Some(Duration::from_secs(5)),
-                Ok(()),
-            ),
+            (|s| s.ack_wait = Some(Duration::from_secs(5)), Ok(())),
             (
                 |s| s.target = None,
                 Err("no target yet (the receiver is not known)"),
@@ -602,8 +699,33 @@ mod tests {
                 },
                 Err("not connected to tailer:24224: connect to 127.0.0.1:1: refused"),
             ),
+            // A lost connection gets until --backoff-timer to come back.
+            (|s| down(s, 0), Ok(())),
+            (|s| down(s, 9), Ok(())),
             (
-                |s| s.oldest_unacked_age = Some(Duration::from_secs(60)),
+                |s| down(s, 10),
+                Err(
+                    "not connected to tailer:24224 for 10s, longer than --backoff-timer 10s: \
+                     connect to 127.0.0.1:1: refused",
+                ),
+            ),
+            (
+                |s| {
+                    down(s, 11);
+                    s.last_failure = None;
+                },
+                Err("not connected to tailer:24224 for 11s, longer than --backoff-timer 10s"),
+            ),
+            // Within the grace, acks that stopped still count.
+            (
+                |s| {
+                    down(s, 2);
+                    s.ack_wait = Some(Duration::from_secs(61));
+                },
+                Err("no ack from tailer:24224 within 60s (--ack-timeout)"),
+            ),
+            (
+                |s| s.ack_wait = Some(Duration::from_secs(60)),
                 Err("no ack from tailer:24224 within 60s (--ack-timeout)"),
             ),
             (
@@ -626,22 +748,57 @@ mod tests {
         let mut s = healthy();
         s.target = Some("a\"b\\c".into());
         s.records_acked = 7;
+        s.records_sent = 9;
+        s.file_lags = vec![("audit-x.log".into(), 5), ("audit.log".into(), 10)];
         let text = render(&s);
-        assert!(
-            text.contains("audit_forwarder_records_acked_total 7\n"),
-            "{text}"
-        );
-        assert!(text.contains("audit_forwarder_target_info{target=\"a\\\"b\\\\c\"} 1\n"));
-        assert!(text.contains("audit_forwarder_connected 1\n"));
-        assert!(text.contains("audit_forwarder_connection_failures_total{reason=\"refused\"} 2\n"));
+        for want in [
+            "audit_forwarder_records_acked_total 7\n",
+            "audit_forwarder_records_sent_total 9\n",
+            "audit_forwarder_target_info{target=\"a\\\"b\\\\c\"} 1\n",
+            "audit_forwarder_connected 1\n",
+            "audit_forwarder_connection_failures_total{reason=\"refused\"} 2\n",
+            "audit_forwarder_connection_failures_total{reason=\"api\"} 1\n",
+            "audit_forwarder_lag_bytes{file=\"audit-x.log\"} 5\n",
+            "audit_forwarder_lag_bytes{file=\"audit.log\"} 10\n",
+            "audit_forwarder_total_lag_bytes 15\n",
+            "audit_forwarder_rotations_total 0\n",
+            "audit_forwarder_files_unreadable 0\n",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
         // Every sample follows its own HELP and TYPE lines.
         let mut declared = String::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 declared = rest.split(' ').next().unwrap_or("").to_string();
             } else if !line.starts_with('#') {
-                assert!(line.starts_with(&declared), "{line} after TYPE {declared}");
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                assert_eq!(name, declared, "{line} after TYPE {declared}");
             }
         }
+    }
+
+    #[test]
+    fn metrics_stats_line_carries_the_key_figures() {
+        let mut s = healthy();
+        s.records_sent = 12;
+        s.records_acked = 10;
+        s.bytes_read = 4000;
+        s.bytes_acked = 3000;
+        s.file_lags = vec![("audit-x.log".into(), 5), ("audit.log".into(), 10)];
+        s.rotations = 1;
+        s.position_write_failures = 4;
+        let line = stats_line(&s, 1.5);
+        assert_eq!(
+            line,
+            "stats: records_sent=12 records_acked=10 bytes_read=4000 bytes_acked=3000 \
+             lag_bytes=15 chunks_unacked=0 buffered=0 buffered_peak=0 reconnects=0 \
+             connection_failures=3 rotations=1 malformed=0 skipped_long=0 rejected=0 \
+             position_write_failures=4 files_unreadable=0 connected=1 cpu_s=1.50 \
+             target=tailer:24224"
+        );
+        s.target = None;
+        s.connected = false;
+        assert!(stats_line(&s, 0.0).ends_with(" connected=0 cpu_s=0.00 target=none"));
     }
 }

@@ -15,7 +15,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::net::{TcpStream, UnixStream};
@@ -31,6 +31,7 @@ use crate::net::proxy;
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::tls;
 use crate::net::transport::{tls_failure, Socket, Transport};
+use crate::repeat::{self, RepeatLog, Say};
 use crate::sys;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -152,9 +153,14 @@ pub struct Conn {
     /// Connections established after the first one.
     pub reconnects: u64,
     connected_once: bool,
-    /// The last failure, so a fault that repeats on every attempt is logged once at warn and
-    /// then at debug until something changes.
+    /// Why the last attempt or connection failed, until one succeeds (for `/readyz`).
     last_failure: Option<String>,
+    /// A fault that repeats on every attempt is logged once at warn, then at debug with a
+    /// summary every few minutes, and its end once at info.
+    repeats: RepeatLog,
+    /// Since when the connection is down after having been up: `/readyz` gives a reconnect
+    /// until `--backoff-timer` before it reports the connection lost.
+    down_since: Option<Instant>,
     /// The last "address failed, trying the next" line, deduplicated like `last_failure`.
     last_skip: Option<String>,
     resolver: Resolver,
@@ -257,6 +263,8 @@ impl Conn {
             reconnects: 0,
             connected_once: false,
             last_failure: None,
+            repeats: RepeatLog::default(),
+            down_since: None,
             last_skip: None,
             resolver,
             plan: Plan::default(),
@@ -297,9 +305,13 @@ impl Conn {
             }
             (None, None) => {}
         }
+        if self.is_ready() {
+            self.down_since = Some(Instant::now());
+        }
         self.close(registry);
         self.cfg.target = target;
         self.last_failure = None;
+        self.repeats.reset();
         self.attempts = 0;
         self.state = State::Down {
             retry_at: Instant::now(),
@@ -327,6 +339,17 @@ impl Conn {
 
     pub fn ack_timeout(&self) -> Duration {
         self.cfg.ack_timeout
+    }
+
+    /// `--backoff-timer`: the longest wait between attempts.
+    pub fn backoff_max(&self) -> Duration {
+        self.cfg.backoff_max
+    }
+
+    /// Since when the connection is down after having been up (`None` while up, and before the
+    /// first connection).
+    pub fn down_since(&self) -> Option<Instant> {
+        self.down_since
     }
 
     /// The receiver for log lines.
@@ -615,7 +638,7 @@ impl Conn {
                             if !rbuf.is_empty() {
                                 return Err("unexpected bytes after PONG".to_string());
                             }
-                            return Ok((self.ready(link, outbox), true));
+                            return Ok((self.ready(link, outbox, now), true));
                         }
                     }
                 }
@@ -918,16 +941,27 @@ impl Conn {
                     deadline: now + self.cfg.connect_timeout,
                 }
             }
-            None => self.ready(link, outbox),
+            None => self.ready(link, outbox, now),
         }
     }
 
-    fn ready(&mut self, link: Link, outbox: &mut Outbox) -> State {
+    fn ready(&mut self, link: Link, outbox: &mut Outbox, now: Instant) -> State {
         if self.connected_once {
             self.reconnects += 1;
         }
         self.connected_once = true;
-        if self.last_failure.take().is_some() || self.reconnects == 0 {
+        self.down_since = None;
+        self.last_failure = None;
+        if let Some(r) = self.repeats.recovered(now) {
+            info!(
+                "connected to {} ({}): recovered after {} failed attempts over {:.1}s; {} chunks to send",
+                self.shown(),
+                link.peer,
+                r.failures,
+                r.lasted.as_secs_f64(),
+                outbox.unacked()
+            );
+        } else if self.reconnects == 0 {
             info!(
                 "connected to {} ({}); {} chunks to send",
                 self.shown(),
@@ -1001,18 +1035,19 @@ impl Conn {
         {
             *n += 1;
         }
-        if self.last_failure.as_deref() == Some(reason.as_str()) {
-            debug!(
-                "{}{at}: {reason}; retrying in {:.1}s",
-                self.shown(),
-                delay.as_secs_f64()
-            );
-        } else {
-            warn!(
-                "{}{at}: {reason}; retrying in {:.1}s",
-                self.shown(),
-                delay.as_secs_f64()
-            );
+        if self.connected_once && self.down_since.is_none() {
+            self.down_since = Some(now);
+        }
+        let (shown, secs) = (self.shown(), delay.as_secs_f64());
+        match self.repeats.failed(&reason, now, SystemTime::now()) {
+            Say::First => warn!("{shown}{at}: {reason}; retrying in {secs:.1}s"),
+            Say::Quiet => debug!("{shown}{at}: {reason}; retrying in {secs:.1}s"),
+            Say::Summary { repeats, since } => warn!(
+                "{shown}: connection failures {}; retrying with backoff up to {:?} \
+                 (--backoff-timer)",
+                repeat::summary(repeats, since, &reason),
+                self.cfg.backoff_max
+            ),
         }
         self.last_failure = Some(reason);
         self.state = State::Down {
