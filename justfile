@@ -92,6 +92,32 @@ test: deps
     cargo build --release --examples
     cargo test --release -- --test-threads 4
 
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); fuzz/ is a crate of
+# its own, never built by `just test`. Targets (`cargo +nightly fuzz list`): transcode, tailer,
+# kube_http, metrics_request, connect, ack_handshake, rfc3339, cron, kubeconfig. Each corpus
+# grows in fuzz/corpus/TARGET, seeded from fuzz/seeds/TARGET (transcode: the lines of
+# tests/data/audit-events.jsonl); a failing input is written to fuzz/artifacts/TARGET/ and ends
+# the run. Examples: `just fuzz` (every target, 10 minutes each), `just fuzz tailer 60`.
+#
+# Fuzz the sans-IO parsers: one target or all, SECONDS each (default 600)
+fuzz TARGET="all" SECONDS="600":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd fuzz
+    if [ "{{TARGET}}" = all ]; then targets=$(cargo +nightly fuzz list); else targets="{{TARGET}}"; fi
+    for t in $targets; do
+        mkdir -p "corpus/$t"
+        if [ "$t" = transcode ] && [ -z "$(ls -A corpus/transcode)" ]; then
+            n=0
+            while IFS= read -r line; do n=$((n + 1)); printf '%s' "$line" > "corpus/transcode/audit-$n"; done \
+                < ../tests/data/audit-events.jsonl
+        fi
+        seeds=()
+        if [ -d "seeds/$t" ]; then seeds=("seeds/$t"); fi
+        echo "== fuzz $t for {{SECONDS}} s" >&2
+        cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time={{SECONDS}} -timeout=10
+    done
+
 # The tools the end-to-end tests start: real proxies (tinyproxy, socat, stunnel4), openssl for
 # test certificates, python3-msgpack as the independent decoder, and for tests/netfaults.rs
 # iproute2 (ip netns, veth, tc) and nftables (packet loss and partitions).

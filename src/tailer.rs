@@ -96,7 +96,7 @@ pub struct ServerKey {
 const MAX_MESSAGE: usize = 64 << 20;
 const READ_STEP: usize = 64 << 10;
 /// Cap on the entries of one CompressedPackedForward message once inflated.
-const MAX_DECOMPRESSED: usize = 256 << 20;
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
 /// Acks a client has not read yet; a client this far behind is not reading at all.
 const MAX_PENDING_ACKS: usize = 1 << 20;
 /// Buffer capacity kept between messages; more is returned to the allocator. The forwarder's
@@ -105,7 +105,7 @@ const KEEP_CAPACITY: usize = 1 << 20;
 /// Longest JSON line printed for one record; a record that needs more is refused like an
 /// undecodable message. Kubernetes audit events stay far below it (the forwarder's default
 /// `--max-line-size` is 10 MB), and it bounds what a small hostile record can make us write.
-const MAX_RECORD_JSON: usize = MAX_MESSAGE;
+pub const MAX_RECORD_JSON: usize = MAX_MESSAGE;
 /// The first and the longest wait before `accept` is tried again after it failed.
 const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(50);
 const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
@@ -115,7 +115,8 @@ const NO_DEADLINE: Duration = Duration::from_secs(3600);
 /// could destroy a PONG or acks still in flight; bounded so a flooding client costs little.
 const DRAIN_ON_CLOSE: usize = 256 << 10;
 const STATS_EVERY: Duration = Duration::from_secs(1);
-const LIMITS: Limits = Limits {
+/// Framing caps of an incoming Forward message (public for the fuzz target).
+pub const LIMITS: Limits = Limits {
     max_len: MAX_MESSAGE,
     max_depth: msgpack::DEFAULT_MAX_DEPTH,
 };

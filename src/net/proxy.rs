@@ -393,15 +393,17 @@ fn body(framing: Framing, after: &[u8]) -> (Vec<u8>, bool, bool) {
 }
 
 /// Decodes a chunked body as far as it has arrived, stopping once more than
-/// [`MAX_BODY_SHOWN`] bytes are out. Returns the data and whether the body is over (last chunk
-/// seen, or framing so broken that waiting cannot help; then the rest is shown raw).
+/// [`MAX_BODY_SHOWN`] bytes are out. Returns the data and whether the last chunk was seen.
+/// Framing too broken to read on is shown raw from where it broke, and that raw rest, like a
+/// body without a length, is over only at the close or once it fills the cap: deciding as soon
+/// as the break is seen would show whatever part of the rest had happened to arrive, so the same
+/// answer would read differently depending on how the proxy's writes were split.
 fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     while out.len() <= MAX_BODY_SHOWN {
         let Some(nl) = data.iter().position(|&b| b == b'\n') else {
             if data.len() > MAX_CHUNK_LINE {
                 out.extend_from_slice(data);
-                return (out, true);
             }
             return (out, false);
         };
@@ -417,7 +419,7 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
             .and_then(|d| usize::from_str_radix(d, 16).ok());
         let Some(size) = size else {
             out.extend_from_slice(data);
-            return (out, true);
+            return (out, false);
         };
         data = &data[nl + 1..];
         if size == 0 {
@@ -438,7 +440,7 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
             return (out, false);
         } else {
             out.extend_from_slice(data);
-            return (out, true);
+            return (out, false);
         }
     }
     (out, true)
@@ -701,6 +703,24 @@ mod tests {
                 at_eof: refused(
                     "\"HTTP/1.1 500 Internal Server Error\": currently no tunnels available",
                 ),
+            },
+            Case {
+                // Found by fuzz/ (connect): deciding at the break showed whatever part of the
+                // rest had arrived, so a later read changed the message.
+                name: "chunked body whose framing breaks: the rest shows raw, complete at EOF",
+                answer: b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n\
+                          6\r\nno tunXnels\r\n"
+                    .to_vec(),
+                fed: Want::NeedMore,
+                at_eof: refused("\"HTTP/1.1 503 Service Unavailable\": no tunXnels"),
+            },
+            Case {
+                name: "chunked body that is not chunked at all: raw, complete at EOF",
+                answer: b"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n\
+                          dial tcp: connection refused\n"
+                    .to_vec(),
+                fed: Want::NeedMore,
+                at_eof: refused("\"HTTP/1.1 502 Bad Gateway\": dial tcp: connection refused"),
             },
             Case {
                 name: "refusal with Content-Length: 0",
