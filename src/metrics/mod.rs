@@ -185,13 +185,9 @@ fn one_line(s: &str) -> String {
 
 /// The Prometheus text exposition format (version 0.0.4) of a snapshot.
 pub fn render(s: &Snapshot) -> String {
-    let mut out = String::with_capacity(4096);
+    let mut out = Exposition::new("audit_forwarder_");
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP audit_forwarder_{name} {help}");
-        let _ = writeln!(out, "# TYPE audit_forwarder_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "audit_forwarder_{name}{labels} {value}");
-        }
+        out.family(name, kind, help, samples);
     };
     let one = |v: u64| vec![(String::new(), v as f64)];
     metric(
@@ -365,7 +361,44 @@ pub fn render(s: &Snapshot) -> String {
         "1 when /readyz answers 200, else 0.",
         &one(u64::from(readiness(s).is_ok())),
     );
-    out
+    out.finish()
+}
+
+/// Prometheus text being rendered, every family's name under one prefix and given its HELP and
+/// TYPE lines before its samples; the forwarder's and the tailer's `/metrics` both write through
+/// it.
+pub(crate) struct Exposition {
+    text: String,
+    prefix: &'static str,
+}
+
+impl Exposition {
+    pub(crate) fn new(prefix: &'static str) -> Exposition {
+        Exposition {
+            text: String::with_capacity(4096),
+            prefix,
+        }
+    }
+
+    /// One family: `samples` are (labels, value), labels already in `{k="v"}` form or empty.
+    pub(crate) fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(String, V)],
+    ) {
+        let p = self.prefix;
+        let _ = writeln!(self.text, "# HELP {p}{name} {help}");
+        let _ = writeln!(self.text, "# TYPE {p}{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.text, "{p}{name}{labels} {value}");
+        }
+    }
+
+    pub(crate) fn finish(self) -> String {
+        self.text
+    }
 }
 
 /// A label value with `\`, `"` and newlines escaped as the text format requires.

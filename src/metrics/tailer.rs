@@ -4,9 +4,7 @@
 //! and the rendering of a [`Snapshot`] into the Prometheus text format and the `/readyz` verdict.
 //! Serving them is [`super::Server`]'s job, the same as for the forwarder.
 
-use std::fmt::Write as _;
-
-use super::{label, one_line, Answers};
+use super::{label, one_line, Answers, Exposition};
 
 /// An enum of reasons with its label values, in the order they are listed.
 macro_rules! reasons {
@@ -154,7 +152,7 @@ pub fn readiness(s: &Snapshot) -> Result<(), String> {
 /// The Prometheus text exposition format (version 0.0.4) of a snapshot.
 pub fn render(s: &Snapshot) -> String {
     let c = &s.counters;
-    let mut out = Out(String::with_capacity(4096));
+    let mut out = Exposition::new("audit_tailer_");
     out.family(
         "build_info",
         "gauge",
@@ -251,7 +249,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 when /readyz answers 200, else 0.",
         u64::from(readiness(s).is_ok()),
     );
-    out.0
+    out.finish()
 }
 
 impl Answers for Snapshot {
@@ -264,18 +262,13 @@ impl Answers for Snapshot {
     }
 }
 
-/// The text being rendered; every family gets its HELP and TYPE lines before its samples.
-struct Out(String);
+/// The tailer's shorthands over the shared writer.
+trait TailerFamilies {
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64);
+    fn reasons<'a>(&mut self, name: &str, help: &str, counts: impl Iterator<Item = (&'a str, u64)>);
+}
 
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-        let _ = writeln!(self.0, "# HELP audit_tailer_{name} {help}");
-        let _ = writeln!(self.0, "# TYPE audit_tailer_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(self.0, "audit_tailer_{name}{labels} {value}");
-        }
-    }
-
+impl TailerFamilies for Exposition {
     fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
         self.family(name, kind, help, &[(String::new(), value)]);
     }
