@@ -225,6 +225,68 @@ fn sigkill_after_rotation_with_short_new_file() {
     }
 }
 
+/// A forwarder killed before any ack reached its position file (here the receiver was down
+/// all along; in a CI run it was the first fsync taking longer than the 1.8 s until the kill)
+/// and restarted after rotations resumes in the file it had begun, now a gzipped backup, not at
+/// the new `audit.log` as a first start would: a fresh start writes its position before it
+/// reads a byte. Both with a first file that identifies itself (A: 5 lines) and with an empty
+/// one (weak position: read again from the oldest file, duplicates allowed).
+#[test]
+fn sigkill_before_the_first_ack_then_rotations_loses_nothing() {
+    for initial in [5u64, 0] {
+        let dir = TempDir::new("attack-first-ack");
+        let mut w = AuditWriter::create(dir.path());
+        let port = free_port();
+        let a = audit_events(0..initial);
+        w.write_lines(&a);
+        let mut fwd =
+            Forwarder::start(fwd_args(&w.log_path(), port, &["--backoff-timer", "200ms"]));
+        assert!(
+            fwd.wait_log("refused", DELIVERY),
+            "initial={initial}: no connection attempt logged; stderr:\n{}",
+            fwd.stderr_text()
+        );
+        fwd.kill9();
+        // While it is down: the first file gets A2 and becomes a gzipped backup, B a plain
+        // one, C the new audit.log.
+        let a2 = audit_events(50..53);
+        w.write_lines(&a2);
+        w.rotate_file_with(gzip_file);
+        let b = audit_events(100..103);
+        w.write_lines(&b);
+        w.rotate_file();
+        let c = audit_events(200..203);
+        w.write_lines(&c);
+        let tailer = Tailer::start(port);
+        fwd.restart();
+        let all: Vec<String> = a.iter().chain(&a2).chain(&b).chain(&c).cloned().collect();
+        assert!(
+            tailer.wait_all_lines(&all, DELIVERY),
+            "initial={initial}: lines lost after a SIGKILL before the first ack; got {} of {}; \
+             stderr:\n{}",
+            tailer.line_count(),
+            all.len(),
+            fwd.stderr_text()
+        );
+        fwd.term_ok();
+        let text = fwd.stderr_text();
+        let placed = if initial > 0 {
+            "resuming audit-"
+        } else {
+            "lines may be sent twice"
+        };
+        assert!(
+            text.contains(placed),
+            "initial={initial}: the restart must say \"{placed}\"; stderr:\n{text}"
+        );
+        let errors = lines_mentioning(&text, &[" error audit_forwarder"], &[]).join("\n");
+        assert!(
+            errors.is_empty(),
+            "initial={initial}: false ERRORs:\n{errors}"
+        );
+    }
+}
+
 /// The rejected-record path with `--compress gzip`: a big, poorly compressible record the
 /// receiver resets over is isolated, decompressed into the rejected file, and the others arrive.
 #[test]

@@ -14,7 +14,7 @@ use crate::cli::{Compress, ForwardArgs};
 use crate::config::Config;
 use crate::escape;
 use crate::follow::lines::Piece;
-use crate::follow::offsets::{self, Store};
+use crate::follow::offsets::{self, Position, Store};
 use crate::follow::tail::{Progress, Tail};
 use crate::forward::outbox::{Builder, Outbox};
 use crate::forward::transcode::{self, Kind};
@@ -88,6 +88,8 @@ pub struct Pipeline {
     /// The last read pass stopped because the window or the memory limit was full, not because
     /// the files had nothing more: acks that free room are then work to do at once.
     read_blocked: bool,
+    /// The fresh-start position was written (or tried): see [`Pipeline::save_start`].
+    start_saved: bool,
 }
 
 impl Pipeline {
@@ -202,6 +204,7 @@ impl Pipeline {
             position_failing: RepeatLog::default(),
             draining: None,
             read_blocked: false,
+            start_saved: false,
         })
     }
 
@@ -235,6 +238,28 @@ impl Pipeline {
             Effect::Receiver(target) => self.conn.set_target(target, registry),
             Effect::ApiFailed => self.stats.api_failures += 1,
         }
+    }
+
+    /// A fresh start (no position file yet) writes where it starts before it reads a byte.
+    /// Otherwise a forwarder killed before its first ack was saved (the receiver was down, or
+    /// the first fsync was slow) restarts as a fresh start too: at `audit.log`, skipping the file
+    /// it had begun, which a rotation meanwhile made a backup. With the start saved, the restart
+    /// finds that file by its content (identity rule 4) and reads it again from there. Tried
+    /// once; a failure is logged like any position write and the flushes retry later positions.
+    fn save_start(&mut self) {
+        if self.start_saved || !self.store.is_empty() {
+            return;
+        }
+        let Some(p) = self.tail.position() else {
+            return;
+        };
+        self.start_saved = true;
+        save_position(
+            &mut self.store,
+            &p,
+            &mut self.position_failing,
+            &mut self.stats,
+        );
     }
 
     /// When the loop must wake for the data path: now, if acks freed room while reading was
@@ -312,12 +337,14 @@ impl Pipeline {
 
         let now = Instant::now();
         if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
-            save_position(
-                &mut self.store,
-                &self.outbox,
-                &mut self.position_failing,
-                &mut self.stats,
-            );
+            if let Some(p) = self.outbox.committed() {
+                save_position(
+                    &mut self.store,
+                    p,
+                    &mut self.position_failing,
+                    &mut self.stats,
+                );
+            }
             self.next_flush = now + FLUSH_EVERY;
         }
         if now >= self.next_stats {
@@ -334,12 +361,14 @@ impl Pipeline {
                     );
                 }
                 self.conn.close(registry);
-                save_position(
-                    &mut self.store,
-                    &self.outbox,
-                    &mut self.position_failing,
-                    &mut self.stats,
-                );
+                if let Some(p) = self.outbox.committed() {
+                    save_position(
+                        &mut self.store,
+                        p,
+                        &mut self.position_failing,
+                        &mut self.stats,
+                    );
+                }
                 self.log_stats();
                 info!("stopped");
                 return Ok(true);
@@ -351,6 +380,7 @@ impl Pipeline {
     /// Reads until the files have nothing more or the window or memory limit is full, sealing
     /// chunks as they reach their target size.
     fn read(&mut self) -> Result<(), String> {
+        self.save_start();
         let max_line = self.max_line;
         let et = transcode::now_event_time();
         let (window, limit, gzip) = (self.window, self.limit, self.gzip);
@@ -556,10 +586,7 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
 /// Writes the committed position. A failure is said once with what would fix it, then
 /// summarised every few minutes with a count, not at every 200 ms flush; the write is retried
 /// at every flush, so a fixed permission is picked up at once.
-fn save_position(store: &mut Store, outbox: &Outbox, failing: &mut RepeatLog, stats: &mut Stats) {
-    let Some(p) = outbox.committed() else {
-        return;
-    };
+fn save_position(store: &mut Store, p: &Position, failing: &mut RepeatLog, stats: &mut Stats) {
     stats.position_writes += 1;
     let now = Instant::now();
     let e = match store.save(p) {
