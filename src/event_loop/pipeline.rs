@@ -32,6 +32,10 @@ const CHUNK_TARGET: usize = 512 * 1024;
 /// (tests/netfaults.rs, `just netbench`); 32 MiB covers about 300 MB/s at a 100 ms round trip.
 /// Memory stays bounded by --mem-buf-limit, of which the window takes at most half.
 const WINDOW_MAX: usize = 32 * 1024 * 1024;
+/// The window before the acks have shown a long round trip, and the least it shrinks to: a
+/// receiver nearby (loopback, the same cluster) runs at full speed with it, and the forwarder's
+/// memory stays near 10 MiB there (`forward::pace` grows it towards `WINDOW_MAX` as needed).
+const WINDOW_FLOOR: usize = 8 * 1024 * 1024;
 /// Smallest read worth a syscall when memory is tight.
 const MIN_READ: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
@@ -71,7 +75,6 @@ pub struct Pipeline {
     tag: String,
     gzip: bool,
     max_line: u64,
-    window: usize,
     limit: usize,
     log_path: std::path::PathBuf,
     rejected_path: std::path::PathBuf,
@@ -153,18 +156,20 @@ impl Pipeline {
         // window of chunks in flight gets what is left, and reading stops when it is full.
         let (window, chunk_target) = window_for(limit);
         info!(
-            "forwarding {} to {} (position file {}, window {} KiB)",
+            "forwarding {} to {} (position file {}, window {}-{} KiB as the round trip needs)",
             args.audit_log_path.display(),
             match (&args.target, &args.kube) {
                 (Some(t), _) => t.to_string(),
                 (None, _) => "the tailer the Kubernetes Service names".into(),
             },
             args.position_file.display(),
+            WINDOW_FLOOR.min(window) / 1024,
             window / 1024
         );
         let started = Instant::now();
         let mut outbox = Outbox::new(position, &args.tag, chunk_target);
         outbox.keep_spares(window / chunk_target);
+        outbox.pace_window(WINDOW_FLOOR, window);
         Ok(Pipeline {
             tail,
             builder: Builder::new(&args.tag, chunk_target),
@@ -191,7 +196,6 @@ impl Pipeline {
             tag: args.tag.clone(),
             gzip: matches!(args.compress, Compress::Gzip),
             max_line: args.max_line_size,
-            window,
             limit,
             log_path: args.audit_log_path.clone(),
             rejected_path: rejected_file(&args.position_file),
@@ -268,13 +272,7 @@ impl Pipeline {
     pub fn deadline(&self, now: Instant) -> Option<Instant> {
         if self.draining.is_none()
             && self.read_blocked
-            && read_room(
-                &self.tail,
-                &self.builder,
-                &self.outbox,
-                self.window,
-                self.limit,
-            ) >= MIN_READ
+            && read_room(&self.tail, &self.builder, &self.outbox, self.limit) >= MIN_READ
         {
             return Some(now);
         }
@@ -383,7 +381,7 @@ impl Pipeline {
         self.save_start();
         let max_line = self.max_line;
         let et = transcode::now_event_time();
-        let (window, limit, gzip) = (self.window, self.limit, self.gzip);
+        let (limit, gzip) = (self.limit, self.gzip);
         let Pipeline {
             tail,
             builder,
@@ -398,7 +396,7 @@ impl Pipeline {
         } = self;
         loop {
             stats.peak = stats.peak.max(buffered(tail, builder, outbox));
-            if outbox.bytes() + builder.allocated() >= window {
+            if outbox.bytes() + builder.allocated() >= outbox.window() {
                 *read_blocked = true;
                 break;
             }
@@ -407,7 +405,7 @@ impl Pipeline {
                 seal(outbox, builder, tag, gzip, rng);
                 continue;
             }
-            let max = read_room(tail, builder, outbox, window, limit);
+            let max = read_room(tail, builder, outbox, limit);
             if max < MIN_READ {
                 *read_blocked = true;
                 break;
@@ -443,7 +441,7 @@ impl Pipeline {
                 Progress::Switched => seal(outbox, builder, tag, gzip, rng),
                 Progress::Idle => {
                     *read_blocked = false;
-                    outbox.release_spares();
+                    outbox.idle();
                     break;
                 }
             }
@@ -469,6 +467,7 @@ impl Pipeline {
             chunks_unacked: self.outbox.unacked() as u64,
             buffered_bytes: buffered(&self.tail, &self.builder, &self.outbox) as u64,
             buffered_peak_bytes: self.stats.peak as u64,
+            window_bytes: self.outbox.window() as u64,
             mem_buf_limit: self.limit as u64,
             file_lags: self.tail.file_lags(self.outbox.committed()),
             rotations: self.tail.rotations(),
@@ -556,14 +555,8 @@ fn window_for(limit: usize) -> (usize, usize) {
 /// by as much as it reads and the chunk by about three times that (short JSON numbers become
 /// 9-byte floats). Half the chunk's room: audit JSON never grows in msgpack, so a chunk fills in
 /// about four reads; input that does grow only makes its buffer grow, which the window counts.
-fn read_room(
-    tail: &Tail,
-    builder: &Builder,
-    outbox: &Outbox,
-    window: usize,
-    limit: usize,
-) -> usize {
-    if outbox.bytes() + builder.allocated() >= window {
+fn read_room(tail: &Tail, builder: &Builder, outbox: &Outbox, limit: usize) -> usize {
+    if outbox.bytes() + builder.allocated() >= outbox.window() {
         return 0;
     }
     let room = limit.saturating_sub(buffered(tail, builder, outbox));

@@ -16,6 +16,7 @@ use crate::escape;
 use crate::follow::offsets::Position;
 use crate::forward::codec as forward;
 use crate::forward::msgpack;
+use crate::forward::pace::Pace;
 
 /// Connections the receiver dropped in a row while the same chunk was the oldest one written
 /// and unacked, before that chunk is taken apart. A receiver that restarts now and then hits one
@@ -269,6 +270,8 @@ pub struct Outbox {
     spare: Vec<Vec<u8>>,
     spare_min: usize,
     spare_max: usize,
+    /// How many bytes may be in flight, from the acks' pace and round trip.
+    pace: Pace,
 }
 
 /// Buffers kept when idle: one being filled while the other's chunk is in flight.
@@ -294,7 +297,25 @@ impl Outbox {
             spare: Vec::new(),
             spare_min: target,
             spare_max: SPARES_IDLE,
+            pace: Pace::new(usize::MAX, usize::MAX),
         }
+    }
+
+    /// Lets between `floor` and `cap` bytes be in flight, as the acks show the receiver's pace
+    /// and round trip need (see [`Pace`]); until called, no limit.
+    pub fn pace_window(&mut self, floor: usize, cap: usize) {
+        self.pace = Pace::new(floor, cap);
+    }
+
+    /// The bytes that may be in flight now.
+    pub fn window(&self) -> usize {
+        self.pace.window()
+    }
+
+    /// The files ran dry: the window a burst earned does not outlive it.
+    pub fn idle(&mut self) {
+        self.pace.idle();
+        self.release_spares();
     }
 
     /// Keeps up to `n` acked buffers (at least [`SPARES_IDLE`]) for the chunks that follow. A
@@ -695,7 +716,7 @@ impl Outbox {
     }
 
     /// Records an ack. Returns the records/bytes that became committed.
-    pub fn ack(&mut self, id: &[u8]) -> Result<Acked, AckError> {
+    pub fn ack(&mut self, id: &[u8], now: Instant) -> Result<Acked, AckError> {
         let Some(c) = self
             .chunks
             .iter_mut()
@@ -704,6 +725,9 @@ impl Outbox {
             return Err(AckError::Unknown(escape::for_log(id, 64)));
         };
         c.acked = true;
+        if let Some(sent) = c.sent_at {
+            self.pace.on_ack(c.frame.len(), sent, now);
+        }
         self.largest_acked = self.largest_acked.max(c.frame.len());
         // The receiver took a chunk on the connection that skipped the suspect record: that
         // record is what it cannot take, if it is larger than anything the receiver ever took
@@ -900,11 +924,14 @@ mod tests {
         assert!(o.write_to(&mut w, now).unwrap());
         let ids: Vec<[u8; 24]> = o.chunks.iter().map(|c| c.id).collect();
         // An ack for a chunk never sent on this connection is refused.
-        assert!(matches!(o.ack(b"nope"), Err(AckError::Unknown(_))));
+        assert!(matches!(
+            o.ack(b"nope", Instant::now()),
+            Err(AckError::Unknown(_))
+        ));
         // Out-of-order ack: nothing commits until the first one is acked.
-        o.ack(&ids[1]).unwrap();
+        o.ack(&ids[1], Instant::now()).unwrap();
         assert_eq!(o.committed(), None);
-        let done = o.ack(&ids[0]).unwrap();
+        let done = o.ack(&ids[0], Instant::now()).unwrap();
         assert_eq!(
             (done.records, o.committed().map(|p| p.offset)),
             (2, Some(25))
@@ -914,7 +941,7 @@ mod tests {
         let mut w2 = unlimited();
         assert!(o.write_to(&mut w2, now).unwrap());
         assert_eq!(w2.out, o.chunks[0].frame);
-        o.ack(&ids[3]).unwrap();
+        o.ack(&ids[3], Instant::now()).unwrap();
         assert_eq!((o.committed().map(|p| p.offset), o.bytes()), (Some(30), 0));
         assert_eq!(o.acked_total.records, 3);
     }
@@ -1048,7 +1075,7 @@ mod tests {
             let mut w = unlimited();
             o.write_to(&mut w, Instant::now()).unwrap();
             let first = o.chunks[0].id;
-            o.ack(&first).unwrap();
+            o.ack(&first, Instant::now()).unwrap();
             assert_eq!(
                 o.committed(),
                 None,
@@ -1075,7 +1102,7 @@ mod tests {
                 .map(|c| c.id)
                 .collect();
             assert_eq!(sent.len(), 1, "only the chunk after the suspect goes out");
-            o.ack(&sent[0]).unwrap();
+            o.ack(&sent[0], Instant::now()).unwrap();
             assert_eq!(record_numbers(&o), Vec::<Vec<u64>>::new());
             let rejected = o.take_rejected();
             assert_eq!(rejected.len(), 1);
@@ -1117,7 +1144,7 @@ mod tests {
         let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         let id = o.chunks[0].id;
-        o.ack(&id).unwrap();
+        o.ack(&id, Instant::now()).unwrap();
         let mut b = builder_with(&[10, 20]);
         o.seal(&mut b, "audit", false, [4; 16]);
         send_and_drop(&mut o);
@@ -1138,7 +1165,7 @@ mod tests {
         let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
         let id = o.chunks[0].id;
-        o.ack(&id).unwrap();
+        o.ack(&id, Instant::now()).unwrap();
         assert!(o.spare_bytes() >= 1 << 16, "the acked buffer is kept");
         let kept = o.spare[0].as_ptr();
         // The next seal hands the kept buffer to the builder for the chunk after it.
@@ -1165,7 +1192,7 @@ mod tests {
             }
             o.write_to(&mut w, Instant::now()).unwrap();
             for id in &ids {
-                o.ack(id).unwrap();
+                o.ack(id, Instant::now()).unwrap();
             }
             assert_eq!(o.spare.len(), kept_after_acks, "keep {keep}");
             assert!(o.spare_bytes() >= kept_after_acks * target);
@@ -1198,7 +1225,7 @@ mod tests {
             "nothing skipped"
         );
         for id in ids {
-            o.ack(&id).unwrap();
+            o.ack(&id, Instant::now()).unwrap();
         }
         assert_eq!(o.acked_total.records, 2);
         assert!(o.take_rejected().is_empty());
@@ -1260,7 +1287,7 @@ mod tests {
         o.seal(&mut b, "audit", false, [10; 16]);
         o.write_to(&mut w, Instant::now()).unwrap();
         let first = o.chunks[0].id;
-        o.ack(&first).unwrap();
+        o.ack(&first, Instant::now()).unwrap();
         for (n, size) in [(11u8, 100), (12, 100)] {
             let mut b = builder_with(&[size]);
             o.seal(&mut b, "audit", false, [n; 16]);
@@ -1276,7 +1303,7 @@ mod tests {
             .filter(|c| c.sent_at.is_some())
             .map(|c| c.id)
             .collect();
-        o.ack(&probe_sent[0]).unwrap();
+        o.ack(&probe_sent[0], Instant::now()).unwrap();
         assert!(o.take_rejected().is_empty());
         assert_eq!(o.unacked(), 1, "the suspect stays, to be sent again");
         assert!(o.take_reconnect(), "a new connection sends it first");

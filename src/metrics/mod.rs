@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub chunks_unacked: u64,
     pub buffered_bytes: u64,
     pub buffered_peak_bytes: u64,
+    /// Bytes that may be in flight now (`forward::pace`).
+    pub window_bytes: u64,
     pub mem_buf_limit: u64,
     /// Per followed file, oldest first: its size minus the offset the acks have reached in it.
     pub file_lags: Vec<(String, u64)>,
@@ -155,7 +157,7 @@ pub fn readiness(s: &Snapshot) -> Result<(), String> {
 pub fn stats_line(s: &Snapshot, cpu_seconds: f64) -> String {
     format!(
         "stats: records_sent={} records_acked={} bytes_read={} bytes_acked={} lag_bytes={} \
-         chunks_unacked={} buffered={} buffered_peak={} reconnects={} connection_failures={} \
+         chunks_unacked={} buffered={} buffered_peak={} window={} reconnects={} connection_failures={} \
          rotations={} malformed={} skipped_long={} rejected={} position_write_failures={} \
          files_unreadable={} connected={} cpu_s={cpu_seconds:.2} target={}",
         s.records_sent,
@@ -166,6 +168,7 @@ pub fn stats_line(s: &Snapshot, cpu_seconds: f64) -> String {
         s.chunks_unacked,
         s.buffered_bytes,
         s.buffered_peak_bytes,
+        s.window_bytes,
         s.reconnects,
         s.connection_failures_total(),
         s.rotations,
@@ -246,6 +249,12 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "The most bytes held in memory so far.",
         &one(s.buffered_peak_bytes),
+    );
+    metric(
+        "window_bytes",
+        "gauge",
+        "Bytes that may be in flight unacknowledged now: twice the receiver's pace times the round trip, between 8 MiB and half of --mem-buf-limit (at most 32 MiB).",
+        &one(s.window_bytes),
     );
     metric(
         "mem_buf_limit_bytes",
@@ -825,7 +834,7 @@ mod tests {
         assert_eq!(
             line,
             "stats: records_sent=12 records_acked=10 bytes_read=4000 bytes_acked=3000 \
-             lag_bytes=15 chunks_unacked=0 buffered=0 buffered_peak=0 reconnects=0 \
+             lag_bytes=15 chunks_unacked=0 buffered=0 buffered_peak=0 window=0 reconnects=0 \
              connection_failures=3 rotations=1 malformed=0 skipped_long=0 rejected=0 \
              position_write_failures=4 files_unreadable=0 connected=1 cpu_s=1.50 \
              target=tailer:24224"

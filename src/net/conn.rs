@@ -1181,12 +1181,13 @@ fn read_acks(
     attempts: &mut u32,
 ) -> Result<(), ReadError> {
     let res = read_some(t, rbuf, MAX_ACK_BUF);
+    let now = Instant::now();
     // Acks that arrived before an EOF still count.
     let mut used = 0;
     loop {
         match forward::parse_ack(&rbuf[used..]) {
             Ok(Some((id, n))) => {
-                match outbox.ack(id) {
+                match outbox.ack(id, now) {
                     Ok(_) => *attempts = 0,
                     Err(AckError::Unknown(id)) => {
                         return Err(ReadError::Protocol(format!(
