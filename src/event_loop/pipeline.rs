@@ -30,7 +30,8 @@ const CHUNK_TARGET: usize = 512 * 1024;
 /// at most the window per ack round trip, so the window must cover bandwidth x delay: 8 MiB
 /// held a 50 ms-each-way link to about 75 MB/s where the same veth without delay carried 160
 /// (tests/netfaults.rs, `just netbench`); 32 MiB covers about 300 MB/s at a 100 ms round trip.
-/// Memory stays bounded by --mem-buf-limit, of which the window takes at most half.
+/// `forward::pace` grows the window up to this only when the acks show it is needed. Memory
+/// stays bounded by --mem-buf-limit, of which the window takes at most half.
 const WINDOW_MAX: usize = 32 * 1024 * 1024;
 /// The window before the acks have shown a long round trip, and the least it shrinks to: a
 /// receiver nearby (loopback, the same cluster) runs at full speed with it, and the forwarder's
