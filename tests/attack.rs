@@ -513,3 +513,94 @@ fn receiver_limit_below_chunk_target_is_learned() {
         kept.len()
     );
 }
+
+/// The fresh-start position write fails (its directory does not exist yet, as in
+/// core::t22), the directory appears, and the forwarder is SIGKILLed before any ack while the
+/// receiver is down; rotations follow. The start position must reach the position file once
+/// it can be written, else the restart is a fresh start at the new `audit.log` and loses the
+/// first file.
+#[test]
+fn start_position_written_late_after_a_failed_first_write() {
+    let dir = TempDir::new("attack-start-late");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let port = free_port();
+    let a = audit_events(0..5);
+    w.write_lines(&a);
+    let pos_dir = dir.join("state");
+    let pos = pos_dir.join("audit.pos");
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--backoff-timer",
+            "200ms",
+            "--position-file",
+            pos.to_str().expect("utf-8 path"),
+        ],
+    ));
+    assert!(
+        fwd.wait_log("writing position file", DELIVERY) && fwd.wait_log("refused", DELIVERY),
+        "no failed position write and connection attempt logged; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    fs::create_dir_all(&pos_dir).expect("mkdir");
+    // Flushes run every 200 ms; without the retry the file never appears before an ack.
+    wait_until(secs(5), || pos.exists());
+    fwd.kill9();
+    let a2 = audit_events(50..53);
+    w.write_lines(&a2);
+    w.rotate_file_with(gzip_file);
+    let b = audit_events(100..103);
+    w.write_lines(&b);
+    let tailer = Tailer::start(port);
+    fwd.restart();
+    let all: Vec<String> = a.iter().chain(&a2).chain(&b).cloned().collect();
+    assert!(
+        tailer.wait_all_lines(&all, DELIVERY),
+        "lines lost after a failed first position write and a SIGKILL before the first ack; \
+         got {} of {}; stderr:\n{}",
+        tailer.line_count(),
+        all.len(),
+        fwd.stderr_text()
+    );
+    fwd.term_ok();
+}
+
+/// A position file that cannot be decoded (here empty, as a `touch` or another tool leaves
+/// it) after lines were written and rotated while the forwarder was down. The forwarder says
+/// "files are read from their start"; it must then read every file of the rotation set, not
+/// only `audit.log` (and not from its end with `--read-from-head=false`).
+#[test]
+fn unreadable_position_file_rereads_every_file() {
+    for head in ["true", "false"] {
+        let dir = TempDir::new("attack-bad-pos");
+        let mut w = AuditWriter::create(dir.path());
+        let port = free_port();
+        let tailer = Tailer::start(port);
+        let a = audit_events(0..5);
+        w.write_lines(&a);
+        let flag = format!("--read-from-head={head}");
+        let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[flag.as_str()]));
+        // With --read-from-head=false A is before the start: write one more line to know the
+        // forwarder is following.
+        let a1 = audit_events(10..11);
+        thread::sleep(Duration::from_millis(500));
+        w.write_lines(&a1);
+        assert!(tailer.wait_all_lines(&a1, DELIVERY), "head={head}: A1");
+        fwd.term_ok();
+        let b = audit_events(100..103);
+        w.write_lines(&b);
+        w.rotate_file();
+        let c = audit_events(200..203);
+        w.write_lines(&c);
+        fs::write(dir.join(".audit-forwarder.pos"), "").expect("empty the position file");
+        fwd.restart();
+        let all: Vec<String> = b.iter().chain(&c).cloned().collect();
+        assert!(
+            tailer.wait_all_lines(&all, DELIVERY),
+            "head={head}: lines lost after an unreadable position file; stderr:\n{}",
+            fwd.stderr_text()
+        );
+        fwd.term_ok();
+    }
+}
