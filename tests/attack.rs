@@ -225,6 +225,40 @@ fn sigkill_after_rotation_with_short_new_file() {
     }
 }
 
+/// SIGKILLs `fwd`, which has acked nothing of `a` (the lines of the first file, still
+/// `audit.log`); while it is down the first file gets A2 and becomes a gzipped backup, B a
+/// plain one, C the new audit.log. Restarts it towards a tailer and asserts that A, A2, B and
+/// C all arrive; returns the forwarder's output.
+fn killed_before_the_first_ack_then_rotations(
+    w: &mut AuditWriter,
+    fwd: &mut Forwarder,
+    port: u16,
+    a: &[String],
+    what: &str,
+) -> String {
+    fwd.kill9();
+    let a2 = audit_events(50..53);
+    w.write_lines(&a2);
+    w.rotate_file_with(gzip_file);
+    let b = audit_events(100..103);
+    w.write_lines(&b);
+    w.rotate_file();
+    let c = audit_events(200..203);
+    w.write_lines(&c);
+    let tailer = Tailer::start(port);
+    fwd.restart();
+    let all: Vec<String> = a.iter().chain(&a2).chain(&b).chain(&c).cloned().collect();
+    assert!(
+        tailer.wait_all_lines(&all, DELIVERY),
+        "{what}: lines lost after a SIGKILL before the first ack; got {} of {}; stderr:\n{}",
+        tailer.line_count(),
+        all.len(),
+        fwd.stderr_text()
+    );
+    fwd.term_ok();
+    fwd.stderr_text()
+}
+
 /// A forwarder killed before any ack reached its position file (here the receiver was down
 /// all along; in a CI run it was the first fsync taking longer than the 1.8 s until the kill)
 /// and restarted after rotations resumes in the file it had begun, now a gzipped backup, not at
@@ -246,30 +280,13 @@ fn sigkill_before_the_first_ack_then_rotations_loses_nothing() {
             "initial={initial}: no connection attempt logged; stderr:\n{}",
             fwd.stderr_text()
         );
-        fwd.kill9();
-        // While it is down: the first file gets A2 and becomes a gzipped backup, B a plain
-        // one, C the new audit.log.
-        let a2 = audit_events(50..53);
-        w.write_lines(&a2);
-        w.rotate_file_with(gzip_file);
-        let b = audit_events(100..103);
-        w.write_lines(&b);
-        w.rotate_file();
-        let c = audit_events(200..203);
-        w.write_lines(&c);
-        let tailer = Tailer::start(port);
-        fwd.restart();
-        let all: Vec<String> = a.iter().chain(&a2).chain(&b).chain(&c).cloned().collect();
-        assert!(
-            tailer.wait_all_lines(&all, DELIVERY),
-            "initial={initial}: lines lost after a SIGKILL before the first ack; got {} of {}; \
-             stderr:\n{}",
-            tailer.line_count(),
-            all.len(),
-            fwd.stderr_text()
+        let text = killed_before_the_first_ack_then_rotations(
+            &mut w,
+            &mut fwd,
+            port,
+            &a,
+            &format!("initial={initial}"),
         );
-        fwd.term_ok();
-        let text = fwd.stderr_text();
         let placed = if initial > 0 {
             "resuming audit-"
         } else {
@@ -546,24 +563,11 @@ fn start_position_written_late_after_a_failed_first_write() {
     fs::create_dir_all(&pos_dir).expect("mkdir");
     // Flushes run every 200 ms; without the retry the file never appears before an ack.
     wait_until(secs(5), || pos.exists());
-    fwd.kill9();
-    let a2 = audit_events(50..53);
-    w.write_lines(&a2);
-    w.rotate_file_with(gzip_file);
-    let b = audit_events(100..103);
-    w.write_lines(&b);
-    let tailer = Tailer::start(port);
-    fwd.restart();
-    let all: Vec<String> = a.iter().chain(&a2).chain(&b).cloned().collect();
+    let text = killed_before_the_first_ack_then_rotations(&mut w, &mut fwd, port, &a, "late start");
     assert!(
-        tailer.wait_all_lines(&all, DELIVERY),
-        "lines lost after a failed first position write and a SIGKILL before the first ack; \
-         got {} of {}; stderr:\n{}",
-        tailer.line_count(),
-        all.len(),
-        fwd.stderr_text()
+        text.contains("resuming audit-"),
+        "the restart must resume in the gzipped first file; stderr:\n{text}"
     );
-    fwd.term_ok();
 }
 
 /// A position file that cannot be decoded (here empty, as a `touch` or another tool leaves
