@@ -606,5 +606,15 @@ fn unreadable_position_file_rereads_every_file() {
             fwd.stderr_text()
         );
         fwd.term_ok();
+        let text = fwd.stderr_text();
+        let errors = lines_mentioning(&text, &[" error audit_forwarder"], &[]);
+        assert!(
+            errors.len() == 1 && errors[0].contains("every file"),
+            "head={head}: want one ERROR, about the unreadable position file: {errors:#?}"
+        );
+        assert!(
+            text.contains("reading again from the oldest file"),
+            "head={head}: the re-read must be said; stderr:\n{text}"
+        );
     }
 }

@@ -100,11 +100,17 @@ impl Pipeline {
         registry: &Registry,
         resolver: Resolver,
     ) -> Result<Pipeline, String> {
-        let position = match offsets::load(&args.position_file) {
-            Ok(p) => p,
+        // An unreadable position file may name any file of the rotation set: all are read
+        // again (a fresh start would begin at audit.log, or its end, and skip the others). It
+        // counts as no position for the store, so the start is written over it at once.
+        let (position, start) = match offsets::load(&args.position_file) {
+            Ok(p) => (p.clone(), p),
             Err(e) => {
-                error!("{e}; starting without a position (files are read from their start, so lines may be sent twice)");
-                None
+                error!(
+                    "{e}; reading every file of the rotation set again from its start, so lines \
+                     may be sent twice"
+                );
+                (None, Some(Position::unknown()))
             }
         };
         let store = Store::new(args.position_file.clone(), position.clone());
@@ -115,7 +121,7 @@ impl Pipeline {
             args.read_from_head,
             max_line,
             args.max_held_bytes,
-            position.clone(),
+            start,
         )
         .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
         registry
