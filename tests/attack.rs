@@ -225,6 +225,40 @@ fn sigkill_after_rotation_with_short_new_file() {
     }
 }
 
+/// SIGKILLs `fwd`, which has acked nothing of `a` (the lines of the first file, still
+/// `audit.log`); while it is down the first file gets A2 and becomes a gzipped backup, B a
+/// plain one, C the new audit.log. Restarts it towards a tailer and asserts that A, A2, B and
+/// C all arrive; returns the forwarder's output.
+fn killed_before_the_first_ack_then_rotations(
+    w: &mut AuditWriter,
+    fwd: &mut Forwarder,
+    port: u16,
+    a: &[String],
+    what: &str,
+) -> String {
+    fwd.kill9();
+    let a2 = audit_events(50..53);
+    w.write_lines(&a2);
+    w.rotate_file_with(gzip_file);
+    let b = audit_events(100..103);
+    w.write_lines(&b);
+    w.rotate_file();
+    let c = audit_events(200..203);
+    w.write_lines(&c);
+    let tailer = Tailer::start(port);
+    fwd.restart();
+    let all: Vec<String> = a.iter().chain(&a2).chain(&b).chain(&c).cloned().collect();
+    assert!(
+        tailer.wait_all_lines(&all, DELIVERY),
+        "{what}: lines lost after a SIGKILL before the first ack; got {} of {}; stderr:\n{}",
+        tailer.line_count(),
+        all.len(),
+        fwd.stderr_text()
+    );
+    fwd.term_ok();
+    fwd.stderr_text()
+}
+
 /// A forwarder killed before any ack reached its position file (here the receiver was down
 /// all along; in a CI run it was the first fsync taking longer than the 1.8 s until the kill)
 /// and restarted after rotations resumes in the file it had begun, now a gzipped backup, not at
@@ -246,30 +280,13 @@ fn sigkill_before_the_first_ack_then_rotations_loses_nothing() {
             "initial={initial}: no connection attempt logged; stderr:\n{}",
             fwd.stderr_text()
         );
-        fwd.kill9();
-        // While it is down: the first file gets A2 and becomes a gzipped backup, B a plain
-        // one, C the new audit.log.
-        let a2 = audit_events(50..53);
-        w.write_lines(&a2);
-        w.rotate_file_with(gzip_file);
-        let b = audit_events(100..103);
-        w.write_lines(&b);
-        w.rotate_file();
-        let c = audit_events(200..203);
-        w.write_lines(&c);
-        let tailer = Tailer::start(port);
-        fwd.restart();
-        let all: Vec<String> = a.iter().chain(&a2).chain(&b).chain(&c).cloned().collect();
-        assert!(
-            tailer.wait_all_lines(&all, DELIVERY),
-            "initial={initial}: lines lost after a SIGKILL before the first ack; got {} of {}; \
-             stderr:\n{}",
-            tailer.line_count(),
-            all.len(),
-            fwd.stderr_text()
+        let text = killed_before_the_first_ack_then_rotations(
+            &mut w,
+            &mut fwd,
+            port,
+            &a,
+            &format!("initial={initial}"),
         );
-        fwd.term_ok();
-        let text = fwd.stderr_text();
         let placed = if initial > 0 {
             "resuming audit-"
         } else {
@@ -512,4 +529,92 @@ fn receiver_limit_below_chunk_target_is_learned() {
         rx.resets(),
         kept.len()
     );
+}
+
+/// The fresh-start position write fails (its directory does not exist yet, as in
+/// core::t22), the directory appears, and the forwarder is SIGKILLed before any ack while the
+/// receiver is down; rotations follow. The start position must reach the position file once
+/// it can be written, else the restart is a fresh start at the new `audit.log` and loses the
+/// first file.
+#[test]
+fn start_position_written_late_after_a_failed_first_write() {
+    let dir = TempDir::new("attack-start-late");
+    let mut w = AuditWriter::create(&dir.join("log"));
+    let port = free_port();
+    let a = audit_events(0..5);
+    w.write_lines(&a);
+    let pos_dir = dir.join("state");
+    let pos = pos_dir.join("audit.pos");
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--backoff-timer",
+            "200ms",
+            "--position-file",
+            pos.to_str().expect("utf-8 path"),
+        ],
+    ));
+    assert!(
+        fwd.wait_log("writing position file", DELIVERY) && fwd.wait_log("refused", DELIVERY),
+        "no failed position write and connection attempt logged; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    fs::create_dir_all(&pos_dir).expect("mkdir");
+    // Flushes run every 200 ms; without the retry the file never appears before an ack.
+    wait_until(secs(5), || pos.exists());
+    let text = killed_before_the_first_ack_then_rotations(&mut w, &mut fwd, port, &a, "late start");
+    assert!(
+        text.contains("resuming audit-"),
+        "the restart must resume in the gzipped first file; stderr:\n{text}"
+    );
+}
+
+/// A position file that cannot be decoded (here empty, as a `touch` or another tool leaves
+/// it) after lines were written and rotated while the forwarder was down. The forwarder says
+/// "files are read from their start"; it must then read every file of the rotation set, not
+/// only `audit.log` (and not from its end with `--read-from-head=false`).
+#[test]
+fn unreadable_position_file_rereads_every_file() {
+    for head in ["true", "false"] {
+        let dir = TempDir::new("attack-bad-pos");
+        let mut w = AuditWriter::create(dir.path());
+        let port = free_port();
+        let tailer = Tailer::start(port);
+        let a = audit_events(0..5);
+        w.write_lines(&a);
+        let flag = format!("--read-from-head={head}");
+        let mut fwd = Forwarder::start(fwd_args(&w.log_path(), port, &[flag.as_str()]));
+        // With --read-from-head=false A is before the start: write one more line to know the
+        // forwarder is following.
+        let a1 = audit_events(10..11);
+        thread::sleep(Duration::from_millis(500));
+        w.write_lines(&a1);
+        assert!(tailer.wait_all_lines(&a1, DELIVERY), "head={head}: A1");
+        fwd.term_ok();
+        let b = audit_events(100..103);
+        w.write_lines(&b);
+        w.rotate_file();
+        let c = audit_events(200..203);
+        w.write_lines(&c);
+        fs::write(dir.join(".audit-forwarder.pos"), "").expect("empty the position file");
+        fwd.restart();
+        let all: Vec<String> = b.iter().chain(&c).cloned().collect();
+        assert!(
+            tailer.wait_all_lines(&all, DELIVERY),
+            "head={head}: lines lost after an unreadable position file; stderr:\n{}",
+            fwd.stderr_text()
+        );
+        fwd.term_ok();
+        let text = fwd.stderr_text();
+        let errors = lines_mentioning(&text, &[" error audit_forwarder"], &[]);
+        assert!(
+            errors.len() == 1 && errors[0].contains("every file"),
+            "head={head}: want one ERROR, about the unreadable position file: {errors:#?}"
+        );
+        assert!(
+            text.contains("reading again from the oldest file"),
+            "head={head}: the re-read must be said; stderr:\n{text}"
+        );
+    }
 }

@@ -92,8 +92,9 @@ pub struct Pipeline {
     /// The last read pass stopped because the window or the memory limit was full, not because
     /// the files had nothing more: acks that free room are then work to do at once.
     read_blocked: bool,
-    /// The fresh-start position was written (or tried): see [`Pipeline::save_start`].
-    start_saved: bool,
+    /// Where a fresh start began reading, taken before its first byte: see
+    /// [`Pipeline::save_start`].
+    start: Option<Position>,
 }
 
 impl Pipeline {
@@ -103,11 +104,17 @@ impl Pipeline {
         registry: &Registry,
         resolver: Resolver,
     ) -> Result<Pipeline, String> {
-        let position = match offsets::load(&args.position_file) {
-            Ok(p) => p,
+        // An unreadable position file may name any file of the rotation set: all are read
+        // again (a fresh start would begin at audit.log, or its end, and skip the others). It
+        // counts as no position for the store, so the start is written over it at once.
+        let (position, start) = match offsets::load(&args.position_file) {
+            Ok(p) => (p.clone(), p),
             Err(e) => {
-                error!("{e}; starting without a position (files are read from their start, so lines may be sent twice)");
-                None
+                error!(
+                    "{e}; reading every file of the rotation set again from its start, so lines \
+                     may be sent twice"
+                );
+                (None, Some(Position::unknown()))
             }
         };
         let store = Store::new(args.position_file.clone(), position.clone());
@@ -118,7 +125,7 @@ impl Pipeline {
             args.read_from_head,
             max_line,
             args.max_held_bytes,
-            position.clone(),
+            start,
         )
         .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
         registry
@@ -209,7 +216,7 @@ impl Pipeline {
             position_failing: RepeatLog::default(),
             draining: None,
             read_blocked: false,
-            start_saved: false,
+            start: None,
         })
     }
 
@@ -249,22 +256,40 @@ impl Pipeline {
     /// Otherwise a forwarder killed before its first ack was saved (the receiver was down, or
     /// the first fsync was slow) restarts as a fresh start too: at `audit.log`, skipping the file
     /// it had begun, which a rotation meanwhile made a backup. With the start saved, the restart
-    /// finds that file by its content (identity rule 4) and reads it again from there. Tried
-    /// once; a failure is logged like any position write and the flushes retry later positions.
+    /// finds that file by its content (identity rule 4) and reads it again from there. The
+    /// start is taken once; a failed write is logged like any position write and retried at
+    /// every flush ([`Pipeline::unsaved`]) until it or an acked position is in the file.
     fn save_start(&mut self) {
-        if self.start_saved || !self.store.is_empty() {
+        if self.start.is_some() || !self.store.is_empty() {
             return;
         }
         let Some(p) = self.tail.position() else {
             return;
         };
-        self.start_saved = true;
         save_position(
             &mut self.store,
             &p,
             &mut self.position_failing,
             &mut self.stats,
         );
+        self.start = Some(p);
+    }
+
+    /// See [`unsaved`].
+    fn unsaved(&self) -> Option<&Position> {
+        unsaved(&self.store, self.outbox.committed(), self.start.as_ref())
+    }
+
+    /// Writes [`Pipeline::unsaved`], if any.
+    fn flush_position(&mut self) {
+        if let Some(p) = self.unsaved().cloned() {
+            save_position(
+                &mut self.store,
+                &p,
+                &mut self.position_failing,
+                &mut self.stats,
+            );
+        }
     }
 
     /// When the loop must wake for the data path: now, if acks freed room while reading was
@@ -277,10 +302,7 @@ impl Pipeline {
         {
             return Some(now);
         }
-        let flush = self
-            .store
-            .is_behind(self.outbox.committed())
-            .then_some(self.next_flush);
+        let flush = self.unsaved().is_some().then_some(self.next_flush);
         let retry = self.tail.needs_tick().then_some(self.next_dir_retry);
         [
             Some(self.next_stats),
@@ -335,15 +357,8 @@ impl Pipeline {
         };
 
         let now = Instant::now();
-        if now >= self.next_flush && self.store.is_behind(self.outbox.committed()) {
-            if let Some(p) = self.outbox.committed() {
-                save_position(
-                    &mut self.store,
-                    p,
-                    &mut self.position_failing,
-                    &mut self.stats,
-                );
-            }
+        if now >= self.next_flush && self.unsaved().is_some() {
+            self.flush_position();
             self.next_flush = now + FLUSH_EVERY;
         }
         if now >= self.next_stats {
@@ -360,14 +375,7 @@ impl Pipeline {
                     );
                 }
                 self.conn.close(registry);
-                if let Some(p) = self.outbox.committed() {
-                    save_position(
-                        &mut self.store,
-                        p,
-                        &mut self.position_failing,
-                        &mut self.stats,
-                    );
-                }
+                self.flush_position();
                 self.log_stats();
                 info!("stopped");
                 return Ok(true);
@@ -577,6 +585,20 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
     outbox.seal(builder, tag, gzip, id);
 }
 
+/// The position the file should hold and does not yet: the acked one, or before the first ack
+/// the start of a fresh start whose write failed (reading has moved on since, so the start must
+/// be the one taken before it did).
+fn unsaved<'a>(
+    store: &Store,
+    committed: Option<&'a Position>,
+    start: Option<&'a Position>,
+) -> Option<&'a Position> {
+    match committed {
+        Some(p) => store.is_behind(Some(p)).then_some(p),
+        None => start.filter(|_| store.is_empty()),
+    }
+}
+
 /// Writes the committed position. A failure is said once with what would fix it, then
 /// summarised every few minutes with a count, not at every 200 ms flush; the write is retried
 /// at every flush, so a fixed permission is picked up at once.
@@ -657,6 +679,64 @@ impl SplitMix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsaved_is_the_ack_or_else_a_start_never_written() {
+        let at = |offset| Position {
+            id: offsets::FileId::default(),
+            offset,
+            done: false,
+            name: "audit.log".into(),
+        };
+        let (start, acked) = (at(0), at(500));
+        let fresh = || Store::new("/nonexistent/pos".into(), None);
+        let holding = |p: &Position| Store::new("/nonexistent/pos".into(), Some(p.clone()));
+        let cases: &[(
+            &str,
+            Store,
+            Option<&Position>,
+            Option<&Position>,
+            Option<&Position>,
+        )] = &[
+            ("nothing read yet", fresh(), None, None, None),
+            // The first write of the start failed: retried until one is written.
+            (
+                "start not written",
+                fresh(),
+                None,
+                Some(&start),
+                Some(&start),
+            ),
+            ("start written", holding(&start), None, Some(&start), None),
+            // An ack supersedes the start, written or not.
+            (
+                "acked, start unwritten",
+                fresh(),
+                Some(&acked),
+                Some(&start),
+                Some(&acked),
+            ),
+            (
+                "acked",
+                holding(&start),
+                Some(&acked),
+                Some(&start),
+                Some(&acked),
+            ),
+            (
+                "ack written",
+                holding(&acked),
+                Some(&acked),
+                Some(&start),
+                None,
+            ),
+            // A restart: the loaded position is committed and in the file.
+            ("restart", holding(&acked), Some(&acked), None, None),
+        ];
+        for (what, store, committed, start, want) in cases {
+            assert_eq!(unsaved(store, *committed, *start), *want, "{what}");
+        }
+    }
 
     #[test]
     fn window_covers_a_long_round_trip_within_half_the_memory_limit() {

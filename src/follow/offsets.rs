@@ -23,8 +23,8 @@
 //!    the rotation set whose first bytes hash to it (a plain backup sorts before its gzip copy),
 //!    at the saved offset; every newer entry follows.
 //! 5. **Ambiguity re-reads, it never skips** ([`place`]): a weak position re-reads from offset 0
-//!    of the *oldest* entry that starts with its bytes; a position whose file is gone re-reads
-//!    every remaining file. Duplicates are the price; the log says why, and says "lost" only
+//!    of the *oldest* entry that starts with its bytes; a position whose file is gone, or a
+//!    position file that cannot be read ([`Position::unknown`]), re-reads every remaining file. Duplicates are the price; the log says why, and says "lost" only
 //!    when data past the offset may really be gone (the file was not finished).
 //! 6. **Only strong fingerprints remember finished files** ([`suppresses`]): a weak one would
 //!    hide a new file that happens to start with the same few bytes.
@@ -194,6 +194,23 @@ pub struct Position {
     pub done: bool,
     /// The name the file had when the position was taken; for people reading the file and logs.
     pub name: String,
+}
+
+impl Position {
+    /// A position every file matches (an empty fingerprint at offset 0), for a position file
+    /// that cannot be read: its file may be any of the rotation set, so start-up reads them
+    /// all again from the oldest (rule 5) rather than start at `audit.log` and skip the rest.
+    pub fn unknown() -> Position {
+        Position {
+            id: FileId {
+                fp: Fingerprint::of(b""),
+                ..FileId::default()
+            },
+            offset: 0,
+            done: false,
+            name: "an unknown file".into(),
+        }
+    }
 }
 
 impl fmt::Display for Position {
@@ -563,6 +580,23 @@ mod tests {
                 (got, _, _) => panic!("case {i}: {got:?}"),
             }
         }
+        // An unreadable position file: every file again, from the oldest readable one.
+        assert!(matches!(
+            place(&Position::unknown(), &heads, "/d"),
+            Start::Reread {
+                index: 0,
+                lost: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            place(&Position::unknown(), &[None, Some(&b)], "/d"),
+            Start::Reread {
+                index: 1,
+                lost: false,
+                ..
+            }
+        ));
         assert!(matches!(
             place(&position(fp(b'a', 256), 1, false), &[], "/d"),
             Start::Reread {
