@@ -253,7 +253,7 @@ pub fn render(s: &Snapshot) -> String {
     metric(
         "window_bytes",
         "gauge",
-        "Bytes that may be in flight unacknowledged now: twice the receiver's pace times the round trip, between 8 MiB and half of --mem-buf-limit (at most 32 MiB).",
+        "Bytes that may be in flight unacknowledged now: twice the receiver's pace times the round trip, from 8 MiB up to 32 MiB, never above half of --mem-buf-limit.",
         &one(s.window_bytes),
     );
     metric(
