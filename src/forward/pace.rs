@@ -29,7 +29,7 @@ pub struct Pace {
     min_rtt: Option<(Duration, Instant)>,
     /// The interval being measured: since when, bytes acked in it.
     interval: Option<(Instant, u64)>,
-    /// Bytes per second of the last intervals, newest last.
+    /// Bytes per second of the last intervals, a ring whose oldest is at `next_rate`.
     rates: [f64; RATE_SAMPLES],
     next_rate: usize,
 }
