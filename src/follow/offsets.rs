@@ -146,6 +146,15 @@ pub fn place(p: &Position, heads: &[Option<&[u8]>], dir: &str) -> Start {
             index,
             offset: p.offset,
         },
+        Some(index) if p.id.fp.is_empty() => Start::Reread {
+            index,
+            why: format!(
+                "position file names {} by none of its bytes (it was empty, or the position \
+                 file unreadable), which matches every file; reading again from the oldest file",
+                p.name
+            ),
+            lost: false,
+        },
         Some(index) => Start::Reread {
             index,
             why: format!(
@@ -580,7 +589,15 @@ mod tests {
                 (got, _, _) => panic!("case {i}: {got:?}"),
             }
         }
-        // An unreadable position file: every file again, from the oldest readable one.
+        // An unreadable position file: every file again, from the oldest readable one, and the
+        // log says so without counting "its first 0 bytes".
+        match place(&Position::unknown(), &heads, "/d") {
+            Start::Reread { why, .. } => assert!(
+                why.contains("by none of its bytes") && why.contains("an unknown file"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             place(&Position::unknown(), &heads, "/d"),
             Start::Reread {
