@@ -153,15 +153,14 @@ pub struct Conn {
     /// Connections established after the first one.
     pub reconnects: u64,
     connected_once: bool,
-    /// Why the last attempt or connection failed, until one succeeds (for `/readyz`).
-    last_failure: Option<String>,
-    /// A fault that repeats on every attempt is logged once at warn, then at debug with a
-    /// summary every few minutes, and its end once at info.
+    /// The failures since the last success: why the last one failed (for `/readyz`), and a
+    /// fault that repeats on every attempt logged once at warn, then at debug with a summary
+    /// every few minutes, and its end once at info.
     repeats: RepeatLog,
     /// Since when the connection is down after having been up: `/readyz` gives a reconnect
     /// until `--backoff-timer` before it reports the connection lost.
     down_since: Option<Instant>,
-    /// The last "address failed, trying the next" line, deduplicated like `last_failure`.
+    /// The last "address failed, trying the next" line, so a repeat is logged at debug.
     last_skip: Option<String>,
     resolver: Resolver,
     plan: Plan,
@@ -262,7 +261,6 @@ impl Conn {
             attempts: 0,
             reconnects: 0,
             connected_once: false,
-            last_failure: None,
             repeats: RepeatLog::default(),
             down_since: None,
             last_skip: None,
@@ -310,7 +308,6 @@ impl Conn {
         }
         self.close(registry);
         self.cfg.target = target;
-        self.last_failure = None;
         self.repeats.reset();
         self.attempts = 0;
         self.state = State::Down {
@@ -334,7 +331,7 @@ impl Conn {
 
     /// Why the last attempt or connection failed, until one succeeds.
     pub fn last_failure(&self) -> Option<&str> {
-        self.last_failure.as_deref()
+        self.repeats.text()
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -951,7 +948,6 @@ impl Conn {
         }
         self.connected_once = true;
         self.down_since = None;
-        self.last_failure = None;
         if let Some(r) = self.repeats.recovered(now) {
             info!(
                 "connected to {} ({}): recovered after {} failed attempts over {:.1}s; {} chunks to send",
@@ -1049,7 +1045,6 @@ impl Conn {
                 self.cfg.backoff_max
             ),
         }
-        self.last_failure = Some(reason);
         self.state = State::Down {
             retry_at: now + delay,
         };
@@ -1381,7 +1376,7 @@ mod tests {
         assert!(
             drive_until(&mut c, &mut poll, &mut outbox, ready),
             "never ready; last failure: {:?}",
-            c.last_failure
+            c.last_failure()
         );
         assert!(
             accepted(&listener),
@@ -1409,7 +1404,7 @@ mod tests {
             panic!("still waiting after the connect timeout");
         };
         let retry_at = *retry_at;
-        let why = c.last_failure.clone().unwrap_or_default();
+        let why = c.last_failure().unwrap_or_default().to_string();
         assert!(why.contains("resolve slow.test: no answer"), "{why}");
 
         // The hung lookup finishes during the backoff; the next attempt uses its answer.
@@ -1435,7 +1430,7 @@ mod tests {
         let down = |s: &State| matches!(s, State::Down { .. });
         c.drive(poll.registry(), &mut outbox, Instant::now());
         assert!(drive_until(&mut c, &mut poll, &mut outbox, down));
-        let why = c.last_failure.clone().unwrap_or_default();
+        let why = c.last_failure().unwrap_or_default().to_string();
         assert!(
             why.contains(&a.to_string()) && why.contains(&b.to_string()),
             "{why}"
