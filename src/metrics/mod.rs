@@ -189,186 +189,169 @@ fn one_line(s: &str) -> String {
 /// The Prometheus text exposition format (version 0.0.4) of a snapshot.
 pub fn render(s: &Snapshot) -> String {
     let mut out = Exposition::new("audit_forwarder_");
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        out.family(name, kind, help, samples);
-    };
-    let one = |v: u64| vec![(String::new(), v as f64)];
-    metric(
+    out.labelled(
         "build_info",
         "gauge",
         "Always 1; the version is a label.",
-        &[(
-            format!("{{version=\"{}\"}}", label(env!("CARGO_PKG_VERSION"))),
-            1.0,
-        )],
+        "version",
+        [(env!("CARGO_PKG_VERSION"), 1)].into_iter(),
     );
-    metric(
+    out.one(
         "lines_read_total",
         "counter",
         "Audit log lines read (each becomes one record).",
-        &one(s.lines_read),
+        s.lines_read,
     );
-    metric(
+    out.one(
         "bytes_read_total",
         "counter",
         "Bytes of audit log lines read, newlines included.",
-        &one(s.bytes_read),
+        s.bytes_read,
     );
-    metric(
+    out.one(
         "records_sent_total",
         "counter",
         "Records written to the receiver, resends after a reconnect included.",
-        &one(s.records_sent),
+        s.records_sent,
     );
-    metric(
+    out.one(
         "records_acked_total",
         "counter",
         "Records the receiver acknowledged.",
-        &one(s.records_acked),
+        s.records_acked,
     );
-    metric(
+    out.one(
         "bytes_acked_total",
         "counter",
         "Audit log bytes whose records the receiver acknowledged.",
-        &one(s.bytes_acked),
+        s.bytes_acked,
     );
-    metric(
+    out.one(
         "chunks_unacked",
         "gauge",
         "Chunks sealed and not yet acknowledged (in flight or waiting to be sent).",
-        &one(s.chunks_unacked),
+        s.chunks_unacked,
     );
-    metric(
+    out.one(
         "buffered_bytes",
         "gauge",
         "Bytes held in memory for lines read but not yet acknowledged.",
-        &one(s.buffered_bytes),
+        s.buffered_bytes,
     );
-    metric(
+    out.one(
         "buffered_peak_bytes",
         "gauge",
         "The most bytes held in memory so far.",
-        &one(s.buffered_peak_bytes),
+        s.buffered_peak_bytes,
     );
-    metric(
+    out.one(
         "window_bytes",
         "gauge",
         "Bytes that may be in flight unacknowledged now: twice the receiver's pace times the round trip, from 8 MiB up to 32 MiB, never above half of --mem-buf-limit.",
-        &one(s.window_bytes),
+        s.window_bytes,
     );
-    metric(
+    out.one(
         "mem_buf_limit_bytes",
         "gauge",
         "--mem-buf-limit: the bound of buffered_bytes.",
-        &one(s.mem_buf_limit),
+        s.mem_buf_limit,
     );
-    let lags: Vec<(String, f64)> = s
-        .file_lags
-        .iter()
-        .map(|(file, n)| (format!("{{file=\"{}\"}}", label(file)), *n as f64))
-        .collect();
-    metric(
+    out.labelled(
         "lag_bytes",
         "gauge",
         "Per followed file: its size minus the offset the receiver's acks have reached in it \
          (a rotated file is listed until it is acked to its end).",
-        &lags,
+        "file",
+        s.file_lags.iter().map(|(file, n)| (file.as_str(), *n)),
     );
-    metric(
+    out.one(
         "total_lag_bytes",
         "gauge",
         "The sum of lag_bytes over all files.",
-        &one(s.lag_total()),
+        s.lag_total(),
     );
-    metric(
+    out.one(
         "rotations_total",
         "counter",
         "Log rotations seen: a new file behind the one being read, or a truncation in place.",
-        &one(s.rotations),
+        s.rotations,
     );
-    metric(
+    out.reasons(
         "lines_skipped_total",
-        "counter",
         "Lines not delivered, by reason (too_long: over --max-line-size).",
-        &[("{reason=\"too_long\"}".to_string(), s.lines_too_long as f64)],
+        [("too_long", s.lines_too_long)].into_iter(),
     );
-    metric(
+    out.one(
         "lines_not_json_total",
         "counter",
         "Lines that are not JSON objects, delivered wrapped as {\"log\": line}.",
-        &one(s.lines_not_json),
+        s.lines_not_json,
     );
-    metric(
+    out.one(
         "records_rejected_total",
         "counter",
         "Records set aside because the receiver kept dropping the connection over them.",
-        &one(s.records_rejected),
+        s.records_rejected,
     );
-    metric(
+    out.one(
         "reconnects_total",
         "counter",
         "Connections to the receiver established after the first one.",
-        &one(s.reconnects),
+        s.reconnects,
     );
-    let failures: Vec<(String, f64)> = s
-        .connection_failures
-        .iter()
-        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", label(reason)), *n as f64))
-        .collect();
-    metric(
+    out.reasons(
         "connection_failures_total",
-        "counter",
         "Connection attempts or connections that failed, by coarse reason (api: requests to \
          the Kubernetes API).",
-        &failures,
+        s.connection_failures.iter().copied(),
     );
     let last_ack = s
         .last_ack
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs() as f64);
-    metric(
+        .map_or(0, |d| d.as_secs());
+    out.one(
         "last_ack_timestamp_seconds",
         "gauge",
         "Unix time of the last ack that acknowledged records; 0 before the first.",
-        &[(String::new(), last_ack)],
+        last_ack,
     );
-    let target = s.target.as_deref().unwrap_or("");
-    metric(
+    out.labelled(
         "target_info",
         "gauge",
         "Always 1; the receiver is the label (empty while not known).",
-        &[(format!("{{target=\"{}\"}}", label(target)), 1.0)],
+        "target",
+        [(s.target.as_deref().unwrap_or(""), 1)].into_iter(),
     );
-    metric(
+    out.one(
         "connected",
         "gauge",
         "1 while connected to the receiver (TLS and handshake done), else 0.",
-        &one(u64::from(s.connected)),
+        u64::from(s.connected),
     );
-    metric(
+    out.one(
         "position_writes_total",
         "counter",
         "Writes of the position file, successful or not.",
-        &one(s.position_writes),
+        s.position_writes,
     );
-    metric(
+    out.one(
         "position_write_failures_total",
         "counter",
         "Writes of the position file that failed.",
-        &one(s.position_write_failures),
+        s.position_write_failures,
     );
-    metric(
+    out.one(
         "files_unreadable",
         "gauge",
         "Audit log files (or their directory) that cannot be opened right now; reading waits \
          at the first, so 0 or 1.",
-        &one(s.files_unreadable),
+        s.files_unreadable,
     );
-    metric(
+    out.one(
         "ready",
         "gauge",
         "1 when /readyz answers 200, else 0.",
-        &one(u64::from(readiness(s).is_ok())),
+        u64::from(readiness(s).is_ok()),
     );
     out.finish()
 }
@@ -403,6 +386,36 @@ impl Exposition {
         for (labels, value) in samples {
             let _ = writeln!(self.text, "{p}{name}{labels} {value}");
         }
+    }
+
+    /// A family of one unlabelled sample.
+    pub(crate) fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help, &[(String::new(), value)]);
+    }
+
+    /// A family with one sample per `(value of label key, count)`.
+    pub(crate) fn labelled<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        key: &str,
+        counts: impl Iterator<Item = (&'a str, u64)>,
+    ) {
+        let samples: Vec<(String, u64)> = counts
+            .map(|(v, n)| (format!("{{{key}=\"{}\"}}", label(v)), n))
+            .collect();
+        self.family(name, kind, help, &samples);
+    }
+
+    /// A counter by `reason`.
+    pub(crate) fn reasons<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        counts: impl Iterator<Item = (&'a str, u64)>,
+    ) {
+        self.labelled(name, "counter", help, "reason", counts);
     }
 
     pub(crate) fn finish(self) -> String {

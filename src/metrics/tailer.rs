@@ -262,30 +262,6 @@ impl Answers for Snapshot {
     }
 }
 
-/// The tailer's shorthands over the shared writer.
-trait TailerFamilies {
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64);
-    fn reasons<'a>(&mut self, name: &str, help: &str, counts: impl Iterator<Item = (&'a str, u64)>);
-}
-
-impl TailerFamilies for Exposition {
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
-        self.family(name, kind, help, &[(String::new(), value)]);
-    }
-
-    fn reasons<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        counts: impl Iterator<Item = (&'a str, u64)>,
-    ) {
-        let samples: Vec<(String, u64)> = counts
-            .map(|(reason, n)| (format!("{{reason=\"{}\"}}", label(reason)), n))
-            .collect();
-        self.family(name, "counter", help, &samples);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
