@@ -26,7 +26,7 @@ use crate::cli::{SharedKey, TailerTls};
 use crate::config;
 use crate::event_loop::Source as _;
 use crate::forward::codec as forward;
-use crate::forward::handshake;
+use crate::forward::handshake::{self, PingVerdict};
 use crate::forward::msgpack::{self, Limits, Scanner};
 use crate::metrics::{
     self,
@@ -988,7 +988,7 @@ impl Client {
             self.rbuf.drain(..outcome.consumed);
             self.message_done();
             self.wbuf.extend_from_slice(&outcome.pong);
-            if outcome.accepted {
+            if outcome.accepted() {
                 info!(
                     "tailer: client {} passed the shared-key check (hostname \"{}\")",
                     self.peer, outcome.client_hostname
@@ -1000,13 +1000,12 @@ impl Client {
                     self.peer, outcome.reason
                 );
                 // Counted now: the connection ends as an ordinary one once the PONG is out.
-                sink.counts.handshake_failure(
-                    if outcome.reason.starts_with("invalid ping message") {
+                sink.counts
+                    .handshake_failure(if outcome.verdict == PingVerdict::Malformed {
                         Handshake::BadPing
                     } else {
                         Handshake::SharedKey
-                    },
-                );
+                    });
                 self.phase = Phase::Refused;
             }
         }

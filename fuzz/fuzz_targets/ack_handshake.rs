@@ -107,7 +107,7 @@ fn roundtrip(payload: &[u8]) {
         .feed(&ping)
         .expect("server reads the PING")
         .expect("a complete PING");
-    assert!(outcome.accepted, "PING refused: {}", outcome.reason);
+    assert!(outcome.accepted(), "PING refused: {}", outcome.reason);
     assert_eq!(outcome.consumed, ping.len());
     assert_eq!(
         c.feed(&outcome.pong),

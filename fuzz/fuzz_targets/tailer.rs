@@ -55,11 +55,12 @@ fn connection<'a>(key: bool, pieces: impl Iterator<Item = &'a [u8]>) -> Vec<Even
                 Ok(Some(outcome)) => {
                     assert!(outcome.consumed > 0 && outcome.consumed <= buf.len());
                     buf.drain(..outcome.consumed);
+                    let accepted = outcome.accepted();
                     out.push(Event::Pong {
-                        accepted: outcome.accepted,
+                        accepted,
                         pong: outcome.pong,
                     });
-                    if !outcome.accepted {
+                    if !accepted {
                         return out;
                     }
                     server = None;

@@ -299,18 +299,34 @@ impl Client {
     }
 }
 
-/// The server's verdict on one PING, with the PONG to send. On `accepted == false` the caller
-/// sends the PONG and closes.
+/// What the server made of a PING.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PingVerdict {
+    Accepted,
+    /// Not a PING this server can read (wrong shape, missing or mistyped fields).
+    Malformed,
+    /// A well-formed PING whose shared-key digest is wrong.
+    WrongKey,
+}
+
+/// The server's verdict on one PING, with the PONG to send. Unless accepted, the caller sends
+/// the PONG and closes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PingOutcome {
     /// Bytes of the buffer the PING took.
     pub consumed: usize,
     pub pong: Vec<u8>,
-    pub accepted: bool,
+    pub verdict: PingVerdict,
     /// The client's self_hostname, escaped for logs; empty if the PING had none.
     pub client_hostname: String,
     /// Why the PING was refused; empty when accepted.
     pub reason: String,
+}
+
+impl PingOutcome {
+    pub fn accepted(&self) -> bool {
+        self.verdict == PingVerdict::Accepted
+    }
 }
 
 #[derive(Debug)]
@@ -386,12 +402,12 @@ impl Server {
                 PingOutcome {
                     consumed,
                     pong: out.0,
-                    accepted: true,
+                    verdict: PingVerdict::Accepted,
                     client_hostname,
                     reason: String::new(),
                 }
             }
-            Err((client_hostname, reason)) => {
+            Err((client_hostname, verdict, reason)) => {
                 // No hostname or digest for a peer that failed the check, as fluentd and
                 // fluent-bit do: nothing key-derived goes to an unauthenticated peer.
                 out.array(5)
@@ -403,7 +419,7 @@ impl Server {
                 PingOutcome {
                     consumed,
                     pong: out.0,
-                    accepted: false,
+                    verdict,
                     client_hostname,
                     reason,
                 }
@@ -422,9 +438,19 @@ impl Server {
         }
     }
 
-    /// Ok: (client hostname, salt). Err: (client hostname if known, reason for the PONG).
-    fn check_ping<'a>(&self, value: &Value<'a>) -> Result<(String, &'a [u8]), (String, String)> {
-        let invalid = |detail: String| (String::new(), format!("invalid ping message: {detail}"));
+    /// Ok: (client hostname, salt). Err: (client hostname if known, what was wrong, reason for
+    /// the PONG).
+    fn check_ping<'a>(
+        &self,
+        value: &Value<'a>,
+    ) -> Result<(String, &'a [u8]), (String, PingVerdict, String)> {
+        let invalid = |detail: String| {
+            (
+                String::new(),
+                PingVerdict::Malformed,
+                format!("invalid ping message: {detail}"),
+            )
+        };
         let items = message_items(value, "PING", 6).map_err(invalid)?;
         let hostname = string_field(items, 1, "hostname").map_err(invalid)?;
         let client_hostname = escape::for_log(hostname, SHOWN_CHARS);
@@ -432,6 +458,7 @@ impl Server {
             string_field(items, index, what).map_err(|e| {
                 (
                     client_hostname.clone(),
+                    PingVerdict::Malformed,
                     format!("invalid ping message: {e}"),
                 )
             })
@@ -443,7 +470,11 @@ impl Server {
         field(5, "password digest")?;
         let want = shared_key_digest(salt, hostname, &self.nonce, &self.shared_key);
         if !same_bytes(digest, want.as_bytes()) {
-            return Err((client_hostname, "shared_key mismatch".to_string()));
+            return Err((
+                client_hostname,
+                PingVerdict::WrongKey,
+                "shared_key mismatch".to_string(),
+            ));
         }
         Ok((client_hostname, salt))
     }
@@ -988,7 +1019,7 @@ mod tests {
             let ping = expect_send(client.feed(&helo), helo.len());
             let outcome = server.feed(&ping).unwrap().expect("a complete PING");
             assert_eq!(outcome.consumed, ping.len(), "{name}");
-            assert_eq!(outcome.accepted, case.accepted, "{name}");
+            assert_eq!(outcome.accepted(), case.accepted, "{name}");
             assert_eq!(outcome.client_hostname, "forwarder-0", "{name}");
             let got = client.feed(&outcome.pong).map(|(used, step)| {
                 assert_eq!(used, outcome.pong.len(), "{name}");
@@ -1432,9 +1463,15 @@ mod tests {
             let (mut server, _) = Server::new(b"k".to_vec(), "tailer-1".into(), NONCE);
             let outcome = server.feed(&bytes).unwrap().expect("complete");
             assert_eq!(outcome.consumed, bytes.len(), "{name}");
-            assert_eq!(outcome.accepted, accepted, "{name}");
+            assert_eq!(outcome.accepted(), accepted, "{name}");
             assert_eq!(outcome.client_hostname, host, "{name}");
             assert_eq!(outcome.reason, reason, "{name}");
+            let kind = match reason {
+                "" => PingVerdict::Accepted,
+                "shared_key mismatch" => PingVerdict::WrongKey,
+                _ => PingVerdict::Malformed,
+            };
+            assert_eq!(outcome.verdict, kind, "{name}");
             let (got_reason, got_host, got_digest) = fields_with_bool(&outcome.pong);
             assert_eq!(got_reason, reason, "{name}");
             if accepted {
@@ -1466,7 +1503,7 @@ mod tests {
             .feed(&[&ping[..], &trailer].concat())
             .unwrap()
             .unwrap();
-        assert!(outcome.accepted);
+        assert!(outcome.accepted());
         assert_eq!(outcome.consumed, ping.len());
 
         let pong = outcome.pong;
