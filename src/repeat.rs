@@ -191,6 +191,13 @@ mod tests {
                 _ => unreachable!("a case is a failure with a Say or a success with an Over"),
             }
         }
+        // A reset (the thing itself changed, e.g. another receiver) forgets the failure without
+        // a recovery: no "recovered" line, and the next failure is said in full.
+        let now = t0 + s(909);
+        log.reset();
+        assert_eq!(log.text(), None);
+        assert_eq!(log.recovered(now), None);
+        assert_eq!(log.failed("refused", now, w0 + s(909)), Say::First);
     }
 
     #[test]

@@ -562,7 +562,11 @@ fn start_position_written_late_after_a_failed_first_write() {
     );
     fs::create_dir_all(&pos_dir).expect("mkdir");
     // Flushes run every 200 ms; without the retry the file never appears before an ack.
-    wait_until(secs(5), || pos.exists());
+    assert!(
+        wait_until(secs(5), || pos.exists()),
+        "the start position was not written once its directory existed; stderr:\n{}",
+        fwd.stderr_text()
+    );
     let text = killed_before_the_first_ack_then_rotations(&mut w, &mut fwd, port, &a, "late start");
     assert!(
         text.contains("resuming audit-"),

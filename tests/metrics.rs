@@ -165,7 +165,8 @@ fn m01_scrape_matches_what_the_tailer_received() {
     let target = format!("target_info{{target=\"127.0.0.1:{port}\"}}");
     assert_eq!(metric(&m, &target), 1.0);
     assert_eq!(metric(&m, "connected"), 1.0);
-    assert!(metric(&m, "build_info{version=\"0.1.0\"}") == 1.0);
+    let build = format!("build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert!(metric(&m, &build) == 1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

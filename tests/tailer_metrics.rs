@@ -104,7 +104,8 @@ fn t01_tailer_counts_match_what_it_printed_and_the_forwarder_acked() {
     assert_eq!(metric(&m, "clients_connected"), 0.0);
     assert_eq!(metric(&m, "mem_budget_bytes"), 200_000_000.0);
     assert_eq!(metric(&m, "clients_max"), 256.0);
-    assert_eq!(metric(&m, "build_info{version=\"0.1.0\"}"), 1.0);
+    let build = format!("build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(metric(&m, &build), 1.0);
     assert_eq!(get(mport, "/readyz"), (200, "ok\n".to_string()));
 
     let mut fwd = Forwarder::start(fwd_args(

@@ -241,7 +241,12 @@ mod tests {
         p.on_ack(512 * 1024, t0 + ms(5), t0);
         p.on_ack(usize::MAX, t0, t0);
         assert_eq!(p.window(), 8 * MIB);
+        // The zero round trip seen stays the minimum: whatever the rate, the floor.
         p.on_ack(usize::MAX, t0, t0 + ms(10));
-        assert!(p.window() <= 32 * MIB);
+        assert_eq!(p.window(), 8 * MIB);
+        // An absurd rate over a real round trip saturates, and the cap holds it.
+        let mut p = Pace::new(8 * MIB, 32 * MIB);
+        p.on_ack(usize::MAX, t0, t0 + ms(10));
+        assert_eq!(p.window(), 32 * MIB);
     }
 }

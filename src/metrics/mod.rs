@@ -713,6 +713,26 @@ impl Source for Server {
     }
 }
 
+/// Checks what both `/metrics` renderers must hold to: every sample follows the HELP and TYPE
+/// lines of its own family (by exact name), counters end in `_total`, the text ends a line.
+#[cfg(test)]
+pub(crate) fn assert_well_formed(text: &str) {
+    let mut declared = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            declared = parts.next().unwrap_or("").to_string();
+            if parts.next() == Some("counter") {
+                assert!(declared.ends_with("_total"), "{line}");
+            }
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            assert_eq!(name, declared, "{line} after TYPE {declared}");
+        }
+    }
+    assert!(text.ends_with('\n'));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,16 +841,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
-        // Every sample follows its own HELP and TYPE lines.
-        let mut declared = String::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                declared = rest.split(' ').next().unwrap_or("").to_string();
-            } else if !line.starts_with('#') {
-                let name = line.split(['{', ' ']).next().unwrap_or("");
-                assert_eq!(name, declared, "{line} after TYPE {declared}");
-            }
-        }
+        assert_well_formed(&text);
     }
 
     #[test]

@@ -349,25 +349,13 @@ mod tests {
             ),
         ];
         for (family, labels) in families {
-            let listed = text
+            let listed: Vec<&str> = text
                 .lines()
-                .filter(|l| l.starts_with(&format!("audit_tailer_{family}{{")))
-                .count();
-            assert_eq!(listed, labels.len(), "{family}");
+                .filter_map(|l| l.strip_prefix(&format!("audit_tailer_{family}{{reason=\"")))
+                .filter_map(|rest| rest.split('"').next())
+                .collect();
+            assert_eq!(listed, labels, "{family}");
         }
-        // Every sample follows its own HELP and TYPE lines, and counters end in _total.
-        let mut declared = String::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut parts = rest.split(' ');
-                declared = parts.next().unwrap_or("").to_string();
-                if parts.next() == Some("counter") {
-                    assert!(declared.ends_with("_total"), "{line}");
-                }
-            } else if !line.starts_with('#') {
-                assert!(line.starts_with(&declared), "{line} after TYPE {declared}");
-            }
-        }
-        assert!(text.ends_with('\n'));
+        super::super::assert_well_formed(&text);
     }
 }
