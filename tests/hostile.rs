@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::Instant;
@@ -20,13 +20,6 @@ const KEY: &str = "hostile-test-key";
 /// forwarder's connection and the allocator's slack. Without the budget, the twelve large
 /// unfinished messages below alone take 720 MB.
 const PEAK_RSS_BOUND: u64 = 300 << 20;
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the tailer");
-    s.set_read_timeout(Some(secs(60))).unwrap();
-    s.set_write_timeout(Some(secs(60))).unwrap();
-    s
-}
 
 /// Reads one msgpack value; bytes after it stay in `buf`.
 fn read_value(s: &mut TcpStream, buf: &mut Vec<u8>) -> Mp {
@@ -67,7 +60,7 @@ fn sha512_hex(data: &[u8]) -> String {
 
 /// A connection that passed the shared-key handshake, as a client holding the key would.
 fn authenticated(port: u16) -> TcpStream {
-    let mut s = connect(port);
+    let mut s = connect_tailer(port);
     let mut buf = Vec::new();
     let helo = read_value(&mut s, &mut buf);
     let nonce = match &helo {
@@ -116,30 +109,6 @@ fn entry(record: &[u8]) -> Vec<u8> {
     rmp::encode::write_uint(&mut e, 1_700_000_000).unwrap();
     e.extend_from_slice(record);
     e
-}
-
-/// Waits until the tailer closes `s` (EOF or reset), reading and dropping what it sends.
-fn wait_closed(s: &mut TcpStream) {
-    let mut b = [0u8; 4096];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                panic!("the tailer did not close a hostile connection within 60 s")
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Sends `bytes` (errors ignored: the tailer may close midway), then waits for the close.
-fn send_and_wait_closed(mut s: TcpStream, bytes: &[u8], half_close: bool) {
-    let _ = s.write_all(bytes);
-    if half_close {
-        let _ = s.shutdown(Shutdown::Write);
-    }
-    wait_closed(&mut s);
 }
 
 /// Waits until the tailer printed every line of `lines`, failing if the forwarder exits or
@@ -208,7 +177,7 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
         );
     }
     // Many connections that never say anything (nor send the PING the tailer waits for).
-    let idle: Vec<TcpStream> = (0..150).map(|_| connect(port)).collect();
+    let idle: Vec<TcpStream> = (0..150).map(|_| connect_tailer(port)).collect();
     spawn(
         "idle connections",
         Box::new(move || {
@@ -220,7 +189,7 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     spawn(
         "unfinished handshake",
         Box::new(move || {
-            let mut s = connect(port);
+            let mut s = connect_tailer(port);
             // The PING's first bytes, then nothing.
             s.write_all(&[0x96, 0xa4, b'P', b'I']).unwrap();
             wait_closed(&mut s);
@@ -229,7 +198,7 @@ fn tailer_survives_hostile_clients_while_a_forwarder_delivers() {
     spawn(
         "endless handshake",
         Box::new(move || {
-            let mut s = connect(port);
+            let mut s = connect_tailer(port);
             // A PING whose hostname declares a gigabyte and never ends.
             let mut ping = vec![0x96, 0xa4, b'P', b'I', b'N', b'G', 0xdb];
             ping.extend_from_slice(&(1u32 << 30).to_be_bytes());

@@ -8,8 +8,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 
 const DELIVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -50,23 +49,6 @@ fn tailer_with_metrics(port: u16, mport: u16, extra: &[&str]) -> Tailer {
         t.stderr_text()
     );
     t
-}
-
-/// Sends `bytes` on a new connection to the tailer (half-closing after them when `eof`) and
-/// waits for the tailer to close it.
-fn send_and_wait_close(port: u16, bytes: &[u8], eof: bool) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the tailer");
-    s.set_read_timeout(Some(secs(20))).unwrap();
-    s.write_all(bytes).unwrap();
-    if eof {
-        s.shutdown(Shutdown::Write).unwrap();
-    }
-    let mut sink = Vec::new();
-    match s.read_to_end(&mut sink) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("the tailer did not close after {:?}: {e}", lossy(bytes)),
-    }
 }
 
 #[test]
@@ -202,7 +184,7 @@ fn t02_refused_clients_are_counted_by_reason() {
         ("truncated", &[0x92, 0xa3, b't', b'a', b'g'], true),
     ];
     for (_, bytes, eof) in cases {
-        send_and_wait_close(port, bytes, *eof);
+        send_and_wait_closed(connect_tailer(port), bytes, *eof);
     }
     let mut m = BTreeMap::new();
     let counted = wait_until(secs(10), || {
@@ -244,7 +226,7 @@ fn t02_refused_clients_are_counted_by_reason() {
         ],
     );
     let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    send_and_wait_close(port, b"\xc1", false);
+    send_and_wait_closed(connect_tailer(port), b"\xc1", false);
     let dir = TempDir::new("tm02");
     let mut w = AuditWriter::create(&dir.join("log"));
     let lines = audit_events(0..500);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -3074,3 +3074,36 @@ pub mod proxy;
 
 // ---- test Kubernetes API server (Service/Secret discovery tests) ----
 pub mod kubeapi;
+
+/// A client connection to the tailer on `port`, reads and writes timing out after 60 s.
+pub fn connect_tailer(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the tailer");
+    s.set_read_timeout(Some(secs(60))).unwrap();
+    s.set_write_timeout(Some(secs(60))).unwrap();
+    s
+}
+
+/// Waits until the tailer closes `s` (EOF or reset), reading and dropping what it sends.
+pub fn wait_closed(s: &mut TcpStream) {
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("the tailer did not close a hostile connection within 60 s")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends `bytes` (errors ignored: the tailer may close midway), half-closes after them when
+/// `half_close`, then waits for the tailer to close.
+pub fn send_and_wait_closed(mut s: TcpStream, bytes: &[u8], half_close: bool) {
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    wait_closed(&mut s);
+}
