@@ -246,9 +246,11 @@ fn m02_killed_tailer_turns_readyz_503_and_back() {
     r.fwd.term_ok();
 }
 
-/// m03: garbage, oversized heads, wrong methods and paths get their error answers; 200 idle
-/// connections and a slow client hold the port; the forward run meanwhile delivers every
-/// record, and the endpoint answers again once the idle ones time out.
+/// m03: garbage, oversized heads, wrong methods and paths get their error answers; a slow
+/// client (taking a slot first) and 200 idle connections hold the port; the forward run
+/// meanwhile delivers every record, the first thousand within 3 s, before the slow client's
+/// deadline (a loop waiting on it would be late), and the endpoint answers again once the idle
+/// ones time out.
 #[test]
 fn m03_hostile_clients_cannot_stall_forwarding() {
     let dir = TempDir::new("m03");

@@ -3007,21 +3007,32 @@ pub fn assert_metrics_refusals(mport: u16) {
     assert_eq!(http(mport, huge.as_bytes()).0, 431);
 }
 
-/// Holds a metrics port: `idle` connections that send nothing, then one that trickles a request
-/// head a byte every 100 ms for about a second. Dropping the result closes them all.
-pub fn hold_metrics_port(mport: u16, idle: usize) -> Vec<TcpStream> {
-    let mut held: Vec<TcpStream> = (0..idle)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", mport)).ok())
-        .collect();
-    assert!(held.len() >= 64, "only {} connections opened", held.len());
-    if let Ok(mut slow) = TcpStream::connect(("127.0.0.1", mport)) {
-        for b in b"GET /metr".iter() {
-            let _ = slow.write_all(&[*b]);
+/// Holds a metrics port: first a slowloris that trickles a request head a byte every 100 ms for
+/// longer than the server's deadline for one connection (it ends when the server closes it),
+/// then `idle` connections that send nothing (those beyond the server's slots are closed at
+/// once). Dropping the connections closes them; the slowloris thread ends on its own.
+pub fn hold_metrics_port(mport: u16, idle: usize) -> (Vec<TcpStream>, JoinHandle<()>) {
+    let mut slow = TcpStream::connect(("127.0.0.1", mport)).expect("slowloris connect");
+    let slowloris = thread::spawn(move || {
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        let trickle = head.iter().chain(std::iter::repeat(&b'a'));
+        let until = Instant::now() + audit_forwarder::metrics::CLIENT_DEADLINE + secs(3);
+        for b in trickle {
+            if Instant::now() >= until || slow.write_all(&[*b]).is_err() {
+                return;
+            }
             thread::sleep(ms(100));
         }
-        held.push(slow);
-    }
-    held
+    });
+    let held: Vec<TcpStream> = (0..idle)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", mport)).ok())
+        .collect();
+    assert!(
+        held.len() >= audit_forwarder::metrics::MAX_CLIENTS,
+        "only {} connections opened",
+        held.len()
+    );
+    (held, slowloris)
 }
 
 /// Appends `lines` to the log 1000 at a time, 50 ms apart, on a thread that hands the writer back.
@@ -3037,23 +3048,43 @@ pub fn write_in_background(mut w: AuditWriter, lines: &[String]) -> JoinHandle<A
 }
 
 /// Writes `lines` to the log while `idle` connections and a slowloris hold the metrics port
-/// `mport`: every line must reach the tailer, and once the held connections are closed the port
-/// must answer `/metrics` again. Returns the writer.
+/// `mport`: the first thousand lines must arrive within 3 s, while the slowloris is still
+/// trickling (a loop that waited on it, or on an idle client, until the server's 5 s deadline
+/// could not), then every line must reach the tailer, and once the held connections are closed
+/// the port must answer `/metrics` again. Returns the writer.
 pub fn deliver_while_metrics_port_is_held(
-    w: AuditWriter,
+    mut w: AuditWriter,
     tailer: &Tailer,
     fwd: &mut Forwarder,
     mport: u16,
     idle: usize,
     lines: &[String],
 ) -> AuditWriter {
-    let writer = write_in_background(w, lines);
-    let held = hold_metrics_port(mport, idle);
+    let taken = Instant::now();
+    let (held, slowloris) = hold_metrics_port(mport, idle);
+    let (first, rest) = lines.split_at(lines.len().min(1000));
+    w.write_lines(first);
+    expect_all_within(
+        tailer,
+        fwd,
+        first,
+        "the first lines with the metrics port held",
+        secs(3),
+    );
+    assert!(
+        !slowloris.is_finished() && taken.elapsed() < audit_forwarder::metrics::CLIENT_DEADLINE,
+        "the first lines arrived {:?} after the metrics port was taken, when the slowloris \
+         was closed or past the server's {:?} deadline: a held connection stalled the loop",
+        taken.elapsed(),
+        audit_forwarder::metrics::CLIENT_DEADLINE
+    );
+    let writer = write_in_background(w, rest);
     let w = writer.join().expect("writer thread");
     let what = format!("{} lines with the metrics port held", lines.len());
     expect_all_within(tailer, fwd, lines, &what, secs(60));
     assert_delivered(lines, &tailer.records(), true);
     drop(held);
+    slowloris.join().expect("slowloris thread");
     // Slots still held are released by their deadline; then scrapes work again.
     let back = wait_until(secs(20), || {
         matches!(
