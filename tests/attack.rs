@@ -576,8 +576,8 @@ fn start_position_written_late_after_a_failed_first_write() {
 
 /// A position file that cannot be decoded (here empty, as a `touch` or another tool leaves
 /// it) after lines were written and rotated while the forwarder was down. The forwarder says
-/// "files are read from their start"; it must then read every file of the rotation set, not
-/// only `audit.log` (and not from its end with `--read-from-head=false`).
+/// it reads every file of the rotation set again, and must: not only `audit.log` (and not from
+/// its end with `--read-from-head=false`).
 #[test]
 fn unreadable_position_file_rereads_every_file() {
     for head in ["true", "false"] {

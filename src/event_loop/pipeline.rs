@@ -107,7 +107,7 @@ impl Pipeline {
         // An unreadable position file may name any file of the rotation set: all are read
         // again (a fresh start would begin at audit.log, or its end, and skip the others). It
         // counts as no position for the store, so the start is written over it at once.
-        let (position, start) = match offsets::load(&args.position_file) {
+        let (position, read_from) = match offsets::load(&args.position_file) {
             Ok(p) => (p.clone(), p),
             Err(e) => {
                 error!(
@@ -125,7 +125,7 @@ impl Pipeline {
             args.read_from_head,
             max_line,
             args.max_held_bytes,
-            start,
+            read_from,
         )
         .map_err(|e| format!("{}: {e}", args.audit_log_path.display()))?;
         registry
