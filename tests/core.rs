@@ -1609,3 +1609,59 @@ fn t22_unwritable_position_file_is_said_once_and_picked_up_when_fixed() {
     );
     fwd.term_ok();
 }
+
+// 23 -----------------------------------------------------------------------------------------
+
+/// Lines of a quarter to seven tenths of `--max-line-size`, with `--mem-buf-limit` at the least
+/// it accepts (2 x the longest line + 1 MiB). Acked buffers kept for the next chunks count
+/// against the limit; once they and the partial line filled it, reading stopped for good, since
+/// with nothing in flight no ack would ever free them, and nothing was logged.
+#[test]
+fn t23_large_lines_at_the_least_mem_buf_limit_all_arrive() {
+    let dir = TempDir::new("t23");
+    let mut w = AuditWriter::create(dir.path());
+    let max_line = 1_000_000usize;
+    let limit = 2 * max_line + (1 << 20);
+    let mut r = Rng::new(23);
+    let lines: Vec<String> = (0..120)
+        .map(|seq| {
+            let pad = r.range(max_line as u64 / 4, max_line as u64 * 7 / 10) as usize;
+            let e = audit_event(seq);
+            format!("{{\"pad\":\"{}\",{}", "x".repeat(pad), &e[1..])
+        })
+        .collect();
+    let port = free_port();
+    let rx = Tailer::start(port);
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--max-line-size",
+            &max_line.to_string(),
+            "--mem-buf-limit",
+            &limit.to_string(),
+            "--stats-interval",
+            "1s",
+        ],
+    ));
+    w.write_lines(&lines);
+    let all = rx.wait_all_lines(&lines, secs(60));
+    fwd.assert_alive("at the least --mem-buf-limit");
+    assert!(
+        all,
+        "{} of {} lines arrived; last stats: {:?}",
+        rx.line_count(),
+        lines.len(),
+        fwd.stats().last()
+    );
+    for (i, s) in fwd.stats().iter().enumerate() {
+        let buffered = s.get("buffered").copied().unwrap_or_default();
+        let peak = s.get("buffered_peak").copied().unwrap_or_default();
+        assert!(
+            buffered <= limit as u64 && peak <= limit as u64,
+            "stats line {i}: buffered={buffered} buffered_peak={peak} above --mem-buf-limit {limit}"
+        );
+    }
+    fwd.term_ok();
+}
+

@@ -414,7 +414,13 @@ impl Pipeline {
                 seal(outbox, builder, tag, gzip, rng);
                 continue;
             }
-            let max = read_room(tail, builder, outbox, limit);
+            let mut max = read_room(tail, builder, outbox, limit);
+            if max < MIN_READ && outbox.spare_bytes() > 0 {
+                // Buffers kept for the next chunks are worth less than reading on: with nothing
+                // in flight no ack would ever give the limit back.
+                outbox.drop_spares();
+                max = read_room(tail, builder, outbox, limit);
+            }
             if max < MIN_READ {
                 *read_blocked = true;
                 break;

@@ -332,6 +332,13 @@ impl Outbox {
         self.spare.truncate(SPARES_IDLE);
     }
 
+    /// Gives back every kept buffer: for a reader the memory limit holds still. Kept buffers are
+    /// memory, not data, so acks never free them; under a tight `--mem-buf-limit` they could keep
+    /// reading stopped with nothing in flight.
+    pub fn drop_spares(&mut self) {
+        self.spare = Vec::new();
+    }
+
     /// Memory held by kept buffers (part of what `--mem-buf-limit` bounds).
     pub fn spare_bytes(&self) -> usize {
         self.spare.iter().map(|v| v.capacity()).sum()
@@ -1198,6 +1205,8 @@ mod tests {
             assert!(o.spare_bytes() >= kept_after_acks * target);
             o.release_spares();
             assert_eq!(o.spare.len(), 2, "keep {keep}: idle keeps two");
+            o.drop_spares();
+            assert_eq!(o.spare_bytes(), 0, "keep {keep}: dropped");
         }
     }
 
