@@ -18,6 +18,8 @@ pub struct Splitter {
     partial_start: u64,
     /// Set while discarding an over-long line until its newline.
     skipping: bool,
+    /// File offset just past the last byte fed.
+    fed_end: u64,
     max: usize,
 }
 
@@ -27,6 +29,7 @@ impl Splitter {
             partial: Vec::new(),
             partial_start: 0,
             skipping: false,
+            fed_end: 0,
             max: max_line,
         }
     }
@@ -36,6 +39,7 @@ impl Splitter {
         self.partial = Vec::new();
         self.partial_start = offset;
         self.skipping = false;
+        self.fed_end = offset;
     }
 
     /// Bytes held for an unterminated line.
@@ -67,7 +71,9 @@ impl Splitter {
                 );
             } else if self.partial.is_empty() {
                 emit_line(&rest[..nl], self.max, pos, end, &mut emit);
-            } else if self.partial.len() + nl > self.max {
+            } else if self.partial.len() + nl - usize::from(ends_in_cr(&self.partial, &rest[..nl]))
+                > self.max
+            {
                 self.partial = Vec::new();
                 emit(
                     Piece::TooLong {
@@ -77,7 +83,7 @@ impl Splitter {
                     end,
                 );
             } else {
-                self.partial.extend_from_slice(&rest[..nl]);
+                hold(&mut self.partial, &rest[..nl], self.max + 1);
                 let line = std::mem::take(&mut self.partial);
                 emit_line(&line, self.max, self.partial_start, end, &mut emit);
                 // Keep the allocation for the next tail unless it was a big one.
@@ -90,31 +96,33 @@ impl Splitter {
             pos = end;
             self.partial_start = end;
         }
+        self.fed_end = pos + rest.len() as u64;
         if rest.is_empty() || self.skipping {
             return;
         }
         if self.partial.is_empty() {
             self.partial_start = pos;
         }
-        if self.partial.len() + rest.len() > self.max {
+        // One byte past the cap is held: it may be the `\r` of a line exactly the cap long.
+        if self.partial.len() + rest.len() > self.max + 1 {
             self.partial = Vec::new();
             self.skipping = true;
         } else {
-            self.partial.extend_from_slice(rest);
+            hold(&mut self.partial, rest, self.max + 1);
         }
     }
 
     /// At the end of a file that will never grow again (rotated away), a held tail is still a
     /// line: hand it out rather than lose it.
     pub fn finish(&mut self, mut emit: impl FnMut(Piece<'_>, u64)) {
-        let end = self.partial_start + self.partial.len() as u64;
+        let end = self.fed_end;
         if self.skipping {
             emit(
                 Piece::TooLong {
                     start: self.partial_start,
-                    len: 0,
+                    len: end - self.partial_start,
                 },
-                self.partial_start,
+                end,
             );
         } else if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
@@ -122,6 +130,23 @@ impl Splitter {
         }
         self.reset(end);
     }
+}
+
+/// Whether the line that `partial` and then `tail` make ends in `\r`.
+fn ends_in_cr(partial: &[u8], tail: &[u8]) -> bool {
+    tail.last().or(partial.last()) == Some(&b'\r')
+}
+
+/// Appends to the held tail. Grows its allocation by doubling, as `Vec` does, but never past
+/// `most` (the longest tail ever held): `--mem-buf-limit` counts the allocation, and a tail of
+/// 0.6 x the cap doubled to 1.2 x would hold more than the limit allows for.
+fn hold(partial: &mut Vec<u8>, bytes: &[u8], most: usize) {
+    let need = partial.len() + bytes.len();
+    if need > partial.capacity() {
+        let want = (partial.capacity() * 2).clamp(need, most.max(need));
+        partial.reserve_exact(want - partial.len());
+    }
+    partial.extend_from_slice(bytes);
 }
 
 fn emit_line(line: &[u8], max: usize, start: u64, end: u64, emit: &mut impl FnMut(Piece<'_>, u64)) {
@@ -267,8 +292,31 @@ mod tests {
                 3,
                 vec![b"x\nabcdefg"],
                 true,
-                vec![L("x".into(), 2), Long(2, 0, 2)],
-                2,
+                vec![L("x".into(), 2), Long(2, 7, 9)],
+                9,
+            ),
+            // A line exactly the cap long, its "\r" and "\n" in later reads than its text.
+            (
+                3,
+                vec![b"abc", b"\r", b"\nz\n"],
+                false,
+                vec![L("abc".into(), 5), L("z".into(), 7)],
+                7,
+            ),
+            (
+                3,
+                vec![b"ab", b"c\r", b"\n"],
+                false,
+                vec![L("abc".into(), 5)],
+                5,
+            ),
+            (3, vec![b"abc\r", b"x\n"], false, vec![Long(0, 6, 6)], 6),
+            (
+                3,
+                vec![b"abc", b"d", b"\r\n"],
+                false,
+                vec![Long(0, 6, 6)],
+                6,
             ),
         ];
         for (i, (max, feeds, finish, want, safe)) in cases.into_iter().enumerate() {
@@ -319,12 +367,38 @@ mod tests {
 
     #[test]
     fn every_split_point_gives_the_same_lines() {
-        let data = b"{\"a\":1}\r\n\nsecond line\nthird\n";
-        let (whole, _) = run(100, &[data], false);
-        for cut in 0..data.len() {
-            let (got, safe) = run(100, &[&data[..cut], &data[cut..]], false);
-            assert_eq!(got, whole, "cut at {cut}");
-            assert_eq!(safe, data.len() as u64);
+        // With the cap at 7 the first line is exactly the cap long before its "\r\n"; at 6 it is
+        // one too long.
+        let data = b"{\"a\":1}\r\n\nsecond line\nthird\r\n";
+        for max in [100, 11, 7, 6] {
+            let (whole, _) = run(max, &[data], false);
+            assert_eq!(whole.len(), 3, "cap {max}: {whole:?}");
+            for cut in 0..data.len() {
+                for cut2 in cut..data.len() {
+                    let parts = [&data[..cut], &data[cut..cut2], &data[cut2..]];
+                    let (got, safe) = run(max, &parts, false);
+                    assert_eq!(got, whole, "cap {max}, cuts at {cut} and {cut2}");
+                    assert_eq!(safe, data.len() as u64);
+                }
+            }
         }
+    }
+
+    #[test]
+    fn a_held_tail_never_allocates_past_the_cap() {
+        let max = 10_000;
+        let mut s = Splitter::new(max);
+        let mut off = 0;
+        for _ in 0..(max / 7 + 1) {
+            s.feed(b"xxxxxxx", off, |_, _| {});
+            off += 7;
+            assert!(
+                s.held() <= max + 1 || s.skipping,
+                "held {} at {off}",
+                s.held()
+            );
+        }
+        assert!(s.skipping, "a tail past the cap is dropped");
+        assert_eq!(s.held(), 0);
     }
 }
