@@ -1665,3 +1665,58 @@ fn t23_large_lines_at_the_least_mem_buf_limit_all_arrive() {
     fwd.term_ok();
 }
 
+// 24 -----------------------------------------------------------------------------------------
+
+/// audit.log truncated in place (copytruncate) while the forwarder is behind, then written past
+/// the forwarder's offset before it reads on: the file never looks shorter than the offset, so
+/// only its changed first bytes tell. Every line written after the truncation must arrive, and
+/// the WARN must say what could not be read.
+#[test]
+fn t24_truncated_while_behind_and_rewritten_past_the_offset_loses_no_new_line() {
+    let dir = TempDir::new("t24");
+    let mut w = AuditWriter::create(dir.path());
+    // About 12 MB: more than the 8 MiB window the forwarder reads ahead while unconnected.
+    let old = audit_events(0..12_000);
+    w.write_lines(&old);
+    let port = free_port();
+    let mut fwd = Forwarder::start(fwd_args(
+        &w.log_path(),
+        port,
+        &["--stats-interval", "200ms", "--backoff-timer", "300ms"],
+    ));
+    let ahead = wait_until(secs(20), || {
+        fwd.stats()
+            .last()
+            .and_then(|s| s.get("bytes_read").copied())
+            .is_some_and(|n| n >= 4_000_000)
+    });
+    assert!(
+        ahead,
+        "the forwarder did not read ahead: {:?}",
+        fwd.stats().last()
+    );
+    let offset = fwd
+        .stats()
+        .last()
+        .and_then(|s| s.get("bytes_read").copied());
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(w.log_path())
+        .expect("truncate audit.log");
+    let new = audit_events(100_000..120_000);
+    w.write_lines(&new);
+    let rx = Tailer::start(port);
+    let all_new = rx.wait_all_lines(&new, DELIVERY);
+    fwd.assert_alive("after the truncation");
+    assert!(
+        all_new,
+        "lines written after the truncation are missing (the forwarder had read {offset:?} bytes); last stats: {:?}",
+        fwd.stats().last()
+    );
+    let text = fwd.stderr_text();
+    let warned = lines_mentioning(&text, &["audit.log", "truncated and written again"], &[]);
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    fwd.term_ok();
+}

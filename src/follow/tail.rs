@@ -101,6 +101,12 @@ impl Held {
 
 fn plain_fingerprint(f: &File) -> io::Result<Fingerprint> {
     let mut buf = [0u8; FINGERPRINT_BYTES];
+    let n = plain_head(f, &mut buf)?;
+    Ok(Fingerprint::of(&buf[..n]))
+}
+
+/// Fills `buf` from the file's first bytes; returns how many there were.
+fn plain_head(f: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read_at(&mut buf[n..], n as u64) {
@@ -110,7 +116,24 @@ fn plain_fingerprint(f: &File) -> io::Result<Fingerprint> {
             Err(e) => return Err(e),
         }
     }
-    Ok(Fingerprint::of(&buf[..n]))
+    Ok(n)
+}
+
+/// Whether a plain file no longer starts with the bytes its fingerprint was taken of: it was
+/// truncated in place and written again. Written past our offset before we looked, it never
+/// shrinks below the offset, which is all the test at its end can see.
+fn rewritten(h: &Held) -> bool {
+    let Source::Plain(f) = &h.source else {
+        return false;
+    };
+    if h.id.fp.is_empty() {
+        return false;
+    }
+    let mut head = [0u8; FINGERPRINT_BYTES];
+    match plain_head(f, &mut head[..h.id.fp.len as usize]) {
+        Ok(n) => !offsets::head_matches(&head[..n], &h.id.fp),
+        Err(_) => false,
+    }
 }
 
 /// A file read to its end and dropped from the queue, remembered until the acks pass its end.
@@ -1051,9 +1074,19 @@ impl Tail {
         max: usize,
         mut emit: impl FnMut(Piece<'_>, &FileId, &str, u64),
     ) -> io::Result<Progress> {
+        let newest = self.queue.len() == 1;
         let Some(h) = self.queue.front_mut() else {
             return Ok(Progress::Idle);
         };
+        if newest && rewritten(h) {
+            warn!(
+                "{} was truncated and written again (its first bytes changed) while we were at \
+                 offset {}; reading it from the start: what it held past that offset before \
+                 the truncation was not read",
+                h.name, h.offset
+            );
+            return self.restart_truncated();
+        }
         let max = max.clamp(1, self.buf.len());
         let n = match h.read(&mut self.buf[..max]) {
             Ok(n) => n,
@@ -1124,16 +1157,26 @@ impl Tail {
             if let Ok(md) = f.metadata() {
                 if md.len() < h.offset {
                     warn!("{} was truncated to {} bytes below our offset {}; reading it from the start", h.name, md.len(), h.offset);
-                    self.rotations += 1;
-                    f.seek(SeekFrom::Start(0))?;
-                    h.offset = 0;
-                    h.id.fp = plain_fingerprint(f).unwrap_or_default();
-                    self.splitter.reset(0);
-                    return Ok(Progress::Switched);
+                    return self.restart_truncated();
                 }
             }
         }
         Ok(Progress::Idle)
+    }
+
+    /// Reads the newest file, truncated in place, from its start again.
+    fn restart_truncated(&mut self) -> io::Result<Progress> {
+        let Some(h) = self.queue.front_mut() else {
+            return Ok(Progress::Idle);
+        };
+        if let Source::Plain(f) = &mut h.source {
+            self.rotations += 1;
+            f.seek(SeekFrom::Start(0))?;
+            h.offset = 0;
+            h.id.fp = plain_fingerprint(f).unwrap_or_default();
+            self.splitter.reset(0);
+        }
+        Ok(Progress::Switched)
     }
 }
 
@@ -1397,6 +1440,40 @@ mod tests {
             .unwrap();
         append(&log, "3\n");
         assert_eq!(drain(&mut t), ["3"]);
+    }
+
+    /// Truncated in place and written again past our offset before we read on (we were
+    /// behind): the size never drops below the offset, the first bytes tell, and the new
+    /// content is read from its start, the part before our old offset included.
+    #[test]
+    fn truncated_and_rewritten_past_our_offset_reads_the_new_content_whole() {
+        for (tag, first) in [
+            ("rw-strong", event("A1") + &event("A2")),
+            ("rw-weak", "a\nb\n".into()),
+        ] {
+            let d = tmp(tag);
+            let log = d.0.join("audit.log");
+            append(&log, &first);
+            let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
+            assert_eq!(drain(&mut t).len(), 2, "{tag}");
+            let before = t.rotations;
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&log)
+                .unwrap();
+            let new: Vec<String> = ["B1", "B2", "B3", "B4"]
+                .iter()
+                .map(|id| event(id))
+                .collect();
+            append(&log, &new.concat());
+            let got = drain(&mut t);
+            assert_eq!(event_ids(&got), ["B1", "B2", "B3", "B4"], "{tag}");
+            assert_eq!(t.rotations, before + 1, "{tag}: counted as a truncation");
+            // Reading on does not take it for rewritten again.
+            append(&log, &event("B5"));
+            assert_eq!(event_ids(&drain(&mut t)), ["B5"], "{tag}");
+        }
     }
 
     /// A line long enough that a file of one has a strong fingerprint, unique per `tag`.
