@@ -178,8 +178,9 @@ pub fn place(p: &Position, heads: &[Option<&[u8]>], dir: &str) -> Start {
             index: 0,
             why: format!(
                 "position file names {} (inode {}) at offset {}, but no file in {dir} starts with \
-                 the same bytes any more: whatever it held past that offset was lost; reading every \
-                 remaining file from its start",
+                 the same bytes any more: what it held past that offset cannot be read again, and \
+                 is lost unless it was delivered after the position was last written; reading \
+                 every remaining file from its start",
                 p.name, p.id.ino, p.offset
             ),
             lost: true,
