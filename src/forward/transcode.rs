@@ -317,8 +317,10 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
         return Err(Invalid::Utf8);
     }
     // Msgpack is rarely longer than the JSON (only floats such as `1.0` grow), so one reservation
-    // usually covers the whole entry.
-    out.reserve(line.len() + 64);
+    // usually covers the whole entry. Exact, not doubling: a chunk's buffer starts at its target
+    // size, so it grows only for the entry that fills it (sealed right after), and doubling a
+    // buffer for one near-cap line would hold far more than `--mem-buf-limit` allows for.
+    out.reserve_exact(line.len() + 64);
     out.push(0x92);
     let time_at = out.len();
     write_event_time(now, out);
