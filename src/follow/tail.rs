@@ -51,6 +51,10 @@ struct Held {
     name: String,
     /// Bytes consumed so far (decompressed bytes for gzip).
     offset: u64,
+    /// Read again from its start after a truncation in place: NUL bytes before its first line
+    /// are skipped. A writer without `O_APPEND` (lumberjack opens `audit.log` so) goes on at its
+    /// old offset, and the file reads as zeros up to there.
+    after_truncation: bool,
 }
 
 impl Held {
@@ -119,21 +123,33 @@ fn plain_head(f: &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Whether a plain file no longer starts with the bytes its fingerprint was taken of: it was
-/// truncated in place and written again. Written past our offset before we looked, it never
-/// shrinks below the offset, which is all the test at its end can see.
-fn rewritten(h: &Held) -> bool {
+/// How a plain file was truncated in place, if it was: it is shorter than our offset, or it no
+/// longer starts with the bytes its fingerprint was taken of (truncated and written past our
+/// offset again before we read on, which its size cannot show). A file that was only appended
+/// to or renamed never changes its first bytes, so this holds for every file we hold, not only
+/// `audit.log`: one truncated while we were behind may have been rotated since.
+fn truncation(h: &Held) -> Option<String> {
     let Source::Plain(f) = &h.source else {
-        return false;
+        return None;
     };
+    let len = f.metadata().ok()?.len();
+    if len < h.offset {
+        return Some(format!(
+            "was truncated to {len} bytes, below our offset {}",
+            h.offset
+        ));
+    }
     if h.id.fp.is_empty() {
-        return false;
+        return None;
     }
     let mut head = [0u8; FINGERPRINT_BYTES];
-    match plain_head(f, &mut head[..h.id.fp.len as usize]) {
-        Ok(n) => !offsets::head_matches(&head[..n], &h.id.fp),
-        Err(_) => false,
-    }
+    let n = plain_head(f, &mut head[..h.id.fp.len as usize]).ok()?;
+    (!offsets::head_matches(&head[..n], &h.id.fp)).then(|| {
+        format!(
+            "was truncated and written again (its first bytes changed) while we were at offset {}",
+            h.offset
+        )
+    })
 }
 
 /// A file read to its end and dropped from the queue, remembered until the acks pass its end.
@@ -760,6 +776,7 @@ impl Tail {
             },
             name: e.name.clone(),
             offset: 0,
+            after_truncation: false,
         })
     }
 
@@ -1074,16 +1091,14 @@ impl Tail {
         max: usize,
         mut emit: impl FnMut(Piece<'_>, &FileId, &str, u64),
     ) -> io::Result<Progress> {
-        let newest = self.queue.len() == 1;
         let Some(h) = self.queue.front_mut() else {
             return Ok(Progress::Idle);
         };
-        if newest && rewritten(h) {
+        if let Some(how) = truncation(h) {
             warn!(
-                "{} was truncated and written again (its first bytes changed) while we were at \
-                 offset {}; reading it from the start: what it held past that offset before \
-                 the truncation was not read",
-                h.name, h.offset
+                "{} {how}; reading it from the start: what it held past that offset before the \
+                 truncation and was not yet read cannot be read any more",
+                h.name
             );
             return self.restart_truncated();
         }
@@ -1101,12 +1116,26 @@ impl Tail {
             }
         };
         if n > 0 {
-            let start = h.offset;
+            let mut start = h.offset;
             h.offset += n as u64;
             h.refresh_fingerprint();
+            let mut data = &self.buf[..n];
+            if h.after_truncation {
+                let zeros = data.iter().take_while(|&&b| b == 0).count();
+                if zeros > 0 {
+                    debug!(
+                        "{}: skipped {zeros} NUL bytes at offset {start} after its truncation",
+                        h.name
+                    );
+                    data = &data[zeros..];
+                    start += zeros as u64;
+                    self.splitter.reset(start);
+                }
+                h.after_truncation = data.is_empty();
+            }
             let (id, name) = (h.id, &h.name);
             self.splitter
-                .feed(&self.buf[..n], start, |p, end| emit(p, &id, name, end));
+                .feed(data, start, |p, end| emit(p, &id, name, end));
             return Ok(Progress::Read);
         }
         if self.queue.len() > 1 {
@@ -1148,19 +1177,6 @@ impl Tail {
             }
             return Ok(Progress::Switched);
         }
-        // The newest file at its end: a file that shrank below what we read was truncated in
-        // place (copytruncate).
-        let Some(h) = self.queue.front_mut() else {
-            return Ok(Progress::Idle);
-        };
-        if let Source::Plain(f) = &mut h.source {
-            if let Ok(md) = f.metadata() {
-                if md.len() < h.offset {
-                    warn!("{} was truncated to {} bytes below our offset {}; reading it from the start", h.name, md.len(), h.offset);
-                    return self.restart_truncated();
-                }
-            }
-        }
         Ok(Progress::Idle)
     }
 
@@ -1173,6 +1189,7 @@ impl Tail {
             self.rotations += 1;
             f.seek(SeekFrom::Start(0))?;
             h.offset = 0;
+            h.after_truncation = true;
             h.id.fp = plain_fingerprint(f).unwrap_or_default();
             self.splitter.reset(0);
         }
@@ -1474,6 +1491,62 @@ mod tests {
             append(&log, &event("B5"));
             assert_eq!(event_ids(&drain(&mut t)), ["B5"], "{tag}");
         }
+    }
+
+    /// Truncated and written again while we were behind, then rotated before we read on: the
+    /// file is no longer the newest, and its first bytes still tell.
+    #[test]
+    fn truncated_then_rotated_while_behind_reads_the_new_content_whole() {
+        let d = tmp("trunc-rot");
+        let log = d.0.join("audit.log");
+        append(&log, &(event("A1") + &event("A2") + &event("A3")));
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
+        let mut got = Vec::new();
+        // Behind: one line read of three.
+        t.read(event("A1").len(), |p, _, _, _| {
+            if let Piece::Line(l) = p {
+                got.push(String::from_utf8_lossy(l).into_owned())
+            }
+        })
+        .unwrap();
+        assert_eq!(event_ids(&got), ["A1"]);
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        append(&log, &["B1", "B2", "B3", "B4"].map(event).concat());
+        fs::rename(&log, d.0.join("audit-2025-01-01T00-00-00.000.log")).unwrap();
+        append(&log, &event("C1"));
+        assert_eq!(event_ids(&drain(&mut t)), ["B1", "B2", "B3", "B4", "C1"]);
+    }
+
+    /// A writer without O_APPEND (lumberjack's) goes on at its old offset after a truncation in
+    /// place: the file reads as NULs up to there, which are not the start of a line.
+    #[test]
+    fn nuls_left_by_a_writer_without_o_append_are_skipped() {
+        let d = tmp("trunc-hole");
+        let log = d.0.join("audit.log");
+        let mut w = File::create(&log).unwrap();
+        w.write_all((event("A1") + &event("A2")).as_bytes())
+            .unwrap();
+        let mut t = Tail::new(&log, true, 1 << 20, u64::MAX, None).unwrap();
+        assert_eq!(event_ids(&drain(&mut t)), ["A1", "A2"]);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // Seen truncated before the writer writes again, and after.
+        assert!(drain(&mut t).is_empty());
+        w.write_all((event("B1") + &event("B2")).as_bytes())
+            .unwrap();
+        let got = drain(&mut t);
+        assert_eq!(event_ids(&got), ["B1", "B2"]);
+        assert!(got[0].starts_with('{'), "{:?}", &got[0][..20]);
+        w.write_all(event("B3").as_bytes()).unwrap();
+        assert_eq!(event_ids(&drain(&mut t)), ["B3"]);
     }
 
     /// A line long enough that a file of one has a strong fingerprint, unique per `tag`.
