@@ -14,7 +14,9 @@ demo *ARGS:
 # Defaults: 500M corpus in the temp dir, plaintext, one throughput run, 200
 # latency lines 20 ms apart. Examples: `just bench --bytes 1G --dir /var/tmp`,
 # `just bench --runs 5` (one corpus forwarded five times: min/median/max MB/s,
-# medians of CPU and RSS), `just bench --latency-lines 0` (throughput only),
+# medians of CPU and RSS, and per run the forwarder's time on a CPU, waiting for
+# one and asleep), `just bench --runs 5 --bytes 2G` (runs of seconds: less of the
+# machine's moment-to-moment speed), `just bench --latency-lines 0` (throughput only),
 # `just bench --help`.
 #
 # Throughput, CPU, peak RSS and idle latency of the release binary

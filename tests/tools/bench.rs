@@ -248,11 +248,34 @@ fn write_corpus(cfg: &Config, work: &Path) -> Result<Corpus, String> {
 /// One forwarder run over the corpus.
 struct Throughput {
     secs: f64,
+    /// How long the forwarder was neither on a CPU nor waiting for one, from its start until
+    /// just after the last ack was seen: blocked in `poll` (connecting, the last acks, the
+    /// bench's few ms to notice the end) or on the disk. Unlike MB/s and CPU s per GB it does
+    /// not move with how fast the machine happens to be, so a loop that sleeps with work
+    /// pending shows here. `None` without /proc/PID/task/*/schedstat.
+    asleep: Option<Duration>,
+    /// How long it was ready to run but waited for a CPU (other processes, the kernel's own
+    /// work): the machine's contention, not the forwarder's doing.
+    queued: Option<Duration>,
     measured_by: &'static str,
     fwd: procs::Usage,
     tailer: procs::Usage,
     tailer_records: u64,
     last_stats: String,
+}
+
+/// The time all threads of `pid` have spent on a CPU and waiting on a run queue for one
+/// (`/proc/PID/task/*/schedstat`, the kernel's scheduler accounting in ns).
+fn schedstat(pid: u32) -> Option<(Duration, Duration)> {
+    let mut sum = (Duration::ZERO, Duration::ZERO);
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let text = fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let (run, wait) = (f.next()??, f.next()??);
+        sum.0 += Duration::from_nanos(run);
+        sum.1 += Duration::from_nanos(wait);
+    }
+    Some(sum)
 }
 
 /// Run `run` (from 1) forwards the corpus from the head: each run gets a fresh directory with a
@@ -373,6 +396,7 @@ fn throughput(
         std::thread::sleep(Duration::from_millis(5));
     };
     let secs = (done - t0).as_secs_f64();
+    let sched = schedstat(fwd.child.id()).map(|(run, wait)| (t0.elapsed(), run, wait));
     let fwd_usage = fwd
         .terminate(Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
@@ -400,6 +424,8 @@ fn throughput(
     }
     Ok(Throughput {
         secs,
+        asleep: sched.map(|(wall, run, wait)| wall.saturating_sub(run + wait)),
+        queued: sched.map(|(_, _, wait)| wait),
         measured_by,
         fwd: fwd_usage,
         tailer: tailer_usage,
@@ -668,6 +694,32 @@ fn print_report(
             ),
         ));
         rows.push(("CPU s per GB", spread(&per_run(&|r| r.fwd.cpu_s() / gb), 2)));
+        // A forwarder that never waits while lines are unread spends the whole run on the CPU:
+        // its CPU seconds over the wall seconds stay near 100% however fast the machine is at
+        // the time, so a stall shows here even when the machine's own speed moves MB/s more.
+        let busy = per_run(&|r| 100.0 * r.fwd.cpu_s() / r.secs);
+        let asleep: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.asleep.map(|d| d.as_secs_f64() * 1e3))
+            .collect();
+        let queued: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.queued.map(|d| d.as_secs_f64() * 1e3))
+            .collect();
+        if asleep.len() == runs.len() && queued.len() == runs.len() {
+            rows.push(("forwarder asleep ms", spread(&asleep, 0)));
+            rows.push(("waited for a CPU ms", spread(&queued, 0)));
+        }
+        if let Some((lo, m, _)) = min_median_max(&busy) {
+            rows.push((
+                "forwarder busy",
+                if runs.len() > 1 {
+                    format!("median {m:.0}% (min {lo:.0}%) of the wall time on the CPU")
+                } else {
+                    format!("{m:.0}% of the wall time on the CPU")
+                },
+            ));
+        }
         rows.push((
             "peak RSS MiB",
             median(&per_run(&|r| r.fwd.max_rss_kib as f64 / 1024.0), 1),
@@ -726,18 +778,26 @@ fn print_report(
     if let Some((c, runs)) = t.filter(|(_, runs)| runs.len() > 1) {
         println!();
         println!(
-            "| run | seconds | MB/s   | fwd CPU s | CPU s per GB | peak RSS MiB | tailer CPU s |"
+            "| run | seconds | MB/s   | fwd CPU s | busy | asleep ms | CPU wait ms | CPU s per GB | peak RSS MiB | tailer CPU s |"
         );
         println!(
-            "|-----|---------|--------|-----------|--------------|--------------|--------------|"
+            "|-----|---------|--------|-----------|------|-----------|-------------|--------------|--------------|--------------|"
         );
         for (i, r) in runs.iter().enumerate() {
+            let ms = |d: Option<Duration>| {
+                d.map_or("n/a".to_string(), |d| {
+                    format!("{:.0}", d.as_secs_f64() * 1e3)
+                })
+            };
             println!(
-                "| {:>3} | {:>7.3} | {:>6.1} | {:>9.2} | {:>12.2} | {:>12.1} | {:>12.2} |",
+                "| {:>3} | {:>7.3} | {:>6.1} | {:>9.2} | {:>3.0}% | {:>9} | {:>11} | {:>12.2} | {:>12.1} | {:>12.2} |",
                 i + 1,
                 r.secs,
                 c.bytes as f64 / 1e6 / r.secs,
                 r.fwd.cpu_s(),
+                100.0 * r.fwd.cpu_s() / r.secs,
+                ms(r.asleep),
+                ms(r.queued),
                 r.fwd.cpu_s() / (c.bytes as f64 / 1e9),
                 r.fwd.max_rss_kib as f64 / 1024.0,
                 r.tailer.cpu_s()
