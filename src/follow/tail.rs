@@ -1180,7 +1180,7 @@ impl Tail {
         Ok(Progress::Idle)
     }
 
-    /// Reads the newest file, truncated in place, from its start again.
+    /// Reads the file in front, truncated in place, from its start again.
     fn restart_truncated(&mut self) -> io::Result<Progress> {
         let Some(h) = self.queue.front_mut() else {
             return Ok(Progress::Idle);
