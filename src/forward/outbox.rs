@@ -5,8 +5,9 @@
 //! Also what keeps one record from blocking everything behind it: a record larger than the chunk
 //! target travels in a chunk of its own, and a chunk the receiver keeps dropping the connection
 //! over ([`Outbox::dropped_by_peer`]) is split in halves until the one record it cannot take is
-//! alone; that record is then set aside as [`Rejected`] (the caller logs it and writes it to the
-//! rejected-records file) and delivery moves on.
+//! alone. If the receiver then takes the chunks after it on a connection that skips it (the probe)
+//! and drops a fresh connection over it once more, that record is set aside as [`Rejected`] (the
+//! caller logs it and writes it to the rejected-records file) and delivery moves on.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -54,6 +55,10 @@ enum Suspicion {
     /// A one-record chunk the current connection skips, to see whether the receiver takes the
     /// chunks after it.
     Probing([u8; 24]),
+    /// The probe worked: the chunk goes once more, first on a fresh connection, and a drop over
+    /// it there sets it aside. Three drops and a probe can also be a receiver that restarted
+    /// three times at the wrong moment; a record it can take must not be set aside for that.
+    Confirming([u8; 24]),
 }
 
 pub struct Chunk {
@@ -502,6 +507,20 @@ impl Outbox {
     /// receiver that drops the probe connection too is failing everything (an outage, a full
     /// memory budget), and the record stays.
     pub fn dropped_by_peer(&mut self) {
+        if let Suspicion::Confirming(p) = self.suspicion {
+            self.suspicion = Suspicion::None;
+            let oldest = self.chunks.iter().position(|c| !c.acked);
+            let written = |i: usize| i < self.next || (i == self.next && self.write_off > 0);
+            match oldest.filter(|&i| self.chunks[i].id == p && written(i)) {
+                Some(i) => {
+                    self.rewind();
+                    self.reject(i);
+                }
+                // Dropped before it went out: no verdict, the count starts again.
+                None => self.suspicion = Suspicion::Dropped(p, 0),
+            }
+            return;
+        }
         if let Suspicion::Probing(p) = self.suspicion {
             self.suspicion = Suspicion::None;
             log::warn!(
@@ -743,11 +762,23 @@ impl Outbox {
         // the suspicion.
         match std::mem::replace(&mut self.suspicion, Suspicion::None) {
             Suspicion::Dropped(s, n) if s[..] != *id => self.suspicion = Suspicion::Dropped(s, n),
+            Suspicion::Confirming(s) if s[..] != *id => self.suspicion = Suspicion::Confirming(s),
+            Suspicion::Confirming(s) => log::info!(
+                "the receiver took chunk {} on a fresh connection: its drops were a passing \
+                 fault, not that record",
+                String::from_utf8_lossy(&s)
+            ),
             Suspicion::Probing(p) => {
                 if let Some(i) = self.chunks.iter().position(|c| c.id == p) {
                     let size = self.chunks[i].frame.len();
                     if size > MIN_TARGET && size > self.largest_acked {
-                        self.reject(i);
+                        log::warn!(
+                            "the receiver took the chunks after {} but not it: sending it once \
+                             more, first on a fresh connection, before setting it aside",
+                            String::from_utf8_lossy(&p)
+                        );
+                        self.suspicion = Suspicion::Confirming(p);
+                        self.reconnect = true;
                     } else {
                         log::warn!(
                         "the receiver took the chunks after {} but dropped the connection over it \
@@ -1110,6 +1141,16 @@ mod tests {
                 .collect();
             assert_eq!(sent.len(), 1, "only the chunk after the suspect goes out");
             o.ack(&sent[0], Instant::now()).unwrap();
+            assert!(
+                o.take_rejected().is_empty(),
+                "gzip {gzip}: not on the probe alone"
+            );
+            assert!(
+                o.take_reconnect(),
+                "it goes once more on a fresh connection"
+            );
+            // Dropped there too: set aside.
+            send_and_drop(&mut o);
             assert_eq!(record_numbers(&o), Vec::<Vec<u64>>::new());
             let rejected = o.take_rejected();
             assert_eq!(rejected.len(), 1);
@@ -1284,6 +1325,48 @@ mod tests {
         assert_eq!(sizes, [2, 2, 2, 2, 2, 2], "every chunk cut in two");
         let ends: Vec<bool> = o.chunks.iter().map(|c| c.end.is_some()).collect();
         assert_eq!(ends, [false, true, false, true, false, true]);
+    }
+
+    /// Three drops and a probe that worked can also be a receiver that restarted at the wrong
+    /// moments: the record goes once more, first on a fresh connection, and taken there it is
+    /// delivered, not set aside. A drop on that connection before it went out is no verdict.
+    #[test]
+    fn a_record_taken_on_the_confirming_connection_is_not_set_aside() {
+        let mut o = Outbox::new(None, "audit", 1 << 20);
+        let mut b = builder_with(&[200_000]);
+        o.seal(&mut b, "audit", false, [20; 16]);
+        let mut b = builder_with(&[40]);
+        o.seal(&mut b, "audit", false, [21; 16]);
+        let suspect = o.chunks[0].id;
+        for _ in 0..3 {
+            send_and_drop(&mut o);
+        }
+        o.rewind();
+        let mut w = unlimited();
+        o.write_to(&mut w, Instant::now()).unwrap();
+        let probe: Vec<[u8; 24]> = o
+            .chunks
+            .iter()
+            .filter(|c| c.sent_at.is_some())
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(probe.len(), 1);
+        assert_ne!(probe[0], suspect);
+        o.ack(&probe[0], Instant::now()).unwrap();
+        assert!(o.take_reconnect());
+        // The fresh connection drops before writing anything: no verdict.
+        o.rewind();
+        o.dropped_by_peer();
+        assert!(o.take_rejected().is_empty());
+        assert_eq!(o.unacked(), 1);
+        // The next one takes it.
+        o.rewind();
+        o.write_to(&mut w, Instant::now()).unwrap();
+        assert!(o.chunks[0].sent_at.is_some() && o.chunks[0].id == suspect);
+        o.ack(&suspect, Instant::now()).unwrap();
+        assert!(o.take_rejected().is_empty());
+        assert_eq!(o.unacked(), 0);
+        assert_eq!(o.acked_total.records, 2);
     }
 
     /// A one-record chunk no larger than messages the receiver took before is not rejected

@@ -1984,6 +1984,9 @@ pub enum FakeMode {
     /// (50 ms), then send them all at once: a receiver that acks a whole window together. The
     /// time from such a batch to the next byte received is kept (`ack_gaps`).
     AckWhenQuiet,
+    /// As `Ack`, but each of the first this many connections is reset (RST, no ack) once its
+    /// first message is complete: a receiver that restarted at the wrong moments.
+    ResetFirst(usize),
 }
 
 #[derive(Default)]
@@ -2036,6 +2039,7 @@ impl FakeReceiver {
                         let nth = sh.connections.fetch_add(1, Ordering::SeqCst);
                         let mode = match mode {
                             FakeMode::StallFirst if nth > 0 => FakeMode::Ack,
+                            FakeMode::ResetFirst(k) if nth >= k => FakeMode::Ack,
                             m => m,
                         };
                         let (st2, sh2) = (st.clone(), sh.clone());
@@ -2206,6 +2210,10 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                     reset(&s, sh);
                     return;
                 }
+                Ok(Some(_)) if matches!(mode, FakeMode::ResetFirst(_)) => {
+                    reset(&s, sh);
+                    return;
+                }
                 Ok(Some(x)) => x,
                 Ok(None) if buf.len() > limit => {
                     reset(&s, sh);
@@ -2239,7 +2247,10 @@ fn serve(mut s: TcpStream, mode: FakeMode, rate: Option<u64>, sh: &FakeShared, s
                     Some(WRONG_ACK.to_vec())
                 }
                 FakeMode::WrongAck => None,
-                FakeMode::Ack | FakeMode::AckUpTo(_) | FakeMode::StallFirst => {
+                FakeMode::Ack
+                | FakeMode::AckUpTo(_)
+                | FakeMode::StallFirst
+                | FakeMode::ResetFirst(_) => {
                     lock(&sh.records).extend(frame.records);
                     Some(encode_ack(&frame.chunk))
                 }
