@@ -337,6 +337,11 @@ impl Outbox {
         self.spare.truncate(SPARES_IDLE);
     }
 
+    /// Whether chunk `i` went out, whole or in part, on the current connection.
+    fn written(&self, i: usize) -> bool {
+        i < self.next || (i == self.next && self.write_off > 0)
+    }
+
     /// Gives back every kept buffer: for a reader the memory limit holds still. Kept buffers are
     /// memory, not data, so acks never free them; under a tight `--mem-buf-limit` they could keep
     /// reading stopped with nothing in flight.
@@ -510,8 +515,7 @@ impl Outbox {
         if let Suspicion::Confirming(p) = self.suspicion {
             self.suspicion = Suspicion::None;
             let oldest = self.chunks.iter().position(|c| !c.acked);
-            let written = |i: usize| i < self.next || (i == self.next && self.write_off > 0);
-            match oldest.filter(|&i| self.chunks[i].id == p && written(i)) {
+            match oldest.filter(|&i| self.chunks[i].id == p && self.written(i)) {
                 Some(i) => {
                     self.rewind();
                     self.reject(i);
@@ -533,8 +537,7 @@ impl Outbox {
         let Some(i) = self.chunks.iter().position(|c| !c.acked) else {
             return;
         };
-        let written = i < self.next || (i == self.next && self.write_off > 0);
-        if !written {
+        if !self.written(i) {
             return;
         }
         let id = self.chunks[i].id;
@@ -1088,6 +1091,15 @@ mod tests {
         }
     }
 
+    /// The chunks written on the current connection.
+    fn sent_ids(o: &Outbox) -> Vec<[u8; 24]> {
+        o.chunks
+            .iter()
+            .filter(|c| c.sent_at.is_some())
+            .map(|c| c.id)
+            .collect()
+    }
+
     /// Writes everything, then reports a dropped connection (the receiver reset on it).
     fn send_and_drop(o: &mut Outbox) {
         o.rewind();
@@ -1133,12 +1145,7 @@ mod tests {
             o.rewind();
             let mut probe = unlimited();
             o.write_to(&mut probe, Instant::now()).unwrap();
-            let sent: Vec<[u8; 24]> = o
-                .chunks
-                .iter()
-                .filter(|c| c.sent_at.is_some())
-                .map(|c| c.id)
-                .collect();
+            let sent = sent_ids(&o);
             assert_eq!(sent.len(), 1, "only the chunk after the suspect goes out");
             o.ack(&sent[0], Instant::now()).unwrap();
             assert!(
@@ -1344,12 +1351,7 @@ mod tests {
         o.rewind();
         let mut w = unlimited();
         o.write_to(&mut w, Instant::now()).unwrap();
-        let probe: Vec<[u8; 24]> = o
-            .chunks
-            .iter()
-            .filter(|c| c.sent_at.is_some())
-            .map(|c| c.id)
-            .collect();
+        let probe = sent_ids(&o);
         assert_eq!(probe.len(), 1);
         assert_ne!(probe[0], suspect);
         o.ack(&probe[0], Instant::now()).unwrap();
@@ -1389,12 +1391,7 @@ mod tests {
         }
         o.rewind();
         o.write_to(&mut w, Instant::now()).unwrap();
-        let probe_sent: Vec<[u8; 24]> = o
-            .chunks
-            .iter()
-            .filter(|c| c.sent_at.is_some())
-            .map(|c| c.id)
-            .collect();
+        let probe_sent = sent_ids(&o);
         o.ack(&probe_sent[0], Instant::now()).unwrap();
         assert!(o.take_rejected().is_empty());
         assert_eq!(o.unacked(), 1, "the suspect stays, to be sent again");
