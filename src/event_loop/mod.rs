@@ -59,7 +59,8 @@ pub const INOTIFY: Token = Token(1);
 pub const CONN: Token = Token(2);
 pub const CERTS: Token = Token(3);
 pub const PROXY_CERTS: Token = Token(4);
-/// The resolver threads' shared wake-up: answers are collected by their owners every turn.
+/// The helper threads' shared wake-up (the resolver's lookups, the position file's writer):
+/// their results are collected by their owners every turn.
 pub const RESOLVER: Token = Token(5);
 pub const KUBE: Token = Token(16);
 pub const METRICS: Token = Token(32);
@@ -73,6 +74,7 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
     let waker = Arc::new(mio::Waker::new(&registry, RESOLVER).map_err(|e| format!("epoll: {e}"))?);
     let lookup: resolve::Lookup = Arc::new(resolve::system_lookup);
     let resolver = Resolver::sharing(lookup.clone(), waker.clone());
+    let pipeline_waker = waker.clone();
 
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(watches::Signals::new(&registry)?)];
     sources.extend(watches::certificate_watches(args, &registry)?);
@@ -82,7 +84,7 @@ pub fn run(args: &ForwardArgs, mut cfg: Config) -> Result<(), String> {
             settings, resolver, &registry, KUBE,
         )?));
     }
-    let mut pipeline = Pipeline::new(args, cfg, &registry, resolver)?;
+    let mut pipeline = Pipeline::new(args, cfg, &registry, resolver, pipeline_waker)?;
     // Kept apart from `sources` because it alone also reads the data path's figures.
     let mut metrics = match &args.metrics_address {
         Some(addr) => Some(metrics::Server::new(addr, &registry, METRICS)?),

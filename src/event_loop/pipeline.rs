@@ -3,6 +3,7 @@
 //! timers are the backoff, ack timeout, position flush, stats line and shutdown wait.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::escape;
 use crate::follow::lines::Piece;
 use crate::follow::offsets::{self, Position, Store};
+use crate::follow::saver::{Outcome, Saver};
 use crate::follow::tail::{Progress, Tail};
 use crate::forward::outbox::{Builder, Outbox};
 use crate::forward::transcode::{self, Kind};
@@ -42,6 +44,8 @@ const MIN_READ: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const DIR_RETRY: Duration = Duration::from_secs(1);
+/// How long a stop waits for the position file's last write past the shutdown timeout.
+const POSITION_WAIT: Duration = Duration::from_secs(5);
 
 struct Stats {
     lines_read: u64,
@@ -70,7 +74,8 @@ pub struct Pipeline {
     builder: Builder,
     outbox: Outbox,
     conn: Conn,
-    store: Store,
+    /// Writes the position file on its own thread (an fsync must not stall the loop).
+    saver: Saver,
     stats: Stats,
     rng: SplitMix,
     tag: String,
@@ -103,6 +108,7 @@ impl Pipeline {
         cfg: Config,
         registry: &Registry,
         resolver: Resolver,
+        waker: Arc<mio::Waker>,
     ) -> Result<Pipeline, String> {
         // An unreadable position file may name any file of the rotation set: all are read
         // again (a fresh start would begin at audit.log, or its end, and skip the others). It
@@ -117,7 +123,15 @@ impl Pipeline {
                 (None, Some(Position::unknown()))
             }
         };
-        let store = Store::new(args.position_file.clone(), position.clone());
+        // The thread wakes the loop through the waker it shares with the resolver threads; the
+        // outcome is collected every turn whatever woke it.
+        let saver = Saver::start(
+            Store::new(args.position_file.clone(), position.clone()),
+            move || {
+                let _ = waker.wake();
+            },
+        )
+        .map_err(|e| format!("starting the position file's writer thread: {e}"))?;
         let max_line = usize::try_from(args.max_line_size).unwrap_or(usize::MAX);
         let limit = usize::try_from(args.mem_buf_limit).unwrap_or(usize::MAX);
         let tail = Tail::new(
@@ -183,7 +197,7 @@ impl Pipeline {
             builder: Builder::new(&args.tag, chunk_target),
             outbox,
             conn,
-            store,
+            saver,
             stats: Stats {
                 lines_read: 0,
                 bytes_read: 0,
@@ -260,36 +274,61 @@ impl Pipeline {
     /// start is taken once; a failed write is logged like any position write and retried at
     /// every flush ([`Pipeline::unsaved`]) until it or an acked position is in the file.
     fn save_start(&mut self) {
-        if self.start.is_some() || !self.store.is_empty() {
+        if self.start.is_some() || !self.saver.is_empty() {
             return;
         }
         let Some(p) = self.tail.position() else {
             return;
         };
-        save_position(
-            &mut self.store,
-            &p,
-            &mut self.position_failing,
-            &mut self.stats,
-        );
+        // Written before the first byte is read, so waited for like the last save at a stop.
+        self.flush_position(Some(&p));
+        self.finish_position_write(None);
         self.start = Some(p);
     }
 
     /// See [`unsaved`].
     fn unsaved(&self) -> Option<&Position> {
-        unsaved(&self.store, self.outbox.committed(), self.start.as_ref())
+        unsaved(
+            self.saver.saved(),
+            self.outbox.committed(),
+            self.start.as_ref(),
+        )
     }
 
-    /// Writes [`Pipeline::unsaved`], if any.
-    fn flush_position(&mut self) {
-        if let Some(p) = self.unsaved().cloned() {
-            save_position(
-                &mut self.store,
-                &p,
+    /// Hands `p` (or else [`Pipeline::unsaved`], if any) to the position file's writer, unless
+    /// it is still writing the last one; [`Pipeline::collect_position_write`] takes the outcome.
+    fn flush_position(&mut self, p: Option<&Position>) {
+        if let Some(p) = p.or(self.unsaved()).cloned() {
+            if self.saver.offer(&p) {
+                self.stats.position_writes += 1;
+            }
+        }
+    }
+
+    /// Counts and logs a save that finished since the last turn.
+    fn collect_position_write(&mut self) {
+        if let Some(done) = self.saver.collect() {
+            note_position_write(
+                done,
+                &self.saver,
                 &mut self.position_failing,
                 &mut self.stats,
             );
         }
+    }
+
+    /// Waits for the save in flight, if any, at most until `until`, and counts and logs it.
+    /// Returns false if it is still being written.
+    fn finish_position_write(&mut self, until: Option<Instant>) -> bool {
+        if let Some(done) = self.saver.wait(until) {
+            note_position_write(
+                done,
+                &self.saver,
+                &mut self.position_failing,
+                &mut self.stats,
+            );
+        }
+        !self.saver.busy()
     }
 
     /// When the loop must wake for the data path: now, if acks freed room while reading was
@@ -302,7 +341,8 @@ impl Pipeline {
         {
             return Some(now);
         }
-        let flush = self.unsaved().is_some().then_some(self.next_flush);
+        // While a save is written, its end wakes the loop; the next one waits for that.
+        let flush = (self.unsaved().is_some() && !self.saver.busy()).then_some(self.next_flush);
         let retry = self.tail.needs_tick().then_some(self.next_dir_retry);
         [
             Some(self.next_stats),
@@ -356,9 +396,10 @@ impl Pipeline {
             _ => self.stats.ack_wait_since.or_else(|| Some(Instant::now())),
         };
 
+        self.collect_position_write();
         let now = Instant::now();
-        if now >= self.next_flush && self.unsaved().is_some() {
-            self.flush_position();
+        if now >= self.next_flush && self.unsaved().is_some() && !self.saver.busy() {
+            self.flush_position(None);
             self.next_flush = now + FLUSH_EVERY;
         }
         if now >= self.next_stats {
@@ -375,7 +416,21 @@ impl Pipeline {
                     );
                 }
                 self.conn.close(registry);
-                self.flush_position();
+                // The last acks go into the file before the process exits: after the save in
+                // flight (which may be older), one more with the newest position. A disk that
+                // hangs is waited for a few seconds at most beyond the shutdown timeout.
+                let until = deadline.max(now) + POSITION_WAIT;
+                if self.finish_position_write(Some(until)) {
+                    self.flush_position(None);
+                }
+                if !self.finish_position_write(Some(until)) {
+                    error!(
+                        "position file {}: a write did not finish within {POSITION_WAIT:?} after \
+                         the shutdown timeout; stopping without it, so lines since the last \
+                         saved position are sent again after a restart",
+                        self.saver.path().display()
+                    );
+                }
                 self.log_stats();
                 info!("stopped");
                 return Ok(true);
@@ -595,28 +650,27 @@ fn seal(outbox: &mut Outbox, builder: &mut Builder, tag: &str, gzip: bool, rng: 
 /// the start of a fresh start whose write failed (reading has moved on since, so the start must
 /// be the one taken before it did).
 fn unsaved<'a>(
-    store: &Store,
+    saved: Option<&Position>,
     committed: Option<&'a Position>,
     start: Option<&'a Position>,
 ) -> Option<&'a Position> {
     match committed {
-        Some(p) => store.is_behind(Some(p)).then_some(p),
-        None => start.filter(|_| store.is_empty()),
+        Some(p) => (saved != Some(p)).then_some(p),
+        None => start.filter(|_| saved.is_none()),
     }
 }
 
-/// Writes the committed position. A failure is said once with what would fix it, then
+/// Counts and logs a finished save. A failure is said once with what would fix it, then
 /// summarised every few minutes with a count, not at every 200 ms flush; the write is retried
 /// at every flush, so a fixed permission is picked up at once.
-fn save_position(store: &mut Store, p: &Position, failing: &mut RepeatLog, stats: &mut Stats) {
-    stats.position_writes += 1;
+fn note_position_write(done: Outcome, saver: &Saver, failing: &mut RepeatLog, stats: &mut Stats) {
     let now = Instant::now();
-    let e = match store.save(p) {
+    let e = match done.result {
         Ok(()) => {
             if let Some(r) = failing.recovered(now) {
                 info!(
                     "position file {} written again after {} failed attempts",
-                    store.path().display(),
+                    saver.path().display(),
                     r.failures
                 );
             }
@@ -626,15 +680,15 @@ fn save_position(store: &mut Store, p: &Position, failing: &mut RepeatLog, stats
     };
     stats.position_write_failures += 1;
     match failing.failed(&e, now, std::time::SystemTime::now()) {
-        Say::Quiet => log::debug!("writing position file {}: {e}", store.path().display()),
+        Say::Quiet => log::debug!("writing position file {}: {e}", saver.path().display()),
         Say::Summary { repeats, since } => error!(
             "writing position file {} still fails: {}; after a restart lines since the last \
              saved position are sent again",
-            store.path().display(),
+            saver.path().display(),
             repeat::summary(repeats, since, &e)
         ),
         Say::First => {
-            let dir = store
+            let dir = saver
                 .path()
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -642,7 +696,7 @@ fn save_position(store: &mut Store, p: &Position, failing: &mut RepeatLog, stats
             let (uid, gid) = sys::ids();
             error!(
                 "writing position file {}: {e}; its directory {} has {}, this process runs as uid {uid} gid {gid}: make the directory writable for it (an fsGroup on the volume, or --position-file in a writable directory); retrying at every flush",
-                store.path().display(),
+                saver.path().display(),
                 dir.display(),
                 sys::describe_access(dir)
             );
@@ -695,11 +749,12 @@ mod tests {
             name: "audit.log".into(),
         };
         let (start, acked) = (at(0), at(500));
-        let fresh = || Store::new("/nonexistent/pos".into(), None);
-        let holding = |p: &Position| Store::new("/nonexistent/pos".into(), Some(p.clone()));
+        // What the position file holds: nothing yet, or a position.
+        let fresh = || None;
+        let holding = Some;
         let cases: &[(
             &str,
-            Store,
+            Option<&Position>,
             Option<&Position>,
             Option<&Position>,
             Option<&Position>,
@@ -739,8 +794,8 @@ mod tests {
             // A restart: the loaded position is committed and in the file.
             ("restart", holding(&acked), Some(&acked), None, None),
         ];
-        for (what, store, committed, start, want) in cases {
-            assert_eq!(unsaved(store, *committed, *start), *want, "{what}");
+        for (what, saved, committed, start, want) in cases {
+            assert_eq!(unsaved(*saved, *committed, *start), *want, "{what}");
         }
     }
 

@@ -322,14 +322,9 @@ impl Store {
         &self.path
     }
 
-    /// Whether no position was ever loaded or written: a fresh start.
-    pub fn is_empty(&self) -> bool {
-        self.last.is_none()
-    }
-
-    /// Whether `p` differs from what the file holds.
-    pub fn is_behind(&self, p: Option<&Position>) -> bool {
-        p.is_some() && p != self.last.as_ref()
+    /// What the file holds: the position loaded at start-up or last written.
+    pub fn last(&self) -> Option<&Position> {
+        self.last.as_ref()
     }
 
     pub fn save(&mut self, p: &Position) -> io::Result<()> {
