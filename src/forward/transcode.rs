@@ -104,10 +104,9 @@ pub fn object_to_msgpack(json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             return Err(Invalid::NotObject);
         }
         let mut times = Times::default();
-        let mut w = Out::new(out);
-        let end = top_object(json, i, &mut w, &mut times);
-        w.close();
-        if skip_ws(json, end?) != json.len() {
+        let (end, at) = top_object(json, i, out, out.len(), &mut times)?;
+        out.truncate(at);
+        if skip_ws(json, end) != json.len() {
             return Err(Invalid::Trailing);
         }
         Ok(())
@@ -168,9 +167,20 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
         if n == 0 {
             return None;
         }
-        for _ in n..9 {
-            nanos *= 10;
-        }
+        // A table, not a loop multiplying by ten: LLVM vectorises such a loop into dozens of
+        // instructions, and this runs for every line.
+        const SCALE: [u32; 9] = [
+            100_000_000,
+            10_000_000,
+            1_000_000,
+            100_000,
+            10_000,
+            1_000,
+            100,
+            10,
+            1,
+        ];
+        nanos *= SCALE[(n - 1).min(8)];
     }
 
     let offset: i64 = match s.get(i) {
@@ -330,10 +340,9 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
         return Err(Invalid::NotObject);
     }
     let mut times = Times::default();
-    let mut w = Out::new(out);
-    let end = top_object(line, i, &mut w, &mut times);
-    w.close();
-    if skip_ws(line, end?) != line.len() {
+    let (end, at) = top_object(line, i, out, out.len(), &mut times)?;
+    out.truncate(at);
+    if skip_ws(line, end) != line.len() {
         return Err(Invalid::Trailing);
     }
     // The time precedes the map in the entry, so it is patched in once the keys have been seen.
@@ -344,10 +353,15 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
 
 #[inline(always)]
 fn skip_ws(s: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = s.get(i) {
+    while s.get(i).is_some_and(|&c| is_ws(c)) {
         i += 1;
     }
     i
+}
+
+#[inline(always)]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Whether every byte is below 0x80. Written as one OR over the whole line, with no early exit,
@@ -364,22 +378,15 @@ const OUT_STEP: usize = 1024;
 /// The transcoder's view of the output: the entry so far is `buf[..at]`, and `buf[at..]` is zeroed
 /// room, added a step at a time, that the next bytes overwrite. Writing into a slice needs one
 /// bounds check per write where `Vec` appends update the length each time, and a fixed-size copy
-/// into a slice always compiles to plain moves. `close` gives the room back.
+/// into a slice always compiles to plain moves. The hot path (`top_object`, the escape loop)
+/// writes through a plain slice of the same room instead; `Out` serves the out-of-line writers,
+/// which may grow it.
 struct Out<'a> {
     buf: &'a mut Vec<u8>,
     at: usize,
 }
 
 impl<'a> Out<'a> {
-    fn new(buf: &'a mut Vec<u8>) -> Out<'a> {
-        let at = buf.len();
-        Out { buf, at }
-    }
-
-    fn close(self) {
-        self.buf.truncate(self.at);
-    }
-
     /// Writes all of `block` but keeps only its first `used` bytes (at most `N`): a fixed-size
     /// copy and a cut is cheaper than a copy of exactly `used` bytes.
     #[inline(always)]
@@ -406,11 +413,6 @@ impl<'a> Out<'a> {
         }
         self.at = at + bytes.len();
     }
-
-    /// The bytes written from `from` on.
-    fn since(&self, from: usize) -> &[u8] {
-        &self.buf[from..self.at]
-    }
 }
 
 /// Adds room for `bytes` at `at` in `buf` (stopping at the allocation's capacity while that is
@@ -426,11 +428,22 @@ fn grow_and_write(buf: &mut Vec<u8>, at: usize, bytes: &[u8]) {
     buf[at..end].copy_from_slice(bytes);
 }
 
-/// Transcodes the object at `s[start] == b'{'` and returns the index after it.
+/// Transcodes the object at `s[start] == b'{'` into `buf` from `at` on; returns the index after
+/// it and the end of the output.
 ///
 /// Iterative rather than recursive: the containers that enclose the current one wait in `near`
-/// and `far`, so a member costs no call and the state stays in registers.
-fn top_object(s: &[u8], start: usize, out: &mut Out, times: &mut Times) -> Result<usize, Invalid> {
+/// and `far`, so a member costs no call and the state stays in registers. The common tokens are
+/// written into `room`, all of `buf` borrowed as a slice: its pointer and length are then plain
+/// values, where through `buf` they would be reloaded after every byte stored (LLVM cannot tell
+/// that the bytes are not the `Vec` itself). Whatever needs `buf` (growth, escapes, long strings,
+/// numbers) is out of line and `room` is borrowed anew after it.
+fn top_object(
+    s: &[u8],
+    start: usize,
+    buf: &mut Vec<u8>,
+    mut at: usize,
+    times: &mut Times,
+) -> Result<(usize, usize), Invalid> {
     // Each enclosing container as (where its header placeholder is, members so far); whether it
     // is an object is read back from the placeholder, which stays until the container closes.
     // The first few live on the stack (kube-apiserver nests at most about 15 deep); zeroing room
@@ -438,145 +451,337 @@ fn top_object(s: &[u8], start: usize, out: &mut Out, times: &mut Times) -> Resul
     let mut near = [(0usize, 0usize); NEAR_PARENTS];
     let mut far = Vec::new();
     let mut depth = 1;
-    let mut hdr = out.at;
+    let mut hdr = at;
     let mut count = 0usize;
-    let mut object = true;
-    out.byte(0x80);
-    let mut i = skip_ws(s, start + 1);
-    // Set when the current container has just seen its closing bracket.
-    let mut closed = s.get(i) == Some(&b'}');
-    if closed {
-        i += 1;
+    let mut room = buf.as_mut_slice();
+    if room.len() <= at {
+        room = regrow(buf, at + 1);
     }
+    room[at] = 0x80;
+    at += 1;
+    let mut i = skip_ws(s, start + 1);
+    let mut state = State::Member;
+    if s.get(i) == Some(&b'}') {
+        i += 1;
+        state = State::CloseObject;
+    }
+
+    // One value at `i` (whitespace may come first) of the current container, which is an object
+    // when `$after` is `State::AfterMember`; `$slot` says which timestamp, if any, it is. Evaluates
+    // to the state that follows it. A macro, not a function: it moves the parser into a new
+    // container, and each of its two uses is then specialised for objects or arrays.
+    macro_rules! value {
+        ($slot:expr, $after:expr) => {{
+            let slot: TimeKey = $slot;
+            let c = match s.get(i) {
+                Some(&c) if !is_ws(c) => c,
+                _ => {
+                    i = skip_ws(s, i);
+                    match s.get(i) {
+                        Some(&c) => c,
+                        None => return Err(Invalid::EndOfLine),
+                    }
+                }
+            };
+            if c == b'"' {
+                let body;
+                (body, i, at) = match short_string(s, i, room, at) {
+                    Some(done) => done,
+                    None => {
+                        let done = string(s, i + 1, buf, at)?;
+                        room = buf.as_mut_slice();
+                        done
+                    }
+                };
+                if slot != TimeKey::None {
+                    times.note(slot, Some((body, at)));
+                }
+                $after
+            } else {
+                if slot != TimeKey::None {
+                    times.note(slot, None);
+                }
+                let tag = match c {
+                    b'{' | b'[' => {
+                        if depth == MAX_DEPTH {
+                            return Err(Invalid::TooDeep);
+                        }
+                        match near.get_mut(depth - 1) {
+                            Some(p) => *p = (hdr, count),
+                            None => far.push((hdr, count)),
+                        }
+                        depth += 1;
+                        hdr = at;
+                        count = 0;
+                        if room.len() <= at {
+                            room = regrow(buf, at + 1);
+                        }
+                        i = skip_ws(s, i + 1);
+                        if c == b'{' {
+                            room[at] = 0x80;
+                            at += 1;
+                            if s.get(i) == Some(&b'}') {
+                                i += 1;
+                                State::CloseObject
+                            } else {
+                                State::Member
+                            }
+                        } else {
+                            room[at] = 0x90;
+                            at += 1;
+                            if s.get(i) == Some(&b']') {
+                                i += 1;
+                                State::CloseArray
+                            } else {
+                                State::Element
+                            }
+                        }
+                    }
+                    b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => {
+                        let word = match c {
+                            b't' => Some((&b"true"[..], 0xc3)),
+                            b'f' => Some((&b"false"[..], 0xc2)),
+                            b'n' => Some((&b"null"[..], 0xc0)),
+                            _ => None,
+                        };
+                        match word {
+                            Some((word, tag)) => {
+                                if !s[i..].starts_with(word) {
+                                    return Err(Invalid::Literal);
+                                }
+                                if room.len() <= at {
+                                    room = regrow(buf, at + 1);
+                                }
+                                room[at] = tag;
+                                at += 1;
+                                i += word.len();
+                            }
+                            None => {
+                                (i, at) = number(s, i, buf, at)?;
+                                room = buf.as_mut_slice();
+                            }
+                        }
+                        $after
+                    }
+                    _ => return Err(Invalid::ExpectedValue),
+                };
+                tag
+            }
+        }};
+    }
+
     loop {
-        if !closed {
-            // One member (object) or element (array) at `i`, after any whitespace.
-            let mut slot = TimeKey::None;
-            if object {
+        state = match state {
+            State::Member => {
                 if s.get(i) != Some(&b'"') {
                     return Err(Invalid::ExpectedKey);
                 }
-                let (at, next) = string(s, i + 1, out)?;
-                i = next;
+                let key_at;
+                (key_at, i, at) = match short_string(s, i, room, at) {
+                    Some(done) => done,
+                    None => {
+                        let done = string(s, i + 1, buf, at)?;
+                        room = buf.as_mut_slice();
+                        done
+                    }
+                };
+                let slot = if depth == 1 {
+                    TimeKey::of(&room[key_at..at])
+                } else {
+                    TimeKey::None
+                };
+                // Compact JSON, the only kind kube-apiserver writes, has the colon right after
+                // the key and the value right after the colon: whitespace is looked for only
+                // when the expected byte is not there.
                 if s.get(i) != Some(&b':') {
                     i = skip_ws(s, i);
                     if s.get(i) != Some(&b':') {
                         return Err(Invalid::ExpectedColon);
                     }
                 }
-                i = skip_ws(s, i + 1);
-                if depth == 1 {
-                    slot = TimeKey::of(out.since(at));
+                i += 1;
+                value!(slot, State::AfterMember)
+            }
+            State::Element => value!(TimeKey::None, State::AfterElement),
+            State::AfterMember => {
+                count += 1;
+                match next_byte(s, &mut i) {
+                    Some(b',') => {
+                        i = skip_ws_after(s, i + 1);
+                        State::Member
+                    }
+                    Some(b'}') => {
+                        i += 1;
+                        State::CloseObject
+                    }
+                    _ => return Err(Invalid::ObjectSeparator),
                 }
             }
-            match s.get(i) {
-                Some(b'"') => {
-                    let (at, next) = string(s, i + 1, out)?;
-                    i = next;
-                    if slot != TimeKey::None {
-                        times.note(slot, Some((at, out.at)));
+            State::AfterElement => {
+                count += 1;
+                match next_byte(s, &mut i) {
+                    Some(b',') => {
+                        i = skip_ws_after(s, i + 1);
+                        State::Element
                     }
+                    Some(b']') => {
+                        i += 1;
+                        State::CloseArray
+                    }
+                    _ => return Err(Invalid::ArraySeparator),
                 }
-                Some(&open @ (b'{' | b'[')) => {
-                    if slot != TimeKey::None {
-                        times.note(slot, None);
-                    }
-                    if depth == MAX_DEPTH {
-                        return Err(Invalid::TooDeep);
-                    }
-                    match near.get_mut(depth - 1) {
-                        Some(p) => *p = (hdr, count),
-                        None => far.push((hdr, count)),
-                    }
-                    depth += 1;
-                    hdr = out.at;
-                    count = 0;
-                    object = open == b'{';
-                    out.byte(if object { 0x80 } else { 0x90 });
-                    i = skip_ws(s, i + 1);
-                    if s.get(i) != Some(if object { &b'}' } else { &b']' }) {
-                        continue;
-                    }
-                    i += 1;
-                    closed = true;
-                }
-                Some(&c) => {
-                    if slot != TimeKey::None {
-                        times.note(slot, None);
-                    }
-                    i = match c {
-                        b't' => literal(s, i, b"true", 0xc3, out)?,
-                        b'f' => literal(s, i, b"false", 0xc2, out)?,
-                        b'n' => literal(s, i, b"null", 0xc0, out)?,
-                        b'-' | b'0'..=b'9' => {
-                            let (next, at) = number(s, i, out.buf, out.at)?;
-                            out.at = at;
-                            next
-                        }
-                        _ => return Err(Invalid::ExpectedValue),
-                    };
-                }
-                None => return Err(Invalid::EndOfLine),
             }
-        }
-        // A value of the current container is complete, or the container itself is.
-        loop {
-            if closed {
-                closed = false;
+            State::CloseObject | State::CloseArray => {
                 if depth == 1 {
-                    times.pick(out.since(0));
-                    finish_container(out, hdr, count, 0x80, 0xde);
-                    return Ok(i);
+                    times.pick(&room[..at]);
                 }
-                let (fix, tag16) = if object { (0x80, 0xde) } else { (0x90, 0xdc) };
-                finish_container(out, hdr, count, fix, tag16);
+                let (fix, tag16) = if state == State::CloseObject {
+                    (0x80, 0xde)
+                } else {
+                    (0x90, 0xdc)
+                };
+                if count < 16 {
+                    room[hdr] = fix | count as u8;
+                } else {
+                    at = widen_container(buf, at, hdr, count, tag16);
+                    room = buf.as_mut_slice();
+                }
+                if depth == 1 {
+                    return Ok((i, at));
+                }
                 depth -= 1;
                 (hdr, count) = match near.get(depth - 1) {
                     Some(&p) => p,
                     // Pushed when this depth was entered from above.
                     None => far.pop().unwrap_or_default(),
                 };
-                object = out.buf[hdr] == 0x80;
+                if room[hdr] == 0x80 {
+                    State::AfterMember
+                } else {
+                    State::AfterElement
+                }
             }
-            count += 1;
-            i = skip_ws(s, i);
-            match s.get(i) {
-                Some(b',') => {
-                    i = skip_ws(s, i + 1);
-                    break;
-                }
-                Some(b'}') if object => {
-                    i += 1;
-                    closed = true;
-                }
-                Some(b']') if !object => {
-                    i += 1;
-                    closed = true;
-                }
-                _ if object => return Err(Invalid::ObjectSeparator),
-                _ => return Err(Invalid::ArraySeparator),
-            }
+        };
+    }
+}
+
+/// Where `top_object` is: about to read a member or an element, just past one, or just past a
+/// closing bracket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Member,
+    Element,
+    AfterMember,
+    AfterElement,
+    CloseObject,
+    CloseArray,
+}
+
+/// The byte at `*i` after any whitespace, moving `*i` to it.
+#[inline(always)]
+fn next_byte(s: &[u8], i: &mut usize) -> Option<u8> {
+    match s.get(*i) {
+        Some(&c) if !is_ws(c) => Some(c),
+        _ => {
+            *i = skip_ws(s, *i);
+            s.get(*i).copied()
         }
     }
 }
 
-fn literal(s: &[u8], i: usize, word: &[u8], tag: u8, out: &mut Out) -> Result<usize, Invalid> {
-    if !s[i..].starts_with(word) {
-        return Err(Invalid::Literal);
+/// `skip_ws` for where compact JSON has no whitespace: one test when there is none.
+#[inline(always)]
+fn skip_ws_after(s: &[u8], i: usize) -> usize {
+    if s.get(i).is_some_and(|&c| is_ws(c)) {
+        skip_ws(s, i)
+    } else {
+        i
     }
-    out.byte(tag);
-    Ok(i + word.len())
+}
+
+/// Grows the zeroed room of `buf` to at least `end` (as `grow_and_write` does) and lends it out
+/// again.
+#[cold]
+#[inline(never)]
+fn regrow(buf: &mut Vec<u8>, end: usize) -> &mut [u8] {
+    let len = (buf.len() + OUT_STEP).min(buf.capacity()).max(end);
+    buf.resize(len, 0);
+    buf.as_mut_slice()
+}
+
+/// The string at `s[i] == b'"'` when it has no escape, is shorter than 63 bytes but not 31
+/// long, is not among the last bytes of the line and fits in `room` from `at` on: nearly every
+/// key and value of an audit line. Its bytes are then settled by one to four block tests and
+/// copied as one block with the opening quote, which the header overwrites. Returns where the
+/// body starts in the output, the index after the closing quote and the new end of the output;
+/// `None` leaves the string to `string`.
+#[inline(always)]
+fn short_string(s: &[u8], i: usize, room: &mut [u8], at: usize) -> Option<(usize, usize, usize)> {
+    let quoted = s.get(i..)?.first_chunk::<32>()?;
+    let (head, tail) = quoted.split_at(16);
+    let head: &[u8; 16] = head.try_into().ok()?;
+    // Bit 0 is the opening quote.
+    let mask = json_special_mask(head) & !1;
+    if mask != 0 {
+        let stop = mask.trailing_zeros() as usize;
+        if head[stop] != b'"' {
+            return None;
+        }
+        let dst = room.get_mut(at..at + 16)?;
+        dst.copy_from_slice(head);
+        let n = stop - 1;
+        dst[0] = 0xa0 | n as u8;
+        return Some((at + 1, i + stop + 1, at + 1 + n));
+    }
+    let tail: &[u8; 16] = tail.try_into().ok()?;
+    let mask = json_special_mask(tail);
+    if mask != 0 {
+        let stop = 16 + mask.trailing_zeros() as usize;
+        if quoted[stop] != b'"' {
+            return None;
+        }
+        let dst = room.get_mut(at..at + 32)?;
+        dst.copy_from_slice(quoted);
+        let n = stop - 1;
+        dst[0] = 0xa0 | n as u8;
+        return Some((at + 1, i + stop + 1, at + 1 + n));
+    }
+    // A str8 from 32 bytes on (31 is still a fixstr, rare enough to leave to `string`).
+    let quoted = s.get(i..)?.first_chunk::<64>()?;
+    let (_, rest) = quoted.split_at(32);
+    let (third, fourth) = rest.split_at(16);
+    let third: &[u8; 16] = third.try_into().ok()?;
+    let fourth: &[u8; 16] = fourth.try_into().ok()?;
+    let mask = json_special_mask(third) | json_special_mask(fourth) << 16;
+    if mask & 1 != 0 || mask == 0 {
+        return None;
+    }
+    let stop = 32 + mask.trailing_zeros() as usize;
+    if quoted[stop] != b'"' {
+        return None;
+    }
+    let dst = room.get_mut(at..at + 65)?;
+    dst[1..].copy_from_slice(quoted);
+    let n = stop - 1;
+    dst[0] = 0xd9;
+    dst[1] = n as u8;
+    Some((at + 2, i + stop + 1, at + 2 + n))
 }
 
 /// The string whose body starts at `start` (after its `"`). Writes a msgpack str and returns
-/// where its bytes start in the output and the index after the closing quote.
-#[inline(always)]
-fn string(s: &[u8], start: usize, out: &mut Out) -> Result<(usize, usize), Invalid> {
+/// where its bytes start in the output, the index after the closing quote and the new end of
+/// the output.
+#[inline(never)]
+fn string(
+    s: &[u8],
+    start: usize,
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<(usize, usize, usize), Invalid> {
+    let out = &mut Out { buf, at };
     let stop = find_special(s, start);
     if s.get(stop) != Some(&b'"') {
-        let (body, next, at) = escaped_string(s, start, stop, out.buf, out.at)?;
-        out.at = at;
-        return Ok((body, next));
+        return escaped_string(s, start, stop, out.buf, out.at);
     }
     // No escapes (the common case): the length is known before writing anything. A short
     // string is copied as one block with its opening quote, which the fixstr header replaces.
@@ -587,20 +792,20 @@ fn string(s: &[u8], start: usize, out: &mut Out) -> Result<(usize, usize), Inval
             let at = out.at;
             out.block(block, n + 1);
             out.buf[at] = 0xa0 | n as u8;
-            return Ok((at + 1, stop + 1));
+            return Ok((at + 1, stop + 1, out.at));
         }
     } else if n < 32 {
         if let Some(block) = quoted.first_chunk::<32>() {
             let at = out.at;
             out.block(block, n + 1);
             out.buf[at] = 0xa0 | n as u8;
-            return Ok((at + 1, stop + 1));
+            return Ok((at + 1, stop + 1, out.at));
         }
     }
     put_str_header(n, out);
     let at = out.at;
     copy_run(s, start, stop, out);
-    Ok((at, stop + 1))
+    Ok((at, stop + 1, out.at))
 }
 
 /// The body from `start` has its first escape (or an error) at `stop`. Returns where the body
@@ -625,20 +830,55 @@ fn escaped_string(
     let reserved = str_header_len(s.len() - start);
     out.block(&[0; 5], reserved);
     copy_run(s, start, stop, out);
+    // From here on the output is written through `room`, as in `top_object`.
+    let mut o = out.at;
+    let mut room = buf.as_mut_slice();
     loop {
+        // `s[stop]` is the special byte the last run stopped at.
         match s.get(stop) {
             Some(b'\\') => {
                 // Escaped JSON inside audit values (`requestObject` annotations) has an escape
                 // every dozen bytes: a table turns the common ones into their byte without the
-                // jump on the escape letter, which mispredicts on such mixed text.
+                // jump on the escape letter, which mispredicts on such mixed text. The decoded
+                // byte and the next block go out in one write, and when the block holds the
+                // next special byte (as it mostly does) the run is over at once.
                 let one = s
                     .get(stop + 1)
                     .map_or(0, |&e| ONE_BYTE_ESCAPE[usize::from(e)]);
                 if one != 0 {
-                    out.byte(one);
-                    stop += 2;
+                    if let Some(block) = s.get(stop + 2..).and_then(<[u8]>::first_chunk::<16>) {
+                        let dst = match room.get_mut(o..o + 17) {
+                            Some(dst) => dst,
+                            None => {
+                                room = regrow(buf, o + 17);
+                                &mut room[o..o + 17]
+                            }
+                        };
+                        dst[0] = one;
+                        dst[1..].copy_from_slice(block);
+                        let mask = json_special_mask(block);
+                        if mask != 0 {
+                            let n = mask.trailing_zeros() as usize;
+                            stop += 2 + n;
+                            o += 1 + n;
+                            continue;
+                        }
+                        stop += 18;
+                        o += 17;
+                    } else {
+                        match room.get_mut(o) {
+                            Some(b) => *b = one,
+                            None => {
+                                room = regrow(buf, o + 1);
+                                room[o] = one;
+                            }
+                        }
+                        stop += 2;
+                        o += 1;
+                    }
                 } else {
-                    stop = escape(s, stop, out)?;
+                    (stop, o) = escape(s, stop, buf, o)?;
+                    room = buf.as_mut_slice();
                 }
             }
             Some(b'"') => break,
@@ -652,22 +892,33 @@ fn escaped_string(
             let Some(block) = s.get(stop..).and_then(<[u8]>::first_chunk::<16>) else {
                 let run = stop;
                 stop = find_special(s, run);
+                let out = &mut Out { buf, at: o };
                 copy_run(s, run, stop, out);
+                o = out.at;
+                room = buf.as_mut_slice();
                 break;
             };
+            let dst = match room.get_mut(o..o + 16) {
+                Some(dst) => dst,
+                None => {
+                    room = regrow(buf, o + 16);
+                    &mut room[o..o + 16]
+                }
+            };
+            dst.copy_from_slice(block);
             let mask = json_special_mask(block);
             if mask == 0 {
-                out.block(block, 16);
                 stop += 16;
+                o += 16;
                 continue;
             }
             let n = mask.trailing_zeros() as usize;
-            out.block(block, n);
             stop += n;
+            o += n;
             break;
         }
     }
-    let (body, end) = finish_str(out.buf, hdr, reserved, out.at);
+    let (body, end) = finish_str(room, hdr, reserved, o);
     Ok((body, stop + 1, end))
 }
 
@@ -687,8 +938,9 @@ const ONE_BYTE_ESCAPE: [u8; 256] = {
 };
 
 /// Decodes the escape at `s[at] == b'\\'` that `ONE_BYTE_ESCAPE` does not cover (`\uXXXX`, or an
-/// invalid one) into `out`; returns the index after it.
-fn escape(s: &[u8], at: usize, out: &mut Out) -> Result<usize, Invalid> {
+/// invalid one) into `buf` at `o`; returns the index after it and the new end of the output.
+fn escape(s: &[u8], at: usize, buf: &mut Vec<u8>, o: usize) -> Result<(usize, usize), Invalid> {
+    let out = &mut Out { buf, at: o };
     if s.get(at + 1) != Some(&b'u') {
         return Err(Invalid::Escape);
     }
@@ -696,7 +948,7 @@ fn escape(s: &[u8], at: usize, out: &mut Out) -> Result<usize, Invalid> {
     // `\u003c`, `\u0026`: Go's encoder escapes HTML characters this way.
     if cp < 0x80 {
         out.byte(cp as u8);
-        return Ok(at + 6);
+        return Ok((at + 6, out.at));
     }
     let (c, next) = match cp {
         0xd800..=0xdbff => {
@@ -719,7 +971,7 @@ fn escape(s: &[u8], at: usize, out: &mut Out) -> Result<usize, Invalid> {
     let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
     let n = c.encode_utf8(&mut buf).len();
     out.block(&buf, n);
-    Ok(next)
+    Ok((next, out.at))
 }
 
 /// The number at `s[start]` (`-` or a digit); returns the index after it.
@@ -912,17 +1164,6 @@ fn finish_str(buf: &mut [u8], hdr: usize, reserved: usize, end: usize) -> (usize
     }
     write_str_header(len, &mut buf[hdr..hdr + need]);
     (hdr + need, hdr + need + len)
-}
-
-/// Turns the one-byte fixmap/fixarray placeholder at `hdr` into the minimal header for `count`,
-/// shifting the elements up when a 16/32 form is needed (the count is known only at the end).
-#[inline]
-fn finish_container(out: &mut Out, hdr: usize, count: usize, fix: u8, tag16: u8) {
-    if count < 16 {
-        out.buf[hdr] = fix | count as u8;
-    } else {
-        out.at = widen_container(out.buf, out.at, hdr, count, tag16);
-    }
 }
 
 /// Returns the new end of the output.
@@ -1299,6 +1540,55 @@ mod tests {
         let want: Value = serde_json::from_slice(line).expect("test line is valid for serde_json");
         assert_same(&got, &want, &String::from_utf8_lossy(line));
         assert_eq!(t, NOW);
+    }
+
+    /// The string fast paths (`short_string`: one, two or four blocks; `string` beyond and near
+    /// the end of the line) and the escape loop, at every length around their block edges, as
+    /// keys and values, compact and spaced, far from and close to the end of the line.
+    #[test]
+    fn transcode_string_lengths_at_block_edges_match_serde_json() {
+        let lengths: [usize; 22] = [
+            0, 1, 13, 14, 15, 16, 17, 29, 30, 31, 32, 33, 47, 48, 61, 62, 63, 64, 65, 255, 256, 300,
+        ];
+        for &n in &lengths {
+            let plain: String = (0..n).map(|k| (b'a' + (k % 26) as u8) as char).collect();
+            // An escape as the first, the 15th/16th/17th and the last byte, and escapes throughout.
+            let mut escaped = vec![plain.clone()];
+            for at in [0, 14, 15, 16, 31, 32, n.saturating_sub(1)] {
+                if at < n {
+                    let mut e = plain.clone();
+                    e.replace_range(at..at + 1, r#"\""#);
+                    escaped.push(e.clone());
+                    e.replace_range(at..at + 2, r"\u00e9");
+                    escaped.push(e);
+                }
+            }
+            escaped.push(
+                plain
+                    .replace('e', r"\n")
+                    .replace('k', r"\\")
+                    .replace('q', r#"\""#),
+            );
+            for v in &escaped {
+                for pad in [0, 1, 40, 100] {
+                    let tail = format!(r#","z":"{}""#, "y".repeat(pad));
+                    assert_same_as_serde(format!(r#"{{"{v}":"{v}"{tail}}}"#).as_bytes());
+                    assert_same_as_serde(format!(r#"{{"k":["{v}","{v}"]{tail}}}"#).as_bytes());
+                    assert_same_as_serde(format!(r#"{{ "{v}" : "{v}" {tail} }}"#).as_bytes());
+                    assert_same_as_serde(format!("{{\"{v}\"\n:\t\"{v}\"\r{tail}}}").as_bytes());
+                }
+                // Last on the line, where fewer than a block's bytes follow.
+                assert_same_as_serde(format!(r#"{{"a":"{v}"}}"#).as_bytes());
+                assert_same_as_serde(format!(r#"{{"{v}":1}}"#).as_bytes());
+                // Cut inside or right after the string: kept whole as text.
+                let line = format!(r#"{{"a":"{v}"}}"#);
+                for end in [line.len() - 1, line.len() - 2, 6 + v.len() / 2] {
+                    let (kind, out) = entry(&line.as_bytes()[..end]);
+                    assert_eq!(kind, Kind::Fallback, "{}", &line[..end]);
+                    assert_eq!(out, fallback_bytes(&line.as_bytes()[..end], NOW));
+                }
+            }
+        }
     }
 
     #[test]
