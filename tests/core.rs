@@ -1870,7 +1870,12 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
     let mut fwd = Forwarder::start(args);
     w.write_lines(&more);
     assert!(rx.wait_all_lines(&more, secs(30)), "lines of the last run");
-    thread::sleep(Duration::from_millis(1000));
+    // A save that hangs is said while delivery goes on, not only at the stop.
+    assert!(
+        fwd.wait_log("has not finished for", secs(30)),
+        "a hung save is said at WARN; stderr:\n{}",
+        fwd.stderr_text()
+    );
     let stopped = Instant::now();
     let st = fwd.term(secs(30));
     assert!(st.success(), "exit status {st:?}");

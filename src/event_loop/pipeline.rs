@@ -44,8 +44,10 @@ const MIN_READ: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const DIR_RETRY: Duration = Duration::from_secs(1);
-/// How long a stop waits for the position file's last write past the shutdown timeout.
+/// How long a stop waits for the position file's last writes.
 const POSITION_WAIT: Duration = Duration::from_secs(5);
+/// A save in flight this long is said at WARN.
+const POSITION_STUCK: Duration = Duration::from_secs(10);
 
 struct Stats {
     lines_read: u64,
@@ -92,6 +94,8 @@ pub struct Pipeline {
     next_dir_retry: Instant,
     /// Writing the position file fails: since when and how often, for its log.
     position_failing: RepeatLog,
+    /// A save that has not finished for `POSITION_STUCK` was said.
+    position_stuck_said: bool,
     /// Set by a stop: reading has ended and this is when waiting for acks ends too.
     draining: Option<Instant>,
     /// The last read pass stopped because the window or the memory limit was full, not because
@@ -228,6 +232,7 @@ impl Pipeline {
             next_flush: started + FLUSH_EVERY,
             next_dir_retry: started + DIR_RETRY,
             position_failing: RepeatLog::default(),
+            position_stuck_said: false,
             draining: None,
             read_blocked: false,
             start: None,
@@ -344,7 +349,12 @@ impl Pipeline {
         // While a save is written, its end wakes the loop; the next one waits for that.
         let flush = (self.unsaved().is_some() && !self.saver.busy()).then_some(self.next_flush);
         let retry = self.tail.needs_tick().then_some(self.next_dir_retry);
+        let stuck = match self.saver.busy_since() {
+            Some(t) if !self.position_stuck_said => Some(t + POSITION_STUCK),
+            _ => None,
+        };
         [
+            stuck,
             Some(self.next_stats),
             flush,
             self.conn.deadline(&self.outbox),
@@ -398,6 +408,26 @@ impl Pipeline {
 
         self.collect_position_write();
         let now = Instant::now();
+        match self.saver.busy_since() {
+            Some(t) if now.duration_since(t) >= POSITION_STUCK && !self.position_stuck_said => {
+                warn!(
+                    "position file {}: a write has not finished for {:?} (the disk hangs?); \
+                     delivery goes on, but the file stays at the last position written, so \
+                     after a crash lines since then are sent again",
+                    self.saver.path().display(),
+                    now.duration_since(t)
+                );
+                self.position_stuck_said = true;
+            }
+            None if self.position_stuck_said => {
+                info!(
+                    "position file {}: the write that hung finished",
+                    self.saver.path().display()
+                );
+                self.position_stuck_said = false;
+            }
+            _ => {}
+        }
         if now >= self.next_flush && self.unsaved().is_some() && !self.saver.busy() {
             self.flush_position(None);
             self.next_flush = now + FLUSH_EVERY;
@@ -419,15 +449,18 @@ impl Pipeline {
                 // The last acks go into the file before the process exits: after the save in
                 // flight (which may be older), one more with the newest position. A disk that
                 // hangs is waited for a few seconds at most beyond the shutdown timeout.
-                let until = deadline.max(now) + POSITION_WAIT;
-                if self.finish_position_write(Some(until)) {
+                let until = now + POSITION_WAIT;
+                let mut done = self.finish_position_write(Some(until));
+                // Until the newest is written, or the wait ends with a save still in flight.
+                while done && self.unsaved().is_some() && Instant::now() < until {
                     self.flush_position(None);
+                    done = self.finish_position_write(Some(until));
                 }
-                if !self.finish_position_write(Some(until)) {
+                if !done {
                     error!(
-                        "position file {}: a write did not finish within {POSITION_WAIT:?} after \
-                         the shutdown timeout; stopping without it, so lines since the last \
-                         saved position are sent again after a restart",
+                        "position file {}: a write did not finish within {POSITION_WAIT:?} of the \
+                         stop; stopping without it, so lines since the last saved position are \
+                         sent again after a restart",
                         self.saver.path().display()
                     );
                 }

@@ -6,8 +6,8 @@
 //! on its next turn (logging and the metrics stay on the loop).
 //!
 //! One save is in flight at a time: positions only move forward, so while one is written the
-//! loop just waits to hand over the newest, and the file is never behind by more than the save
-//! in flight and the flush interval.
+//! loop just waits to hand over the newest; the file is behind by the save in flight and the
+//! flush interval, or, if the disk hangs, by everything since (the loop warns: `busy_since`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,8 +47,8 @@ pub struct Saver {
     path: PathBuf,
     /// What the file holds as far as the loop knows: loaded at start-up or written since.
     saved: Option<Position>,
-    /// Handed over and not yet collected.
-    in_flight: Option<Position>,
+    /// Handed over and not yet collected, and since when.
+    in_flight: Option<(Position, Instant)>,
 }
 
 /// A finished save, for the loop to count and log.
@@ -97,12 +97,18 @@ impl Saver {
         self.in_flight.is_some()
     }
 
+    /// Since when the save being written was handed over: a disk that hangs shows here, while
+    /// delivery goes on and the file falls behind.
+    pub fn busy_since(&self) -> Option<Instant> {
+        self.in_flight.as_ref().map(|(_, t)| *t)
+    }
+
     /// Hands `p` to the thread unless a save is in flight; returns whether it did.
     pub fn offer(&mut self, p: &Position) -> bool {
         if self.busy() {
             return false;
         }
-        self.in_flight = Some(p.clone());
+        self.in_flight = Some((p.clone(), Instant::now()));
         self.shared.lock().job = Some(p.clone());
         self.shared.changed.notify_all();
         true
