@@ -207,12 +207,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn saves_in_the_background_and_reports_each_outcome() {
-        let dir = std::env::temp_dir().join(format!("af-saver-{}", std::process::id()));
+    /// A new empty directory for one test, and the position file's path in it.
+    fn empty_dir(label: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pos");
+        (dir, path)
+    }
+
+    #[test]
+    fn saves_in_the_background_and_reports_each_outcome() {
+        let (dir, path) = empty_dir("af-saver");
         let wakes = Arc::new(AtomicUsize::new(0));
         let counted = wakes.clone();
         let mut saver = Saver::start(Store::new(path.clone(), None), move || {
@@ -265,10 +271,7 @@ mod tests {
 
     #[test]
     fn a_save_that_hangs_is_waited_for_only_until_the_deadline() {
-        let dir = std::env::temp_dir().join(format!("af-saver-fifo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pos");
+        let (dir, path) = empty_dir("af-saver-fifo");
         // A FIFO where the temp file goes: opening it to write blocks until a reader comes, as
         // an fsync on a hung disk would.
         let tmp = std::ffi::CString::new(dir.join("pos.tmp").into_os_string().into_encoded_bytes())
