@@ -1808,8 +1808,7 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
     let saved = fs::read_to_string(&pos).expect("position after the first run");
 
     let tmp = dir.join("audit.pos.tmp");
-    let st = Command::new("mkfifo").arg(&tmp).status().expect("mkfifo");
-    assert!(st.success(), "mkfifo {}", tmp.display());
+    mkfifo(&tmp);
     let mut fwd = Forwarder::start(args);
     w.write_lines(&lines[100..200]);
     assert!(
@@ -1849,17 +1848,11 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
         fwd.stderr_text()
     );
     fwd.term_ok();
-    let end = fs::metadata(w.log_path()).expect("log").len();
-    let text = fs::read_to_string(&pos).expect("position at the end");
-    assert!(
-        text.contains(&format!(" offset={end} ")),
-        "the last acked position (offset {end}) is in the file: {text}"
-    );
+    let text = assert_saved_at_end(&pos, &w.log_path());
     assert_delivered(&lines, &rx.records(), false);
 
     // A stop while the write still blocks waits a bounded time for it, then says so.
-    let st = Command::new("mkfifo").arg(&tmp).status().expect("mkfifo");
-    assert!(st.success(), "mkfifo {}", tmp.display());
+    mkfifo(&tmp);
     let more = audit_events(300..310);
     let mut args = fwd_args(
         &w.log_path(),
@@ -1876,6 +1869,99 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
         "a hung save is said at WARN; stderr:\n{}",
         fwd.stderr_text()
     );
+    stop_with_save_hung(&mut fwd);
+    assert_eq!(fs::read_to_string(&pos).expect("position"), text);
+}
+
+/// A fresh start writes where it begins before reading a line (so that a restart finds the
+/// file it began). If that first write hangs, reading waits, but the loop must not: the hang is
+/// said while it lasts, lines flow once it ends, and a stop during it exits in bounded time.
+/// Before, the loop itself waited on the write, so a SIGTERM went unanswered until SIGKILL.
+#[test]
+fn t27_a_fresh_start_whose_first_position_write_hangs_still_answers() {
+    let dir = TempDir::new("t27");
+    let mut w = AuditWriter::create(dir.path());
+    let lines = audit_events(0..100);
+    w.write_lines(&lines[..50]);
+    let port = free_port();
+    let rx = Tailer::start(port);
+    let pos = dir.join("audit.pos");
+    let tmp = dir.join("audit.pos.tmp");
+    let args = fwd_args(
+        &w.log_path(),
+        port,
+        &[
+            "--position-file",
+            pos.to_str().expect("utf-8 path"),
+            "--read-from-head",
+        ],
+    );
+
+    mkfifo(&tmp);
+    let mut fwd = Forwarder::start(args.clone());
+    assert!(
+        fwd.wait_log(
+            "writing where this fresh start begins has not finished",
+            secs(30)
+        ),
+        "the hung first write is said; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    assert!(
+        rx.records().is_empty(),
+        "lines were read before the start was saved"
+    );
+    // A reader lets the write go on (it fails at the fsync, a FIFO's); with the FIFO gone the
+    // next write succeeds.
+    let reader = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .expect("open the FIFO");
+    assert!(
+        fwd.wait_log("the write that hung finished", secs(10)),
+        "the end of the hang is said; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    fs::remove_file(&tmp).expect("remove the FIFO");
+    drop(reader);
+    w.write_lines(&lines[50..]);
+    assert!(
+        rx.wait_all_lines(&lines, secs(30)),
+        "lines after the first write ended; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    fwd.term_ok();
+    assert_saved_at_end(&pos, &w.log_path());
+    assert_delivered(&lines, &rx.records(), false);
+
+    // A stop while the first write still hangs.
+    fs::remove_file(&pos).expect("remove the position file");
+    mkfifo(&tmp);
+    let mut fwd = Forwarder::start(args);
+    assert!(
+        fwd.wait_log("forwarding", secs(10)),
+        "started; stderr:\n{}",
+        fwd.stderr_text()
+    );
+    thread::sleep(Duration::from_millis(500));
+    stop_with_save_hung(&mut fwd);
+    assert_eq!(
+        rx.records().len(),
+        lines.len(),
+        "nothing read in the last run"
+    );
+}
+
+/// Puts a FIFO at `path`: a save that opens it for writing blocks until a reader comes.
+fn mkfifo(path: &std::path::Path) {
+    let st = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// Stops `fwd` while a position save hangs: it must exit 0 in bounded time and say that the
+/// position was not written.
+fn stop_with_save_hung(fwd: &mut Forwarder) {
     let stopped = Instant::now();
     let st = fwd.term(secs(30));
     assert!(st.success(), "exit status {st:?}");
@@ -1889,5 +1975,16 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
         "the stop says the position was not written; stderr:\n{}",
         fwd.stderr_text()
     );
-    assert_eq!(fs::read_to_string(&pos).expect("position"), text);
+}
+
+/// Asserts that the position file `pos` holds the end of `log` (all of it acked and saved) and
+/// returns its text.
+fn assert_saved_at_end(pos: &std::path::Path, log: &std::path::Path) -> String {
+    let end = fs::metadata(log).expect("log").len();
+    let text = fs::read_to_string(pos).expect("position at the end");
+    assert!(
+        text.contains(&format!(" offset={end} ")),
+        "the last acked position (offset {end}) is in the file: {text}"
+    );
+    text
 }

@@ -104,6 +104,8 @@ pub struct Pipeline {
     /// Where a fresh start began reading, taken before its first byte: see
     /// [`Pipeline::save_start`].
     start: Option<Position>,
+    /// The start's save is in flight: reading waits for it.
+    start_saving: bool,
 }
 
 impl Pipeline {
@@ -236,6 +238,7 @@ impl Pipeline {
             draining: None,
             read_blocked: false,
             start: None,
+            start_saving: false,
         })
     }
 
@@ -278,17 +281,29 @@ impl Pipeline {
     /// finds that file by its content (identity rule 4) and reads it again from there. The
     /// start is taken once; a failed write is logged like any position write and retried at
     /// every flush ([`Pipeline::unsaved`]) until it or an acked position is in the file.
-    fn save_start(&mut self) {
-        if self.start.is_some() || !self.saver.is_empty() {
-            return;
+    ///
+    /// Returns whether reading may go on. While the start's save is in flight it may not, but
+    /// the loop is not held for it: a disk that hangs then still leaves signals, the stuck-save
+    /// warning and a bounded stop working (the writer thread wakes the loop when it is done).
+    fn save_start(&mut self) -> bool {
+        if self.start.is_none() && self.saver.is_empty() {
+            let Some(p) = self.tail.position() else {
+                return true;
+            };
+            self.flush_position(Some(&p));
+            self.start_saving = self.saver.busy();
+            self.start = Some(p);
         }
-        let Some(p) = self.tail.position() else {
-            return;
-        };
-        // Written before the first byte is read, so waited for like the last save at a stop.
-        self.flush_position(Some(&p));
-        self.finish_position_write(None);
-        self.start = Some(p);
+        if self.start_saving {
+            // Collected here, not only later in the turn: the thread's wake-up that ends the
+            // wait may be the last event for a while.
+            self.collect_position_write();
+            if self.saver.busy() {
+                return false;
+            }
+        }
+        self.start_saving = false;
+        true
     }
 
     /// See [`unsaved`].
@@ -409,6 +424,20 @@ impl Pipeline {
         self.collect_position_write();
         let now = Instant::now();
         match self.saver.busy_since() {
+            Some(t)
+                if now.duration_since(t) >= POSITION_STUCK
+                    && !self.position_stuck_said
+                    && self.start_saving =>
+            {
+                warn!(
+                    "position file {}: writing where this fresh start begins has not finished \
+                     for {:?} (the disk hangs?); reading waits for it, so that a restart finds \
+                     the file it began",
+                    self.saver.path().display(),
+                    now.duration_since(t)
+                );
+                self.position_stuck_said = true;
+            }
             Some(t) if now.duration_since(t) >= POSITION_STUCK && !self.position_stuck_said => {
                 warn!(
                     "position file {}: a write has not finished for {:?} (the disk hangs?); \
@@ -475,7 +504,9 @@ impl Pipeline {
     /// Reads until the files have nothing more or the window or memory limit is full, sealing
     /// chunks as they reach their target size.
     fn read(&mut self) -> Result<(), String> {
-        self.save_start();
+        if !self.save_start() {
+            return Ok(());
+        }
         let max_line = self.max_line;
         let et = transcode::now_event_time();
         let (limit, gzip) = (self.limit, self.gzip);
