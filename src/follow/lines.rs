@@ -47,6 +47,21 @@ impl Splitter {
         self.partial.capacity()
     }
 
+    /// Length of the unterminated line held so far.
+    pub fn unterminated(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// How much the held line's buffer may grow beyond the bytes the next read adds to it:
+    /// `hold` doubles it when it fills, up to the cap.
+    pub fn held_doubling(&self) -> usize {
+        if self.partial.is_empty() {
+            return 0;
+        }
+        let cap = self.partial.capacity();
+        cap.min((self.max + 1).saturating_sub(cap))
+    }
+
     /// Offset up to which every byte has been handed out or deliberately skipped: the position
     /// to commit once the lines handed out so far are acked.
     pub fn safe_offset(&self) -> u64 {
@@ -400,5 +415,37 @@ mod tests {
         }
         assert!(s.skipping, "a tail past the cap is dropped");
         assert_eq!(s.held(), 0);
+    }
+
+    /// The read budget counts on these two: a feed grows the held buffer by at most the bytes it
+    /// adds plus `held_doubling`, and `unterminated` is the line the next newline hands out.
+    #[test]
+    fn held_growth_is_announced_before_each_feed() {
+        let max = 100_000;
+        for step in [1usize, 7, 4096, 30_000] {
+            let mut s = Splitter::new(max);
+            let mut off = 0u64;
+            let mut line = Vec::new();
+            while line.len() + step <= max {
+                let (before, announced) = (s.held(), s.held_doubling());
+                let piece = vec![b'x'; step];
+                s.feed(&piece, off, |_, _| panic!("no newline fed"));
+                off += step as u64;
+                line.extend_from_slice(&piece);
+                assert!(
+                    s.held() <= before + step + announced,
+                    "step {step}: held {} from {before} with {announced} announced",
+                    s.held()
+                );
+                assert_eq!(s.unterminated(), line.len(), "step {step}");
+            }
+            let mut got = Vec::new();
+            s.feed(b"\n", off, |p, _| match p {
+                Piece::Line(l) => got.push(l.to_vec()),
+                Piece::TooLong { .. } => panic!("step {step}: too long"),
+            });
+            assert_eq!(got, [line], "step {step}");
+            assert_eq!((s.unterminated(), s.held_doubling()), (0, 0), "step {step}");
+        }
     }
 }

@@ -354,6 +354,17 @@ impl Tail {
         self.splitter.held() + self.buf.len()
     }
 
+    /// Length of the unterminated line held so far: the read that ends it copies it into the
+    /// chunk while it is still held.
+    pub fn unterminated(&self) -> usize {
+        self.splitter.unterminated()
+    }
+
+    /// See [`Splitter::held_doubling`].
+    pub fn held_doubling(&self) -> usize {
+        self.splitter.held_doubling()
+    }
+
     /// The plain files whose bytes may not all be acked, oldest first: the finished ones we
     /// remember, then the ones we hold (gzip backups are left out: their offsets count
     /// decompressed bytes, not the file's size).

@@ -386,15 +386,19 @@ impl Outbox {
         let marks = std::mem::take(&mut b.marks);
         let parts = parts_isolating(&marks, self.target);
         if parts.len() > 1 {
-            let entries = b.frame[b.header..].to_vec();
-            b.clear(tag);
+            // The builder's buffer is taken, not copied, and the next chunk starts in a kept
+            // buffer: a copy and a builder still sized for the big record held that record three
+            // times over, past `--mem-buf-limit` (t23).
+            let frame = std::mem::take(&mut b.frame);
+            let entries = &frame[b.header..];
+            b.start_in(tag, self.spare.pop());
             b.records = 0;
             b.source_bytes = 0;
             let last = parts.len() - 1;
             for (i, range) in parts.into_iter().enumerate() {
                 // Only the last part may move the position: it covers the builder's end.
                 let part_end = (i == last).then(|| end.clone());
-                self.push_part(&entries, &marks, range, &b.file, part_end, gzip, random);
+                self.push_part(entries, &marks, range, &b.file, part_end, gzip, random);
             }
             self.advance_commit();
             return;
