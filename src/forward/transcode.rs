@@ -437,6 +437,11 @@ fn grow_and_write(buf: &mut Vec<u8>, at: usize, bytes: &[u8]) {
 /// values, where through `buf` they would be reloaded after every byte stored (LLVM cannot tell
 /// that the bytes are not the `Vec` itself). Whatever needs `buf` (growth, escapes, long strings,
 /// numbers) is out of line and `room` is borrowed anew after it.
+///
+/// Members and elements each have a loop of their own, left only when a container opens or
+/// closes: a state variable dispatched after every token compiled to an indirect jump per token
+/// (LLVM did not thread the constant states through it), most of it mispredicted on the
+/// alternation of keys, strings and nested objects.
 fn top_object(
     s: &[u8],
     start: usize,
@@ -460,18 +465,22 @@ fn top_object(
     room[at] = 0x80;
     at += 1;
     let mut i = skip_ws(s, start + 1);
-    let mut state = State::Member;
     if s.get(i) == Some(&b'}') {
-        i += 1;
-        state = State::CloseObject;
+        times.pick(&room[..at]);
+        return Ok((i + 1, at));
     }
+    let mut object = true;
+    // Set when a nested container has just closed: the current one resumes past a value, with
+    // its separator next, instead of before its first member or element.
+    let mut resumed = false;
 
-    // One value at `i` (whitespace may come first) of the current container, which is an object
-    // when `$after` is `State::AfterMember`; `$slot` says which timestamp, if any, it is. Evaluates
-    // to the state that follows it. A macro, not a function: it moves the parser into a new
-    // container, and each of its two uses is then specialised for objects or arrays.
+    // One value at `i` (whitespace may come first) of the current container; `$slot` says which
+    // timestamp, if any, it is. Opening a non-empty container moves the parser into it and
+    // starts over at `$nest` (passed in, as macro hygiene hides the loop's label); an empty one
+    // is written whole, like a scalar. A macro, not a function: each of its two uses is then
+    // specialised for objects or arrays.
     macro_rules! value {
-        ($slot:expr, $after:expr) => {{
+        ($nest:lifetime, $slot:expr) => {{
             let slot: TimeKey = $slot;
             let c = match s.get(i) {
                 Some(&c) if !is_ws(c) => c,
@@ -496,45 +505,38 @@ fn top_object(
                 if slot != TimeKey::None {
                     times.note(slot, Some((body, at)));
                 }
-                $after
             } else {
                 if slot != TimeKey::None {
                     times.note(slot, None);
                 }
-                let tag = match c {
+                match c {
                     b'{' | b'[' => {
                         if depth == MAX_DEPTH {
                             return Err(Invalid::TooDeep);
                         }
-                        match near.get_mut(depth - 1) {
-                            Some(p) => *p = (hdr, count),
-                            None => far.push((hdr, count)),
-                        }
-                        depth += 1;
-                        hdr = at;
-                        count = 0;
                         if room.len() <= at {
                             room = regrow(buf, at + 1);
                         }
-                        i = skip_ws(s, i + 1);
-                        if c == b'{' {
-                            room[at] = 0x80;
-                            at += 1;
-                            if s.get(i) == Some(&b'}') {
-                                i += 1;
-                                State::CloseObject
-                            } else {
-                                State::Member
-                            }
+                        let (tag, close) = if c == b'{' {
+                            (0x80, b'}')
                         } else {
-                            room[at] = 0x90;
-                            at += 1;
-                            if s.get(i) == Some(&b']') {
-                                i += 1;
-                                State::CloseArray
-                            } else {
-                                State::Element
+                            (0x90, b']')
+                        };
+                        room[at] = tag;
+                        at += 1;
+                        i = skip_ws(s, i + 1);
+                        if s.get(i) == Some(&close) {
+                            i += 1;
+                        } else {
+                            match near.get_mut(depth - 1) {
+                                Some(p) => *p = (hdr, count),
+                                None => far.push((hdr, count)),
                             }
+                            depth += 1;
+                            hdr = at - 1;
+                            count = 0;
+                            object = c == b'{';
+                            continue $nest;
                         }
                     }
                     b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => {
@@ -561,120 +563,96 @@ fn top_object(
                                 room = buf.as_mut_slice();
                             }
                         }
-                        $after
                     }
                     _ => return Err(Invalid::ExpectedValue),
-                };
-                tag
+                }
             }
         }};
     }
 
-    loop {
-        state = match state {
-            State::Member => {
-                if s.get(i) != Some(&b'"') {
-                    return Err(Invalid::ExpectedKey);
-                }
-                let key_at;
-                (key_at, i, at) = match short_string(s, i, room, at) {
-                    Some(done) => done,
-                    None => {
-                        let done = string(s, i + 1, buf, at)?;
-                        room = buf.as_mut_slice();
-                        done
+    'nest: loop {
+        if object {
+            loop {
+                if !resumed {
+                    if s.get(i) != Some(&b'"') {
+                        return Err(Invalid::ExpectedKey);
                     }
-                };
-                let slot = if depth == 1 {
-                    TimeKey::of(&room[key_at..at])
-                } else {
-                    TimeKey::None
-                };
-                // Compact JSON, the only kind kube-apiserver writes, has the colon right after
-                // the key and the value right after the colon: whitespace is looked for only
-                // when the expected byte is not there.
-                if s.get(i) != Some(&b':') {
-                    i = skip_ws(s, i);
+                    let key_at;
+                    (key_at, i, at) = match short_string(s, i, room, at) {
+                        Some(done) => done,
+                        None => {
+                            let done = string(s, i + 1, buf, at)?;
+                            room = buf.as_mut_slice();
+                            done
+                        }
+                    };
+                    let slot = if depth == 1 {
+                        TimeKey::of(&room[key_at..at])
+                    } else {
+                        TimeKey::None
+                    };
+                    // Compact JSON, the only kind kube-apiserver writes, has the colon right
+                    // after the key and the value right after the colon: whitespace is looked
+                    // for only when the expected byte is not there.
                     if s.get(i) != Some(&b':') {
-                        return Err(Invalid::ExpectedColon);
+                        i = skip_ws(s, i);
+                        if s.get(i) != Some(&b':') {
+                            return Err(Invalid::ExpectedColon);
+                        }
                     }
+                    i += 1;
+                    value!('nest, slot);
                 }
-                i += 1;
-                value!(slot, State::AfterMember)
-            }
-            State::Element => value!(TimeKey::None, State::AfterElement),
-            State::AfterMember => {
+                resumed = false;
                 count += 1;
                 match next_byte(s, &mut i) {
-                    Some(b',') => {
-                        i = skip_ws_after(s, i + 1);
-                        State::Member
-                    }
+                    Some(b',') => i = skip_ws_after(s, i + 1),
                     Some(b'}') => {
                         i += 1;
-                        State::CloseObject
+                        break;
                     }
                     _ => return Err(Invalid::ObjectSeparator),
                 }
             }
-            State::AfterElement => {
+        } else {
+            loop {
+                if !resumed {
+                    value!('nest, TimeKey::None);
+                }
+                resumed = false;
                 count += 1;
                 match next_byte(s, &mut i) {
-                    Some(b',') => {
-                        i = skip_ws_after(s, i + 1);
-                        State::Element
-                    }
+                    Some(b',') => i = skip_ws_after(s, i + 1),
                     Some(b']') => {
                         i += 1;
-                        State::CloseArray
+                        break;
                     }
                     _ => return Err(Invalid::ArraySeparator),
                 }
             }
-            State::CloseObject | State::CloseArray => {
-                if depth == 1 {
-                    times.pick(&room[..at]);
-                }
-                let (fix, tag16) = if state == State::CloseObject {
-                    (0x80, 0xde)
-                } else {
-                    (0x90, 0xdc)
-                };
-                if count < 16 {
-                    room[hdr] = fix | count as u8;
-                } else {
-                    at = widen_container(buf, at, hdr, count, tag16);
-                    room = buf.as_mut_slice();
-                }
-                if depth == 1 {
-                    return Ok((i, at));
-                }
-                depth -= 1;
-                (hdr, count) = match near.get(depth - 1) {
-                    Some(&p) => p,
-                    // Pushed when this depth was entered from above.
-                    None => far.pop().unwrap_or_default(),
-                };
-                if room[hdr] == 0x80 {
-                    State::AfterMember
-                } else {
-                    State::AfterElement
-                }
-            }
+        }
+        if depth == 1 {
+            times.pick(&room[..at]);
+        }
+        let (fix, tag16) = if object { (0x80, 0xde) } else { (0x90, 0xdc) };
+        if count < 16 {
+            room[hdr] = fix | count as u8;
+        } else {
+            at = widen_container(buf, at, hdr, count, tag16);
+            room = buf.as_mut_slice();
+        }
+        if depth == 1 {
+            return Ok((i, at));
+        }
+        depth -= 1;
+        (hdr, count) = match near.get(depth - 1) {
+            Some(&p) => p,
+            // Pushed when this depth was entered from above.
+            None => far.pop().unwrap_or_default(),
         };
+        object = room[hdr] == 0x80;
+        resumed = true;
     }
-}
-
-/// Where `top_object` is: about to read a member or an element, just past one, or just past a
-/// closing bracket.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    Member,
-    Element,
-    AfterMember,
-    AfterElement,
-    CloseObject,
-    CloseArray,
 }
 
 /// The byte at `*i` after any whitespace, moving `*i` to it.
@@ -1599,6 +1577,11 @@ mod tests {
             r#"{"a":"b"}"#,
             r#"{"t":true,"f":false,"n":null}"#,
             r#"{"e":[],"o":{},"ee":[[]],"oo":{"x":{}}}"#,
+            // Empty containers are written whole; a container resumes after a nested one.
+            r#"{"a":[{"b":1},{},[]],"c":{"d":{}},"e":[[],[[]],{}],"f":[{"g":[1]},2]}"#,
+            r#"{"a":[{},{},{},{},{},{},{},{},[],[],[],[],[],[],[],[],{"x":[]}],"b":{"c":[{}]}}"#,
+            r#"{"r":[{"a":{"b":{}},"c":1,"d":2,"e":3,"f":4,"g":5,"h":6,"i":7,"j":8,"k":9,"l":10}]}"#,
+            r#"{"o":{"a":{"x":[]},"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"p":15,"q":{}}}"#,
             r#"{"arr":[1,"two",3.5,null,true,false,{"k":[-1]}]}"#,
             r#"{"a":{"b":{"c":{"d":[1,[2,[3,[4]]]]}}}}"#,
             "  \t{ \"a\" : [ 1 , 2 ] , \"b\" : { } }\t \r ",
