@@ -215,8 +215,8 @@ pub fn cpu_seconds() -> f64 {
 /// a JSON string body stops being a plain copy. Its lowest set bit is where the transcoder's string
 /// scanner stops, so the result must be exact (see `json_special_mask_scalar`, which it equals).
 ///
-/// On x86-64, SSE2 is part of the baseline ABI, so it is always there: two byte compares, a
-/// minimum and one `pmovmskb` classify sixteen bytes and put the answer straight in a general
+/// On x86-64, SSE2 is part of the baseline ABI, so it is always there: an xor, two byte compares
+/// and one `pmovmskb` classify sixteen bytes and put the answer straight in a general
 /// register. Written
 /// portably, LLVM either tests a byte at a time or routes the vector compare's result through
 /// memory; word-at-a-time (SWAR) arithmetic costs three to four times the instructions.
@@ -224,7 +224,7 @@ pub fn cpu_seconds() -> f64 {
 #[inline(always)]
 pub fn json_special_mask(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8, _mm_xor_si128,
     };
     // SAFETY: the intrinsics need only SSE2, which every x86-64 CPU has (it is enabled for the
@@ -234,10 +234,12 @@ pub fn json_special_mask(block: &[u8; 16]) -> u32 {
         let v = _mm_loadu_si128(block.as_ptr().cast());
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // Flipping bit 1 maps `"` (0x22) to 0x20 and keeps every control byte below 0x20, while
-        // no other byte lands at or below 0x20: one unsigned `x <= 0x20`, spelled
-        // `min(x, 0x20) == x` as SSE2 has no unsigned byte compare, finds both kinds.
-        let x = _mm_xor_si128(v, _mm_set1_epi8(0x02));
-        let quote_or_control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x20)), x);
+        // no other byte lands at or below 0x20; flipping bit 7 as well turns that unsigned
+        // `x <= 0x20` into the signed `x < 0xa1` (-95) that SSE2 has a compare for. One xor and
+        // one compare find both kinds, where `min(x, 0x20) == x` took a third operation and a
+        // register copy.
+        let x = _mm_xor_si128(v, _mm_set1_epi8(0x82u8 as i8));
+        let quote_or_control = _mm_cmplt_epi8(x, _mm_set1_epi8(0xa1u8 as i8));
         _mm_movemask_epi8(_mm_or_si128(quote_or_control, backslash)) as u32
     }
 }
