@@ -30,6 +30,7 @@ const MAX_DEPTH: usize = 256;
 const NEAR_PARENTS: usize = 16;
 const STAGE_KEY: &[u8] = b"stageTimestamp";
 const RECEIVED_KEY: &[u8] = b"requestReceivedTimestamp";
+const _: () = assert!(STAGE_KEY.len() == 14 && RECEIVED_KEY.len() == 24);
 /// Msgpack str32/map32/array32 lengths are u32.
 const MAX_MSGPACK_LEN: usize = u32::MAX as usize;
 
@@ -586,7 +587,8 @@ fn top_object(
                             done
                         }
                     };
-                    let slot = if depth == 1 {
+                    // The length first: it is at hand, where the key's bytes cost a bounds check.
+                    let slot = if depth == 1 && matches!(at - key_at, 14 | 24) {
                         TimeKey::of(&room[key_at..at])
                     } else {
                         TimeKey::None
