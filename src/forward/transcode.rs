@@ -559,10 +559,25 @@ fn top_object(
                                 at += 1;
                                 i += word.len();
                             }
-                            None => {
-                                (i, at) = number(s, i, buf, at)?;
-                                room = buf.as_mut_slice();
-                            }
+                            None => match small_uint(s, i) {
+                                Some((v, end)) => {
+                                    let (block, n) = small_uint_msgpack(v);
+                                    let dst = match room.get_mut(at..at + 3) {
+                                        Some(dst) => dst,
+                                        None => {
+                                            room = regrow(buf, at + 3);
+                                            &mut room[at..at + 3]
+                                        }
+                                    };
+                                    dst.copy_from_slice(&block);
+                                    at += n;
+                                    i = end;
+                                }
+                                None => {
+                                    (i, at) = number(s, i, buf, at)?;
+                                    room = buf.as_mut_slice();
+                                }
+                            },
                         }
                     }
                     _ => return Err(Invalid::ExpectedValue),
@@ -989,6 +1004,42 @@ fn escape(s: &[u8], at: usize, buf: &mut Vec<u8>, o: usize) -> Result<(usize, us
     let n = c.encode_utf8(&mut buf).len();
     out.block(&buf, n);
     Ok((next, out.at))
+}
+
+/// The integer at `s[i]` when it has one to four digits, no leading zero and nothing after them
+/// that would continue a number: most numbers of an audit line (status codes, ports, counts),
+/// which then need no call to `number`. Returns it and the index after it.
+#[inline(always)]
+fn small_uint(s: &[u8], i: usize) -> Option<(u32, usize)> {
+    let mut v = match s.get(i) {
+        Some(&d @ b'1'..=b'9') => u32::from(d - b'0'),
+        _ => return None,
+    };
+    let mut end = i + 1;
+    while end < i + 4 {
+        match s.get(end) {
+            Some(&d @ b'0'..=b'9') => v = v * 10 + u32::from(d - b'0'),
+            _ => break,
+        }
+        end += 1;
+    }
+    match s.get(end) {
+        Some(b'0'..=b'9' | b'.' | b'e' | b'E') => None,
+        _ => Some((v, end)),
+    }
+}
+
+/// `v` (below 10,000) as `put_uint` writes it, in a block of three with the length used.
+#[inline(always)]
+fn small_uint_msgpack(v: u32) -> ([u8; 3], usize) {
+    if v < 0x80 {
+        ([v as u8, 0, 0], 1)
+    } else if v <= 0xff {
+        ([0xcc, v as u8, 0], 2)
+    } else {
+        let [hi, lo] = (v as u16).to_be_bytes();
+        ([0xcd, hi, lo], 3)
+    }
 }
 
 /// The number at `s[start]` (`-` or a digit); returns the index after it.
@@ -1673,10 +1724,24 @@ mod tests {
     fn transcode_numbers() {
         let cases: &[(&str, Vec<u8>)] = &[
             ("0", vec![0x00]),
+            ("1", vec![0x01]),
+            ("9", vec![0x09]),
+            ("10", vec![0x0a]),
+            ("99", vec![0x63]),
+            ("100", vec![0x64]),
             ("127", vec![0x7f]),
             ("128", vec![0xcc, 0x80]),
             ("255", vec![0xcc, 0xff]),
             ("256", vec![0xcd, 0x01, 0x00]),
+            ("999", vec![0xcd, 0x03, 0xe7]),
+            ("1000", vec![0xcd, 0x03, 0xe8]),
+            ("9999", vec![0xcd, 0x27, 0x0f]),
+            ("10000", vec![0xcd, 0x27, 0x10]),
+            ("12345", vec![0xcd, 0x30, 0x39]),
+            ("1234.5", f64_bytes(1234.5)),
+            ("1234e1", f64_bytes(12340.0)),
+            ("123E1", f64_bytes(1230.0)),
+            ("12.0", f64_bytes(12.0)),
             ("65535", vec![0xcd, 0xff, 0xff]),
             ("65536", vec![0xce, 0, 1, 0, 0]),
             ("4294967295", vec![0xce, 0xff, 0xff, 0xff, 0xff]),
@@ -1738,6 +1803,18 @@ mod tests {
             full.extend_from_slice(want);
             full.extend_from_slice(want);
             assert_eq!(record(line.as_bytes()), full, "[{num}]");
+            // Whitespace after it, and a line that ends right after it.
+            let line = format!("{{\"n\" : {num} }}");
+            let mut full = b"\x81\xa1n".to_vec();
+            full.extend_from_slice(want);
+            assert_eq!(record(line.as_bytes()), full, "{num} ");
+            let line = format!(r#"{{"n":{num}"#);
+            assert_eq!(entry(line.as_bytes()).0, Kind::Fallback, "{line}");
+        }
+        // Room for the entry runs out at every offset of a small integer's three bytes.
+        for pad in 0..40 {
+            let line = format!(r#"{{"p":"{}","n":[9999,128,7]}}"#, "x".repeat(1000 + pad));
+            assert_same_as_serde(line.as_bytes());
         }
     }
 
