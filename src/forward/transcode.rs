@@ -471,9 +471,6 @@ fn top_object(
         return Ok((i + 1, at));
     }
     let mut object = true;
-    // Set when a nested container has just closed: the current one resumes past a value, with
-    // its separator next, instead of before its first member or element.
-    let mut resumed = false;
 
     // One value at `i` (whitespace may come first) of the current container; `$slot` says which
     // timestamp, if any, it is. Opening a non-empty container moves the parser into it and
@@ -589,38 +586,35 @@ fn top_object(
     'nest: loop {
         if object {
             loop {
-                if !resumed {
-                    if s.get(i) != Some(&b'"') {
-                        return Err(Invalid::ExpectedKey);
-                    }
-                    let key_at;
-                    (key_at, i, at) = match short_string(s, i, room, at) {
-                        Some(done) => done,
-                        None => {
-                            let done = string(s, i + 1, buf, at)?;
-                            room = buf.as_mut_slice();
-                            done
-                        }
-                    };
-                    // The length first: it is at hand, where the key's bytes cost a bounds check.
-                    let slot = if depth == 1 && matches!(at - key_at, 14 | 24) {
-                        TimeKey::of(&room[key_at..at])
-                    } else {
-                        TimeKey::None
-                    };
-                    // Compact JSON, the only kind kube-apiserver writes, has the colon right
-                    // after the key and the value right after the colon: whitespace is looked
-                    // for only when the expected byte is not there.
-                    if s.get(i) != Some(&b':') {
-                        i = skip_ws(s, i);
-                        if s.get(i) != Some(&b':') {
-                            return Err(Invalid::ExpectedColon);
-                        }
-                    }
-                    i += 1;
-                    value!('nest, slot);
+                if s.get(i) != Some(&b'"') {
+                    return Err(Invalid::ExpectedKey);
                 }
-                resumed = false;
+                let key_at;
+                (key_at, i, at) = match short_string(s, i, room, at) {
+                    Some(done) => done,
+                    None => {
+                        let done = string(s, i + 1, buf, at)?;
+                        room = buf.as_mut_slice();
+                        done
+                    }
+                };
+                // The length first: it is at hand, where the key's bytes cost a bounds check.
+                let slot = if depth == 1 && matches!(at - key_at, 14 | 24) {
+                    TimeKey::of(&room[key_at..at])
+                } else {
+                    TimeKey::None
+                };
+                // Compact JSON, the only kind kube-apiserver writes, has the colon right
+                // after the key and the value right after the colon: whitespace is looked
+                // for only when the expected byte is not there.
+                if s.get(i) != Some(&b':') {
+                    i = skip_ws(s, i);
+                    if s.get(i) != Some(&b':') {
+                        return Err(Invalid::ExpectedColon);
+                    }
+                }
+                i += 1;
+                value!('nest, slot);
                 count += 1;
                 match next_byte(s, &mut i) {
                     Some(b',') => i = skip_ws_after(s, i + 1),
@@ -633,10 +627,7 @@ fn top_object(
             }
         } else {
             loop {
-                if !resumed {
-                    value!('nest, TimeKey::None);
-                }
-                resumed = false;
+                value!('nest, TimeKey::None);
                 count += 1;
                 match next_byte(s, &mut i) {
                     Some(b',') => i = skip_ws_after(s, i + 1),
@@ -648,27 +639,42 @@ fn top_object(
                 }
             }
         }
-        if depth == 1 {
-            times.pick(&room[..at]);
+        // The container is complete, and so may be those around it: each one's separator after
+        // the value just closed is read here, so that the member and element loops need not
+        // ask on every turn whether they resume past a nested value.
+        loop {
+            if depth == 1 {
+                times.pick(&room[..at]);
+            }
+            let (fix, tag16) = if object { (0x80, 0xde) } else { (0x90, 0xdc) };
+            if count < 16 {
+                room[hdr] = fix | count as u8;
+            } else {
+                at = widen_container(buf, at, hdr, count, tag16);
+                room = buf.as_mut_slice();
+            }
+            if depth == 1 {
+                return Ok((i, at));
+            }
+            depth -= 1;
+            (hdr, count) = match near.get(depth - 1) {
+                Some(&p) => p,
+                // Pushed when this depth was entered from above.
+                None => far.pop().unwrap_or_default(),
+            };
+            object = room[hdr] == 0x80;
+            count += 1;
+            match next_byte(s, &mut i) {
+                Some(b',') => {
+                    i = skip_ws_after(s, i + 1);
+                    continue 'nest;
+                }
+                Some(b'}') if object => i += 1,
+                Some(b']') if !object => i += 1,
+                _ if object => return Err(Invalid::ObjectSeparator),
+                _ => return Err(Invalid::ArraySeparator),
+            }
         }
-        let (fix, tag16) = if object { (0x80, 0xde) } else { (0x90, 0xdc) };
-        if count < 16 {
-            room[hdr] = fix | count as u8;
-        } else {
-            at = widen_container(buf, at, hdr, count, tag16);
-            room = buf.as_mut_slice();
-        }
-        if depth == 1 {
-            return Ok((i, at));
-        }
-        depth -= 1;
-        (hdr, count) = match near.get(depth - 1) {
-            Some(&p) => p,
-            // Pushed when this depth was entered from above.
-            None => far.pop().unwrap_or_default(),
-        };
-        object = room[hdr] == 0x80;
-        resumed = true;
     }
 }
 
@@ -1954,6 +1960,15 @@ mod tests {
             (b"{\"a\":[1 2]}", Invalid::ArraySeparator),
             (b"{\"a\":[1}", Invalid::ArraySeparator),
             (b"{\"a\":[}", Invalid::ExpectedValue),
+            // The separator after a nested container is read where that container closes.
+            (b"{\"a\":{\"b\":1}]}", Invalid::ObjectSeparator),
+            (b"{\"a\":{\"b\":1} \"c\":2}", Invalid::ObjectSeparator),
+            (b"{\"a\":{\"b\":1}", Invalid::ObjectSeparator),
+            (b"{\"a\":[[1]}", Invalid::ArraySeparator),
+            (b"{\"a\":[{\"b\":1} 2]}", Invalid::ArraySeparator),
+            (b"{\"a\":[[1]", Invalid::ArraySeparator),
+            (b"{\"a\":[[1],}", Invalid::ExpectedValue),
+            (b"{\"a\":{\"b\":[1],}}", Invalid::ExpectedKey),
             (b"{\"a\":1}x", Invalid::Trailing),
             (b"{\"a\":1}{}", Invalid::Trailing),
             (b"{\"a\":1} ,", Invalid::Trailing),
