@@ -236,6 +236,12 @@ mod tests {
         assert!(done.result.is_ok());
         assert_eq!(saver.saved(), Some(&position(10)));
         assert_eq!(offsets::load(&path).unwrap(), Some(position(10)));
+        // The thread wakes the loop just after it hands the outcome over, so `wait` may return
+        // first: the wake-up is waited for (seconds at most), not expected at once.
+        let since = std::time::Instant::now();
+        while wakes.load(Ordering::SeqCst) == 0 && since.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(wakes.load(Ordering::SeqCst), 1);
 
         assert!(saver.offer(&position(20)));
