@@ -1841,11 +1841,7 @@ fn t26_a_position_write_that_blocks_does_not_stall_delivery() {
 
     // A reader lets the blocked write go on (a FIFO cannot be fsynced, so that one fails and
     // is logged); with the FIFO gone the next write succeeds.
-    let reader = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .expect("open the FIFO");
+    let reader = open_fifo(&tmp);
     assert!(
         fwd.wait_log("writing position file", secs(10)),
         "the failed write is logged"
@@ -1923,11 +1919,7 @@ fn t27_a_fresh_start_whose_first_position_write_hangs_still_answers() {
     );
     // A reader lets the write go on (it fails at the fsync, a FIFO's); with the FIFO gone the
     // next write succeeds.
-    let reader = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .expect("open the FIFO");
+    let reader = open_fifo(&tmp);
     assert!(
         fwd.wait_log("the write that hung finished", secs(10)),
         "the end of the hang is said; stderr:\n{}",
@@ -1967,6 +1959,16 @@ fn t27_a_fresh_start_whose_first_position_write_hangs_still_answers() {
 fn mkfifo(path: &std::path::Path) {
     let st = Command::new("mkfifo").arg(path).status().expect("mkfifo");
     assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// Opens the FIFO at `path` (for reading, and writing so that the open itself cannot block):
+/// a save blocked opening it goes on.
+fn open_fifo(path: &std::path::Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the FIFO")
 }
 
 /// Stops `fwd` while a position save hangs: it must exit 0 in bounded time and say that the

@@ -103,9 +103,34 @@ pub struct Pipeline {
     read_blocked: bool,
     /// Where a fresh start began reading, taken before its first byte: see
     /// [`Pipeline::save_start`].
-    start: Option<Position>,
-    /// The start's save is in flight: reading waits for it.
-    start_saving: bool,
+    start: Start,
+}
+
+/// A fresh start's position, written before its first byte is read ([`Pipeline::save_start`]).
+enum Start {
+    /// None taken (yet): the position file held one, or there was no file to start in.
+    Untaken,
+    /// Handed to the writer thread and not written yet: reading waits.
+    Saving(Position),
+    /// Written, or its write failed and it is retried with the flushes ([`unsaved`]).
+    Taken(Position),
+}
+
+impl Start {
+    fn position(&self) -> Option<&Position> {
+        match self {
+            Start::Untaken => None,
+            Start::Saving(p) | Start::Taken(p) => Some(p),
+        }
+    }
+
+    /// The write in flight ended, well or not.
+    fn ended(&mut self) {
+        *self = match std::mem::replace(self, Start::Untaken) {
+            Start::Saving(p) => Start::Taken(p),
+            other => other,
+        };
+    }
 }
 
 impl Pipeline {
@@ -237,8 +262,7 @@ impl Pipeline {
             position_stuck_said: false,
             draining: None,
             read_blocked: false,
-            start: None,
-            start_saving: false,
+            start: Start::Untaken,
         })
     }
 
@@ -286,23 +310,26 @@ impl Pipeline {
     /// the loop is not held for it: a disk that hangs then still leaves signals, the stuck-save
     /// warning and a bounded stop working (the writer thread wakes the loop when it is done).
     fn save_start(&mut self) -> bool {
-        if self.start.is_none() && self.saver.is_empty() {
+        if matches!(self.start, Start::Untaken) && self.saver.is_empty() {
             let Some(p) = self.tail.position() else {
                 return true;
             };
             self.flush_position(Some(&p));
-            self.start_saving = self.saver.busy();
-            self.start = Some(p);
+            self.start = if self.saver.busy() {
+                Start::Saving(p)
+            } else {
+                Start::Taken(p)
+            };
         }
-        if self.start_saving {
+        if let Start::Saving(_) = self.start {
             // Collected here, not only later in the turn: the thread's wake-up that ends the
             // wait may be the last event for a while.
             self.collect_position_write();
             if self.saver.busy() {
                 return false;
             }
+            self.start.ended();
         }
-        self.start_saving = false;
         true
     }
 
@@ -311,7 +338,7 @@ impl Pipeline {
         unsaved(
             self.saver.saved(),
             self.outbox.committed(),
-            self.start.as_ref(),
+            self.start.position(),
         )
     }
 
@@ -424,25 +451,21 @@ impl Pipeline {
         self.collect_position_write();
         let now = Instant::now();
         match self.saver.busy_since() {
-            Some(t)
-                if now.duration_since(t) >= POSITION_STUCK
-                    && !self.position_stuck_said
-                    && self.start_saving =>
-            {
-                warn!(
-                    "position file {}: writing where this fresh start begins has not finished \
-                     for {:?} (the disk hangs?); reading waits for it, so that a restart finds \
-                     the file it began",
-                    self.saver.path().display(),
-                    now.duration_since(t)
-                );
-                self.position_stuck_said = true;
-            }
             Some(t) if now.duration_since(t) >= POSITION_STUCK && !self.position_stuck_said => {
+                let (what, meanwhile) = match self.start {
+                    Start::Saving(_) => (
+                        "writing where this fresh start begins",
+                        "reading waits for it, so that a restart finds the file it began",
+                    ),
+                    _ => (
+                        "a write",
+                        "delivery goes on, but the file stays at the last position written, so \
+                         after a crash lines since then are sent again",
+                    ),
+                };
                 warn!(
-                    "position file {}: a write has not finished for {:?} (the disk hangs?); \
-                     delivery goes on, but the file stays at the last position written, so \
-                     after a crash lines since then are sent again",
+                    "position file {}: {what} has not finished for {:?} (the disk hangs?); \
+                     {meanwhile}",
                     self.saver.path().display(),
                     now.duration_since(t)
                 );
