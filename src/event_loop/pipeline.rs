@@ -574,7 +574,7 @@ impl Pipeline {
                         builder.source_bytes += line.len() as u64 + 1;
                         stats.lines_read += 1;
                         stats.bytes_read += line.len() as u64 + 1;
-                        if transcode::append_entry(line, et, builder.entries()) == Kind::Fallback {
+                        if builder.append_entry(line, et) == Kind::Fallback {
                             stats.malformed += 1;
                             note_malformed(stats, name, line);
                         }

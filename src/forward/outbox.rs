@@ -18,6 +18,7 @@ use crate::follow::offsets::Position;
 use crate::forward::codec as forward;
 use crate::forward::msgpack;
 use crate::forward::pace::Pace;
+use crate::forward::transcode;
 
 /// Connections the receiver dropped in a row while the same chunk was the oldest one written
 /// and unacked, before that chunk is taken apart. A receiver that restarts now and then hits one
@@ -92,7 +93,12 @@ impl Chunk {
 /// `[tag, bin32(entries), {"chunk": id, "size": n}]`. The bin length is patched at seal time, so
 /// entries are never copied; a 32-bit bin header for a small chunk is valid MessagePack.
 pub struct Builder {
+    /// The frame so far is `frame[..len]`. What lies past `len` (the rest of a reused buffer,
+    /// room an entry did not use) is overwritten by the next entries and cut off at seal time:
+    /// the buffer's length stays at its high-water mark, so its room is zeroed once, not again
+    /// for every entry.
     frame: Vec<u8>,
+    len: usize,
     header: usize,
     capacity: usize,
     pub records: u64,
@@ -108,6 +114,7 @@ impl Builder {
     pub fn new(tag: &str, capacity: usize) -> Builder {
         let mut b = Builder {
             frame: Vec::new(),
+            len: 0,
             header: 0,
             capacity,
             records: 0,
@@ -126,7 +133,7 @@ impl Builder {
         if self.frame.capacity() > self.capacity * 2 {
             self.start(tag);
         } else {
-            self.frame.truncate(self.header);
+            self.len = self.header;
         }
     }
 
@@ -150,33 +157,60 @@ impl Builder {
     /// Starts the next chunk in `reuse` (an acked chunk's buffer) when there is one: a fresh
     /// 512 KiB buffer is a fresh mapping whose pages fault in one by one, about 5% of the
     /// forwarder's CPU.
+    /// The reused buffer keeps its bytes (see `len`): the header is written over them.
     fn start_in(&mut self, tag: &str, reuse: Option<Vec<u8>>) {
+        let mut head = Vec::with_capacity(tag.len() + 16);
+        head.push(0x93);
+        // Writing into a Vec cannot fail.
+        let _ = rmp::encode::write_str(&mut head, tag);
+        head.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
         self.frame = match reuse {
-            Some(mut v) => {
-                v.clear();
+            Some(mut v) if v.len() >= head.len() => {
+                v[..head.len()].copy_from_slice(&head);
                 v
             }
-            None => Vec::with_capacity(self.capacity),
+            Some(mut v) => {
+                v.clear();
+                v.extend_from_slice(&head);
+                v
+            }
+            None => {
+                let mut v = Vec::with_capacity(self.capacity);
+                v.extend_from_slice(&head);
+                v
+            }
         };
-        self.frame.push(0x93);
-        // Writing into a Vec cannot fail.
-        let _ = rmp::encode::write_str(&mut self.frame, tag);
-        self.frame.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
-        self.header = self.frame.len();
+        self.header = head.len();
+        self.len = head.len();
     }
 
-    /// Where entries are appended.
-    pub fn entries(&mut self) -> &mut Vec<u8> {
-        &mut self.frame
+    /// Transcodes `line` into the next entry (see `transcode::append_entry`).
+    pub fn append_entry(&mut self, line: &[u8], now: transcode::EventTime) -> transcode::Kind {
+        let (kind, end) = transcode::append_entry_at(line, now, &mut self.frame, self.len);
+        self.len = end;
+        kind
+    }
+
+    /// Appends bytes as they are: entries built by hand, in tests.
+    #[cfg(test)]
+    pub fn append_raw(&mut self, bytes: &[u8]) {
+        self.frame.truncate(self.len);
+        self.frame.extend_from_slice(bytes);
+        self.len = self.frame.len();
+    }
+
+    /// The entries so far.
+    pub fn entries(&self) -> &[u8] {
+        &self.frame[self.header..self.len]
     }
 
     pub fn entries_len(&self) -> usize {
-        self.frame.len() - self.header
+        self.len - self.header
     }
 
     /// Bytes of entries that still fit without growing the buffer.
     pub fn room(&self) -> usize {
-        self.frame.capacity().saturating_sub(self.frame.len() + 64)
+        self.frame.capacity().saturating_sub(self.len + 64)
     }
 
     pub fn allocated(&self) -> usize {
@@ -390,7 +424,7 @@ impl Outbox {
             // buffer: a copy and a builder still sized for the big record held that record three
             // times over, past `--mem-buf-limit` (t23).
             let frame = std::mem::take(&mut b.frame);
-            let entries = &frame[b.header..];
+            let entries = &frame[b.header..b.len];
             b.start_in(tag, self.spare.pop());
             b.records = 0;
             b.source_bytes = 0;
@@ -408,11 +442,12 @@ impl Outbox {
         let mut entries_at = 0..0;
         if b.records > 0 && gzip {
             let at;
-            (frame, at) = compressed_frame(tag, &b.frame[b.header..], b.records, &id);
+            (frame, at) = compressed_frame(tag, b.entries(), b.records, &id);
             entries_at = at..at + gzip_len(&frame, at);
             b.clear(tag);
         } else if b.records > 0 {
             let len = b.entries_len() as u32;
+            b.frame.truncate(b.len);
             b.frame[b.header - 4..b.header].copy_from_slice(&len.to_be_bytes());
             entries_at = b.header..b.header + len as usize;
             // Writing into a Vec cannot fail.
@@ -922,7 +957,7 @@ mod tests {
     fn add(o: &mut Outbox, n: u8, records: u64, end: u64) {
         let mut b = Builder::new("audit", 64);
         if records > 0 {
-            b.entries().extend_from_slice(&[0x92, 0x00, 0x80]);
+            b.append_raw(&[0x92, 0x00, 0x80]);
         }
         b.records = records;
         b.source_bytes = end;
@@ -1033,11 +1068,7 @@ mod tests {
                 "x".repeat(n)
             };
             let line = format!("{{\"n\":{i},\"pad\":\"{pad}\"}}");
-            crate::forward::transcode::append_entry(
-                line.as_bytes(),
-                crate::forward::transcode::now_event_time(),
-                b.entries(),
-            );
+            b.append_entry(line.as_bytes(), transcode::now_event_time());
             b.records += 1;
             b.source_bytes += line.len() as u64 + 1;
             b.mark("audit.log", off, off + line.len() as u64 + 1);
@@ -1215,6 +1246,75 @@ mod tests {
         );
     }
 
+    /// A chunk built in a reused buffer, which still holds the bytes of the larger chunk before
+    /// it past the builder's end, goes out byte for byte as the same chunk built in a fresh
+    /// buffer: plain, split around a record larger than the target, and gzipped.
+    #[test]
+    fn a_reused_buffer_builds_the_same_frames_as_a_fresh_one() {
+        let t = transcode::EventTime {
+            secs: 1_700_000_000,
+            nanos: 5,
+        };
+        let lines = |n: usize, pad: usize| -> Vec<Vec<u8>> {
+            (0..n)
+                .map(|i| format!(r#"{{"n":{i},"pad":"{}"}}"#, "y".repeat(pad + i % 7)).into_bytes())
+                .collect()
+        };
+        let fill = |b: &mut Builder, lines: &[Vec<u8>]| {
+            let mut off = 0;
+            for line in lines {
+                b.append_entry(line, t);
+                b.records += 1;
+                b.mark("audit.log", off, off + line.len() as u64 + 1);
+                off += line.len() as u64 + 1;
+            }
+            b.end = Some(pos(off));
+        };
+        let frames =
+            |o: &Outbox| -> Vec<Vec<u8>> { o.chunks.iter().map(|c| c.frame.clone()).collect() };
+        let big = lines(200, 300);
+        let mut cases = vec![(lines(40, 10), false), (lines(40, 10), true)];
+        // A record over the 64 KiB target between small ones: the chunk is split in three.
+        let mut split = lines(5, 10);
+        split.insert(
+            2,
+            format!(r#"{{"huge":"{}"}}"#, "z".repeat(70_000)).into_bytes(),
+        );
+        cases.push((split, false));
+        for (small, gzip) in cases {
+            let mut reused = Outbox::new(None, "audit", 1 << 16);
+            let mut b = Builder::new("audit", 1 << 16);
+            fill(&mut b, &big);
+            reused.seal(&mut b, "audit", gzip, [1; 16]);
+            reused.write_to(&mut unlimited(), Instant::now()).unwrap();
+            let ids: Vec<_> = reused.chunks.iter().map(|c| c.id).collect();
+            for id in &ids {
+                reused.ack(id, Instant::now()).unwrap();
+            }
+            if !gzip {
+                assert!(reused.spare_bytes() > 0, "the acked buffer is kept");
+                // The next seal hands that buffer to the builder.
+                fill(&mut b, &big);
+                reused.seal(&mut b, "audit", gzip, [3; 16]);
+            }
+            assert!(
+                b.frame.len() > b.len + 1000,
+                "the builder's buffer holds stale bytes past its end"
+            );
+            fill(&mut b, &small);
+            reused.seal(&mut b, "audit", gzip, [2; 16]);
+
+            let mut fresh = Outbox::new(None, "audit", 1 << 16);
+            let mut b = Builder::new("audit", 1 << 16);
+            fill(&mut b, &small);
+            fresh.seal(&mut b, "audit", gzip, [2; 16]);
+            let want = frames(&fresh);
+            let got = frames(&reused);
+            assert!(!want.is_empty());
+            assert_eq!(got[got.len() - want.len()..], want[..], "gzip {gzip}");
+        }
+    }
+
     #[test]
     fn acked_chunk_buffers_are_reused_by_the_builder() {
         let mut o = Outbox::new(None, "audit", 1 << 16);
@@ -1228,7 +1328,7 @@ mod tests {
         assert!(o.spare_bytes() >= 1 << 16, "the acked buffer is kept");
         let kept = o.spare[0].as_ptr();
         // The next seal hands the kept buffer to the builder for the chunk after it.
-        b.entries().extend_from_slice(&[0x92, 0x00, 0x80]);
+        b.append_raw(&[0x92, 0x00, 0x80]);
         b.records = 1;
         b.end = Some(pos(1));
         o.seal(&mut b, "audit", false, [7; 16]);

@@ -77,13 +77,25 @@ enum Invalid {
 /// Appends one entry `[time, record]` for `line` (no trailing newline; caller already stripped
 /// `\n` and a trailing `\r`) to `out`.
 pub fn append_entry(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Kind {
-    let base = out.len();
-    match transcode(line, now, out) {
-        Ok(()) => Kind::Json,
+    let (kind, end) = append_entry_at(line, now, out, out.len());
+    out.truncate(end);
+    kind
+}
+
+/// Writes one entry for `line` into `out` from `at` on and returns what it made and where the
+/// entry ends. `out` may hold bytes past `at` (a reused buffer's earlier contents, or room an
+/// earlier entry left): they are overwritten, and whatever lies past the returned end is left for
+/// the next entry. A chunk builder that keeps its buffer's length at the high-water mark this
+/// way never has the room zeroed again, where truncating after each entry zeroed every byte of
+/// output a second time (3% of the forwarder's CPU).
+pub fn append_entry_at(line: &[u8], now: EventTime, out: &mut Vec<u8>, at: usize) -> (Kind, usize) {
+    debug_assert!(at <= out.len());
+    match transcode(line, now, out, at) {
+        Ok(end) => (Kind::Json, end),
         Err(_) => {
-            out.truncate(base);
+            out.truncate(at);
             append_fallback(line, now, out);
-            Kind::Fallback
+            (Kind::Fallback, out.len())
         }
     }
 }
@@ -317,7 +329,9 @@ impl Times {
     }
 }
 
-fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Invalid> {
+/// The entry for `line` written into `out` from `at` on; returns where it ends. Bytes of `out`
+/// past that end are left as they were.
+fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>, at: usize) -> Result<usize, Invalid> {
     if line.len() > MAX_MSGPACK_LEN {
         return Err(Invalid::TooLong);
     }
@@ -331,25 +345,29 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>) -> Result<(), Inval
     // usually covers the whole entry. Exact, not doubling: a chunk's buffer starts at its target
     // size, so it grows only for the entry that fills it (sealed right after), and doubling a
     // buffer for one near-cap line would hold far more than `--mem-buf-limit` allows for.
-    out.reserve_exact(line.len() + 64);
-    out.push(0x92);
-    let time_at = out.len();
-    write_event_time(now, out);
+    out.reserve_exact((at + line.len() + 64).saturating_sub(out.len()));
+    let mut head = [0u8; 11];
+    head[0] = 0x92;
+    head[1..3].copy_from_slice(&[0xd7, 0x00]);
+    head[3..].copy_from_slice(&event_time_payload(now));
+    let time_at = at + 1;
+    let o = &mut Out { buf: out, at };
+    o.block(&head, head.len());
+    let body_at = o.at;
 
     let i = skip_ws(line, 0);
     if line.get(i) != Some(&b'{') {
         return Err(Invalid::NotObject);
     }
     let mut times = Times::default();
-    let (end, at) = top_object(line, i, out, out.len(), &mut times)?;
-    out.truncate(at);
+    let (end, at) = top_object(line, i, out, body_at, &mut times)?;
     if skip_ws(line, end) != line.len() {
         return Err(Invalid::Trailing);
     }
     // The time precedes the map in the entry, so it is patched in once the keys have been seen.
     let t = times.picked.unwrap_or(now);
     out[time_at + 2..time_at + 10].copy_from_slice(&event_time_payload(t));
-    Ok(())
+    Ok(at)
 }
 
 #[inline(always)]
@@ -1916,14 +1934,14 @@ mod tests {
 
         let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(256), "]".repeat(256));
         let mut out = Vec::new();
-        let err = transcode(deep.as_bytes(), NOW, &mut out).unwrap_err();
+        let err = transcode(deep.as_bytes(), NOW, &mut out, 0).unwrap_err();
         assert_eq!(err, Invalid::TooDeep);
         let (kind, out) = entry(deep.as_bytes());
         assert_eq!(kind, Kind::Fallback);
         assert_eq!(out, fallback_bytes(deep.as_bytes(), NOW));
 
         let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(257), "}".repeat(257));
-        let err = transcode(deep_objects.as_bytes(), NOW, &mut Vec::new()).unwrap_err();
+        let err = transcode(deep_objects.as_bytes(), NOW, &mut Vec::new(), 0).unwrap_err();
         assert_eq!(err, Invalid::TooDeep);
         // Nothing stops a hostile line from nesting a million levels; the cap keeps the stack flat.
         let hostile = "[".repeat(1_000_000);
@@ -2029,7 +2047,7 @@ mod tests {
         ];
         for (line, why) in cases {
             let shown = String::from_utf8_lossy(line);
-            let err = transcode(line, NOW, &mut Vec::new()).expect_err(&shown);
+            let err = transcode(line, NOW, &mut Vec::new(), 0).expect_err(&shown);
             assert_eq!(err, *why, "{shown}");
 
             // Appended after earlier entries, which must survive the rollback untouched.
@@ -2299,6 +2317,61 @@ mod tests {
             .as_secs();
         assert!(u64::from(now.secs) >= before && u64::from(now.secs) <= after);
         assert!(now.nanos < 1_000_000_000);
+    }
+
+    /// `append_entry_at` into a buffer that already holds bytes past `at` (a reused chunk buffer,
+    /// the room an earlier entry left) writes exactly what `append_entry` writes into an empty
+    /// one, leaves the bytes before `at` alone, and ends where that entry ends; whatever the stale
+    /// bytes are, and whether or not they reach past the entry.
+    #[test]
+    fn append_entry_at_ignores_what_the_buffer_held_past_at() {
+        let mut lines: Vec<Vec<u8>> = sample_lines().into_iter().map(|(_, l)| l).collect();
+        lines.push(modern_event());
+        for n in [
+            0, 1, 13, 14, 15, 16, 29, 30, 31, 32, 33, 62, 63, 64, 200, 300,
+        ] {
+            let v = "v".repeat(n);
+            lines.push(format!(r#"{{"{v}":"{v}","k":["{v}",1,-2,3.5,true,null,{{}},[]]}}"#).into());
+            lines.push(format!(r#"{{"e":"{v}\"\u003c\n\u00e9{v}\ud83d\ude00"}}"#).into());
+        }
+        let many: Vec<String> = (0..70_000).map(|i| i.to_string()).collect();
+        lines.push(format!(r#"{{"a":[{}],"o":{{"x":1}}}}"#, many[..20].join(",")).into());
+        lines.push(format!(r#"{{"a":[{}]}}"#, many.join(",")).into());
+        let members: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        lines.push(format!("{{{}}}", members.join(",")).into());
+        lines.push(format!(r#"{{"d":{}1{}}}"#, "[".repeat(40), "]".repeat(40)).into());
+        lines.push(br#"{"stageTimestamp":"2024-05-01T10:20:30.123456Z","x":1e400}"#.to_vec());
+        lines.push(b"not json at all".to_vec());
+        lines.push(b"{\"bad\":\"\xff\xfe\"}".to_vec());
+        lines.push(br#"{"a":1} trailing"#.to_vec());
+
+        let mut all_fresh = Vec::new();
+        for line in &lines {
+            let mut fresh = Vec::new();
+            let kind = append_entry(line, NOW, &mut fresh);
+            all_fresh.extend_from_slice(&fresh);
+            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+            for fill in [0x00, 0xff, b'"', b'\\', 0x80, 0x92, 0xd9] {
+                for prefix in [0, 3, 17] {
+                    for room in [fresh.len() * 2 + 100, fresh.len() / 2, 0] {
+                        let mut buf = vec![0x11; prefix];
+                        buf.resize(prefix + room, fill);
+                        let (got_kind, end) = append_entry_at(line, NOW, &mut buf, prefix);
+                        let context = format!("{shown} fill {fill:#x} prefix {prefix} room {room}");
+                        assert_eq!(got_kind, kind, "{context}");
+                        assert!(buf[..prefix].iter().all(|&b| b == 0x11), "{context}");
+                        assert_eq!(&buf[prefix..end], &fresh[..], "{context}");
+                    }
+                }
+            }
+        }
+        // One after another in a buffer full of stale bytes, as a chunk builder appends them.
+        let mut buf = vec![0xa5; all_fresh.len() + 4096];
+        let mut at = 0;
+        for line in &lines {
+            at = append_entry_at(line, NOW, &mut buf, at).1;
+        }
+        assert_eq!(&buf[..at], &all_fresh[..]);
     }
 
     /// The sample audit lines of `tests/data`, each named `file:line`.
