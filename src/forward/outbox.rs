@@ -156,30 +156,22 @@ impl Builder {
 
     /// Starts the next chunk in `reuse` (an acked chunk's buffer) when there is one: a fresh
     /// 512 KiB buffer is a fresh mapping whose pages fault in one by one, about 5% of the
-    /// forwarder's CPU.
-    /// The reused buffer keeps its bytes (see `len`): the header is written over them.
+    /// forwarder's CPU. The reused buffer keeps its bytes (see `len`): the header is written
+    /// over them.
     fn start_in(&mut self, tag: &str, reuse: Option<Vec<u8>>) {
         let mut head = Vec::with_capacity(tag.len() + 16);
         head.push(0x93);
         // Writing into a Vec cannot fail.
         let _ = rmp::encode::write_str(&mut head, tag);
         head.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
-        self.frame = match reuse {
-            Some(mut v) if v.len() >= head.len() => {
-                v[..head.len()].copy_from_slice(&head);
-                v
-            }
-            Some(mut v) => {
-                v.clear();
-                v.extend_from_slice(&head);
-                v
-            }
-            None => {
-                let mut v = Vec::with_capacity(self.capacity);
-                v.extend_from_slice(&head);
-                v
-            }
-        };
+        let mut frame = reuse.unwrap_or_else(|| Vec::with_capacity(self.capacity));
+        if frame.len() >= head.len() {
+            frame[..head.len()].copy_from_slice(&head);
+        } else {
+            frame.clear();
+            frame.extend_from_slice(&head);
+        }
+        self.frame = frame;
         self.header = head.len();
         self.len = head.len();
     }
@@ -1050,8 +1042,7 @@ mod tests {
     /// A builder holding one record per `sizes` entry: `{"n": i, "pad": "x..."}` lines of about
     /// that many bytes, from file offset 0 on.
     fn builder_with(sizes: &[usize]) -> Builder {
-        let mut b = Builder::new("audit", 1 << 16);
-        let mut off = 0;
+        let mut lines = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
             // Large pads are hex noise, so that gzip cannot shrink them below a receiver limit.
             let pad: String = if n > 1000 {
@@ -1067,15 +1058,24 @@ mod tests {
             } else {
                 "x".repeat(n)
             };
-            let line = format!("{{\"n\":{i},\"pad\":\"{pad}\"}}");
-            b.append_entry(line.as_bytes(), transcode::now_event_time());
+            lines.push(format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").into_bytes());
+        }
+        let mut b = Builder::new("audit", 1 << 16);
+        append_lines(&mut b, &lines, transcode::now_event_time());
+        b
+    }
+
+    /// Appends `lines` to `b` as the pipeline does, as the lines of `audit.log` from offset 0 on.
+    fn append_lines(b: &mut Builder, lines: &[Vec<u8>], now: transcode::EventTime) {
+        let mut off = 0;
+        for line in lines {
+            b.append_entry(line, now);
             b.records += 1;
             b.source_bytes += line.len() as u64 + 1;
             b.mark("audit.log", off, off + line.len() as u64 + 1);
             off += line.len() as u64 + 1;
         }
         b.end = Some(pos(off));
-        b
     }
 
     fn record_numbers(o: &Outbox) -> Vec<Vec<u64>> {
@@ -1260,16 +1260,7 @@ mod tests {
                 .map(|i| format!(r#"{{"n":{i},"pad":"{}"}}"#, "y".repeat(pad + i % 7)).into_bytes())
                 .collect()
         };
-        let fill = |b: &mut Builder, lines: &[Vec<u8>]| {
-            let mut off = 0;
-            for line in lines {
-                b.append_entry(line, t);
-                b.records += 1;
-                b.mark("audit.log", off, off + line.len() as u64 + 1);
-                off += line.len() as u64 + 1;
-            }
-            b.end = Some(pos(off));
-        };
+        let fill = |b: &mut Builder, lines: &[Vec<u8>]| append_lines(b, lines, t);
         let frames =
             |o: &Outbox| -> Vec<Vec<u8>> { o.chunks.iter().map(|c| c.frame.clone()).collect() };
         let big = lines(200, 300);

@@ -222,8 +222,14 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<EventTime> {
 
 /// Appends the EventTime as msgpack ext type 0 (fixext8: 0xd7 0x00, secs u32 BE, nanos u32 BE).
 pub fn write_event_time(t: EventTime, out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0xd7, 0x00]);
-    out.extend_from_slice(&event_time_payload(t));
+    out.extend_from_slice(&event_time_ext(t));
+}
+
+/// The EventTime as `write_event_time` writes it, for writing in place.
+fn event_time_ext(t: EventTime) -> [u8; 10] {
+    let mut b = [0xd7, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
+    b[2..].copy_from_slice(&event_time_payload(t));
+    b
 }
 
 /// The wall clock as an EventTime; a clock before 1970 reads as the epoch, one past 2106 as the
@@ -346,10 +352,8 @@ fn transcode(line: &[u8], now: EventTime, out: &mut Vec<u8>, at: usize) -> Resul
     // size, so it grows only for the entry that fills it (sealed right after), and doubling a
     // buffer for one near-cap line would hold far more than `--mem-buf-limit` allows for.
     out.reserve_exact((at + line.len() + 64).saturating_sub(out.len()));
-    let mut head = [0u8; 11];
-    head[0] = 0x92;
-    head[1..3].copy_from_slice(&[0xd7, 0x00]);
-    head[3..].copy_from_slice(&event_time_payload(now));
+    let mut head = [0x92; 11];
+    head[1..].copy_from_slice(&event_time_ext(now));
     let time_at = at + 1;
     let o = &mut Out { buf: out, at };
     o.block(&head, head.len());
@@ -2351,6 +2355,16 @@ mod tests {
             let kind = append_entry(line, NOW, &mut fresh);
             all_fresh.extend_from_slice(&fresh);
             let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+            // The reference itself is checked against an independent decoder, so that the two
+            // writers cannot agree on a mistake they share.
+            match kind {
+                Kind::Json => {
+                    let (_, got) = decode_entry(&fresh).unwrap_or_else(|e| panic!("{shown}: {e}"));
+                    let want: Value = serde_json::from_slice(line).expect("valid for serde_json");
+                    assert_same(&got, &want, &shown);
+                }
+                Kind::Fallback => assert_eq!(fresh, fallback_bytes(line, NOW), "{shown}"),
+            }
             for fill in [0x00, 0xff, b'"', b'\\', 0x80, 0x92, 0xd9] {
                 for prefix in [0, 3, 17] {
                     for room in [fresh.len() * 2 + 100, fresh.len() / 2, 0] {
